@@ -1,0 +1,38 @@
+# Two commands on a fresh machine with only python3 and make:
+#   make demo   set up, generate demo data, validate it, build features, print a summary
+#   make test   set up and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := demo
+
+.PHONY: setup demo test bench lock clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/nextbest data generate --customers 5000 --days 60 --seed 7 --out $(DEMO)/data
+	$(BIN)/nextbest data validate $(DEMO)/data
+	$(BIN)/nextbest features build $(DEMO)/data --out $(DEMO)/features.parquet
+
+test: setup
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+bench: setup
+	$(BIN)/python benchmarks/features.py
+
+# Re-resolve the pinned set (needs the registries): writes constraints.txt from a scratch venv.
+lock:
+	rm -rf /tmp/nextbest-lock && $(PYTHON) -m venv /tmp/nextbest-lock
+	/tmp/nextbest-lock/bin/pip install --quiet -e '.[dev]'
+	/tmp/nextbest-lock/bin/pip freeze --exclude-editable | grep -v '^nextbest' > constraints.txt
+
+clean:
+	rm -rf $(VENV) $(DEMO) *.egg-info

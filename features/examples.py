@@ -1,0 +1,112 @@
+"""Training examples: one row per historical send, its features as of the send and its outcomes.
+
+Each row holds the decision that was taken (channel, offer, local send hour and weekday, the
+logging policy's propensity), the customer's engagement history strictly before the send (the
+same ``engagement_history`` that serves live decisions) and what happened within the
+attribution window after the send.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from features.eventlog import EV, EventLog, to_ms
+from features.history import HOUR_MS, Population, engagement_history
+
+log = logging.getLogger(__name__)
+
+# outcome column -> event linked to the send's message
+MESSAGE_OUTCOMES = {"delivered": "delivered", "bounced": "bounced", "opened": "opened",
+                    "clicked": "clicked", "unsubscribed": "unsubscribed", "converted_attributed": "converted"}
+OUTCOMES = tuple(MESSAGE_OUTCOMES) + ("converted", "order_value", "outcome_complete")
+
+
+def _first_after_send(log_: EventLog, event: int, n_msg: int) -> np.ndarray:
+    """Earliest time (ms) of ``event`` per message code; +inf where none."""
+    first = np.full(n_msg, np.inf)
+    sel = (log_.event == event) & (log_.message >= 0)
+    np.minimum.at(first, log_.message[sel], log_.t[sel].astype(float))
+    return first
+
+
+def decision_columns(log_: EventLog, sends: np.ndarray) -> pd.DataFrame:
+    """The logged decision of each send (rows of ``log_`` selected by ``sends``)."""
+    cfg = log_.config
+    hour, dow = log_.local_hour_dow(sends)
+    return pd.DataFrame({
+        "customer_id": log_.customer_ids[log_.cust[sends]].to_numpy(),
+        "message_code": log_.message[sends],
+        "send_ts": pd.to_datetime(log_.t[sends], unit="ms", utc=True),
+        "channel": pd.Categorical.from_codes(log_.channel[sends], categories=list(cfg.channel_names)),
+        "offer": pd.Categorical.from_codes(log_.offer[sends], categories=list(cfg.offer_names)),
+        "send_hour": hour.astype(np.int8),
+        "send_dow": dow.astype(np.int8),
+        "propensity": log_.propensity[sends].astype(np.float32),
+    })
+
+
+def outcome_columns(log_: EventLog, sends: np.ndarray, window_hours: float, data_end_ms: int) -> pd.DataFrame:
+    """What followed each send within ``window_hours``."""
+    w = window_hours * HOUR_MS
+    t_send = log_.t[sends]
+    msg = log_.message[sends]
+    n_msg = int(log_.message.max()) + 1 if len(log_.message) else 0
+    out = {}
+    for col, ev in MESSAGE_OUTCOMES.items():
+        first = _first_after_send(log_, EV[ev], n_msg)[msg]
+        out[col] = (first - t_send) < w
+    orders = log_.stream(("converted_any", "all"), lambda: log_.mask(EV["converted"]), with_value=True)
+    cust = log_.cust[sends]
+    end = t_send + int(w)
+    # orders in [send, send + window): "count before end" minus "count before send"
+    n_end = log_.count(orders, cust, end)
+    n_start = log_.count(orders, cust, t_send)
+    v_end = log_.count(orders, cust, end, value=True)
+    v_start = log_.count(orders, cust, t_send, value=True)
+    out["converted"] = (n_end - n_start) > 0
+    out["order_value"] = (v_end - v_start).astype(np.float32)
+    out["outcome_complete"] = end <= data_end_ms
+    return pd.DataFrame(out)
+
+
+def training_examples(log_: EventLog, window_hours: float | None = None, data_end=None,
+                      population: Population | None = None, chunk_rows: int = 500_000,
+                      progress: bool = False) -> pd.DataFrame:
+    """One row per ``sent`` event: decision, features as of the send, outcomes within the window.
+
+    Parameters
+    ----------
+    log_ : EventLog
+    window_hours : float, optional
+        Attribution window; defaults to the config's ``objective.attribution_window_hours``.
+    data_end : timestamp, optional
+        When the export ends; rows whose window reaches past it get ``outcome_complete = False``.
+        Defaults to the last event's time.
+    population : Population, optional
+        Priors for the smoothed rates; computed from ``log_`` when omitted.
+    chunk_rows : int
+        Rows computed at a time (bounds the memory of intermediate arrays).
+
+    Returns
+    -------
+    DataFrame (n_sends, decision + features + outcome columns)
+    """
+    window_hours = window_hours or log_.config.objective.attribution_window_hours
+    data_end_ms = to_ms(data_end) if data_end is not None else (int(log_.t.max()) + 1 if len(log_.t) else 0)
+    population = population if population is not None else Population.from_log(log_)
+    sends = np.flatnonzero(log_.mask(EV["sent"]))
+    parts = []
+    for lo in tqdm(range(0, max(len(sends), 1), chunk_rows), desc="training examples", disable=not progress):
+        sel = sends[lo:lo + chunk_rows]
+        decision = decision_columns(log_, sel)
+        feats = engagement_history(log_, decision["customer_id"], decision["send_ts"], population)
+        outcome = outcome_columns(log_, sel, window_hours, data_end_ms)
+        parts.append(pd.concat([decision, feats.reset_index(drop=True), outcome], axis=1))
+    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    log.info("built %d training examples (%d with a complete outcome window)", len(out),
+             int(out["outcome_complete"].sum()) if len(out) else 0)
+    return out

@@ -1,0 +1,218 @@
+"""Engagement histories as of a time: one function for snapshots, training rows and live decisions.
+
+``engagement_history(log, customers, as_of)`` computes the features named in ``features.spec``
+for any set of ``(customer, as_of)`` pairs: a snapshot (every customer, one ``as_of``), training
+examples (one row per send, ``as_of`` = its send time) or one live decision. Only events strictly
+before ``as_of`` count, so adding or changing events at or after ``as_of`` never changes a row.
+
+Rates are smoothed toward the population (empirical Bayes). The population's rates come from a
+small :class:`Population` table of daily counts and use only days *before* the day of ``as_of``:
+it can be computed once over all data and broadcast, and then the per-customer work needs only
+that customer's events -- the shape Dask partitions keyed by customer will need.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.eventlog import ATTRIBUTED, EV, EventLog, Stream, to_ms
+from features.spec import COUNT_EVENTS, RATES, RECENCY, feature_names, history_features, scopes
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+_RATE_EVENTS = sorted({e for pair in RATES.values() for e in pair})
+
+
+def _event_code(name: str) -> int:
+    return ATTRIBUTED if name == "converted_attributed" else EV[name]
+
+
+@dataclass
+class Population:
+    """Daily event counts of the whole population, for empirical-Bayes priors.
+
+    ``counts[name]`` is a cumulative array over days (length ``n_days + 1``) so that the count in
+    days ``[a, b)`` is ``counts[name][b] - counts[name][a]``; day 0 is ``day0``.
+    """
+
+    day0: int
+    counts: dict
+
+    @classmethod
+    def from_log(cls, log_: EventLog) -> "Population":
+        cfg = log_.config
+        if len(log_.t) == 0:
+            return cls(0, {})
+        day = log_.t // DAY_MS
+        day0 = int(day.min())
+        n_days = int(day.max()) - day0 + 1
+        counts = {}
+
+        def add(name, sel, weights=None):
+            c = np.bincount(day[sel] - day0, weights=weights, minlength=n_days)
+            counts[name] = np.concatenate([[0.0], np.cumsum(c)])
+
+        for s, k in _scope_codes(cfg):
+            for e in _RATE_EVENTS:
+                add((e, s), log_.mask(_event_code(e), k))
+        for j, o in enumerate(cfg.offer_names):
+            add(("sent", f"offer_{o}"), log_.mask(EV["sent"], offer=j))
+            add(("converted_attributed", f"offer_{o}"), log_.mask(ATTRIBUTED, offer=j))
+        opens = log_.mask(EV["opened"])
+        hour, dow = log_.local_hour_dow(opens)
+        for h in range(24):
+            add(("opened", f"hour_{h}"), np.flatnonzero(opens)[hour == h])
+        for d in range(7):
+            add(("opened", f"dow_{d}"), np.flatnonzero(opens)[dow == d])
+        return cls(day0, counts)
+
+    def total(self, name, as_of_ms: np.ndarray, days: int) -> np.ndarray:
+        """Population count of ``name`` in the ``days`` whole days before the day of each ``as_of``."""
+        c = self.counts.get(name)
+        if c is None:
+            return np.zeros(len(as_of_ms))
+        end = np.clip(np.asarray(as_of_ms) // DAY_MS - self.day0, 0, len(c) - 1)
+        start = np.clip(end - days, 0, len(c) - 1)
+        return c[end] - c[start]
+
+    def rate(self, num, den, as_of_ms, days, default=0.0) -> np.ndarray:
+        n, d = self.total(num, as_of_ms, days), self.total(den, as_of_ms, days)
+        return np.where(d > 0, n / np.maximum(d, 1), default)
+
+
+def _scope_codes(cfg):
+    return [("all", None)] + [(c, k) for k, c in enumerate(cfg.channel_names)]
+
+
+def _smooth(k, n, prior, m):
+    """Empirical-Bayes rate, float32; capped at 1 (a window can hold responses to earlier sends)."""
+    return np.minimum((k + m * prior) / (n + m), 1.0).astype(np.float32)
+
+
+def engagement_history(log_: EventLog, customer_ids, as_of, population: Population | None = None) -> pd.DataFrame:
+    """Features of ``customer_ids`` as of ``as_of`` (exclusive).
+
+    Parameters
+    ----------
+    log_ : EventLog
+    customer_ids : sequence of str (n,)
+        Customers to describe; ids unknown to the log get an empty history (cold start).
+    as_of : timestamp, or array-like of timestamps (n,)
+        One time for all rows (a snapshot) or one per row (training examples).
+    population : Population, optional
+        Priors; computed from ``log_`` when omitted.
+
+    Returns
+    -------
+    DataFrame (n, len(feature_names(config)) + attributes)
+        Columns in the order of ``features.spec``, then customer attributes; index = customer ids.
+    """
+    cfg = log_.config
+    fs = cfg.features
+    ids = pd.Index(pd.Series(customer_ids, dtype="str"))
+    n = len(ids)
+    codes = log_.customer_ids.get_indexer(ids)
+    known = codes >= 0
+    cust = np.where(known, codes, log_.n_customers).astype(np.int64)  # unknown -> an empty key range
+    if np.ndim(as_of) == 0 or isinstance(as_of, (str, pd.Timestamp)):
+        t = np.full(n, to_ms(as_of), dtype=np.int64)
+    else:
+        t = to_ms(as_of).astype(np.int64)
+        if len(t) != n:
+            raise ValueError(f"as_of has {len(t)} times for {n} customers")
+    pop = population if population is not None else Population.from_log(log_)
+    m, pdays = fs.prior_strength, fs.prior_days
+    cols: dict[str, np.ndarray] = {}
+
+    for s, k in _scope_codes(cfg):
+        streams = {e: log_.stream((e, s), lambda e=e: log_.mask(_event_code(e), k))
+                   for e in set(COUNT_EVENTS) | set(_RATE_EVENTS) | {"bounced", "unsubscribed"}}
+        if s == "all":  # every order, organic included
+            streams["converted"] = log_.stream(("converted_any", s), lambda: log_.mask(EV["converted"]),
+                                               with_value=True)
+        for w in fs.windows_days:
+            got = {e: log_.count(streams[e], cust, t, w * DAY_MS) for e in set(COUNT_EVENTS) | set(_RATE_EVENTS)}
+            for e in COUNT_EVENTS:
+                cols[f"{s}_{e}_{w}d"] = got[e]
+            for r, (num, den) in RATES.items():
+                prior = pop.rate((num, s), (den, s), t, pdays)
+                cols[f"{s}_{r}_{w}d"] = _smooth(got[num], got[den], prior, m)
+        for h in fs.fatigue_hours:
+            cols[f"{s}_sent_{h}h"] = log_.count(streams["sent"], cust, t, h * HOUR_MS)
+        for r, e in RECENCY.items():
+            cols[f"{s}_days_since_{r}"] = (t - log_.last_time(streams[e], cust, t)) / DAY_MS
+        cols[f"{s}_bounced_{fs.windows_days[-1]}d"] = log_.count(streams["bounced"], cust, t, fs.windows_days[-1] * DAY_MS)
+        cols[f"{s}_unsubscribed"] = log_.count(streams["unsubscribed"], cust, t)
+
+    long = fs.windows_days[-1]
+    orders = log_.stream(("converted_any", "all"), lambda: log_.mask(EV["converted"]), with_value=True)
+    cols[f"order_value_{long}d"] = log_.count(orders, cust, t, long * DAY_MS, value=True)
+    lifetime_n = log_.count(orders, cust, t)
+    lifetime_v = log_.count(orders, cust, t, value=True)
+    cols["avg_order_value"] = np.where(lifetime_n > 0, lifetime_v / np.maximum(lifetime_n, 1), np.nan)
+    cols["lifetime_orders"] = lifetime_n
+    for j, o in enumerate(cfg.offer_names):
+        sent = log_.stream(("sent", f"offer_{o}"), lambda j=j: log_.mask(EV["sent"], offer=j))
+        conv = log_.stream(("converted_attributed", f"offer_{o}"), lambda j=j: log_.mask(ATTRIBUTED, offer=j))
+        ns, nc = log_.count(sent, cust, t, long * DAY_MS), log_.count(conv, cust, t, long * DAY_MS)
+        prior = pop.rate(("converted_attributed", f"offer_{o}"), ("sent", f"offer_{o}"), t, pdays)
+        cols[f"offer_{o}_sent_{long}d"] = ns
+        cols[f"offer_{o}_converted_{long}d"] = nc
+        cols[f"offer_{o}_conversion_rate_{long}d"] = _smooth(nc, ns, prior, m)
+
+    _timing(log_, pop, cust, t, cols, m, pdays)
+    # per-customer arrays get one extra slot (index n_customers) for customers unknown to the log
+    first = np.append(log_.first_seen_ms, np.nan)[cust]
+    cols["tenure_days"] = np.where(first <= t, (t - first) / DAY_MS, np.nan)
+    tz = np.append(np.array(log_.tz_names, dtype=object)[log_.tz_code], cfg.default_timezone)[cust]
+    cols["timezone"] = pd.Categorical(tz)
+
+    names = feature_names(cfg)
+    attrs = log_.attributes.reindex(codes).reset_index(drop=True)  # code -1 (unknown) -> a row of NaN
+    for c in cfg.channel_names:
+        cols[f"consent_{c}"] = attrs.pop(f"consent_{c}").fillna(False).astype(bool).to_numpy()
+    missing, extra = set(names) - set(cols), set(cols) - set(names)
+    if missing or extra:
+        raise AssertionError(f"features out of sync with features.spec: missing {sorted(missing)}, extra {sorted(extra)}")
+    out = pd.DataFrame({name: _compact(cols[name]) for name in names}, index=ids)
+    out.index.name = "customer_id"
+    for c in attrs.columns:
+        col = attrs[c].to_numpy()
+        out[c] = pd.Categorical(col) if attrs[c].dtype.kind not in "biuf" else col
+    return out
+
+
+def _compact(col):
+    """int32 counts and float32 measures: training frames hold millions of rows."""
+    if isinstance(col, pd.Categorical) or col.dtype == bool:
+        return col
+    return col.astype(np.int32) if col.dtype.kind in "iu" else col.astype(np.float32)
+
+
+def _timing(log_: EventLog, pop: Population, cust, t, cols, m, pdays) -> None:
+    """Local hour-of-day and weekday profiles of opens, smoothed toward the population's."""
+    if "timing" not in log_._streams:
+        opens = np.flatnonzero(log_.mask(EV["opened"]))
+        hour, dow = log_.local_hour_dow(opens)
+        log_._streams["timing"] = (
+            [log_.keys[opens[hour == h]] for h in range(24)],
+            [log_.keys[opens[dow == d]] for d in range(7)],
+        )
+    by_hour, by_dow = log_._streams["timing"]
+    hour_n = np.stack([log_.count(Stream(k), cust, t) for k in by_hour], axis=1)
+    dow_n = np.stack([log_.count(Stream(k), cust, t) for k in by_dow], axis=1)
+    for counts, pop_names, fmt in ((hour_n, [("opened", f"hour_{h}") for h in range(24)], "open_hour_share_{:02d}"),
+                                   (dow_n, [("opened", f"dow_{d}") for d in range(7)], "open_dow_share_{}")):
+        pop_counts = np.stack([pop.total(p, t, pdays) for p in pop_names], axis=1)
+        pop_share = (pop_counts + 1.0) / (pop_counts.sum(axis=1, keepdims=True) + len(pop_names))
+        total = counts.sum(axis=1, keepdims=True)
+        share = (counts + m * pop_share) / (total + m)
+        for i in range(counts.shape[1]):
+            cols[fmt.format(i)] = share[:, i]
+    cols["top_open_hour"] = np.where(hour_n.sum(axis=1) > 0, hour_n.argmax(axis=1), np.nan)

@@ -1,0 +1,1 @@
+"""The ``nextbest`` command line: a thin layer over ``features``, ``training`` and ``serving``."""

@@ -1,0 +1,99 @@
+"""Engagement histories: known answers on a hand-made log, and the cold start."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.eventlog import EventLog
+from features.history import engagement_history
+from features.spec import feature_names
+
+AS_OF = pd.Timestamp("2026-03-08 00:00", tz="UTC")
+
+
+def _events(rows):
+    cols = ["customer_id", "ts", "event", "message_id", "channel", "offer", "value", "propensity"]
+    df = pd.DataFrame(rows, columns=cols)
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    return df
+
+
+@pytest.fixture
+def hand_made(config):
+    customers = pd.DataFrame({
+        "customer_id": ["A", "B", "C"],
+        "timezone": ["America/New_York", None, "Europe/Paris"],
+        "signup_at": pd.to_datetime(["2026-01-01", "2026-02-01", "2026-02-15"], utc=True),
+        "consent_email": [True, True, True],
+        "consent_sms": [True, False, False],
+        "age": [30, 40, 50],
+    })
+    events = _events([
+        ("A", "2026-03-01 10:00", "sent", "m1", "email", "pct10", None, 0.2),
+        ("A", "2026-03-01 10:01", "delivered", "m1", None, None, None, None),
+        ("A", "2026-03-01 14:00", "opened", "m1", None, None, None, None),   # 09:00 in New York (EST)
+        ("A", "2026-03-01 14:05", "clicked", "m1", None, None, None, None),
+        ("A", "2026-03-01 15:00", "converted", "m1", None, None, 50.0, None),
+        ("C", "2026-03-02 10:00", "sent", "m4", "email", "none", None, 0.5),
+        ("C", "2026-03-02 10:01", "delivered", "m4", None, None, None, None),
+        ("A", "2026-03-05 12:00", "sent", "m2", "sms", "none", None, 0.1),
+        ("A", "2026-03-05 12:00", "delivered", "m2", None, None, None, None),
+        ("A", "2026-03-06 12:00", "converted", None, None, None, 30.0, None),  # organic order
+        ("A", "2026-03-08 00:00", "sent", "m3", "push", "none", None, 0.1),   # at as_of: excluded
+        ("A", "2026-03-09 23:00", "opened", "m3", None, None, None, None),     # after as_of: excluded
+    ])
+    return EventLog.build(customers, events, config)
+
+
+def test_known_answers(hand_made, config):
+    h = engagement_history(hand_made, ["A", "B", "C"], AS_OF)
+    assert list(h.columns[: len(feature_names(config))]) == feature_names(config)
+    a, b = h.loc["A"], h.loc["B"]
+    assert a["all_sent_7d"] == 2 and a["all_sent_30d"] == 2
+    assert a["email_sent_7d"] == 1 and a["sms_sent_7d"] == 1 and a["push_sent_7d"] == 0
+    assert a["email_opened_7d"] == 1 and a["email_clicked_7d"] == 1
+    assert a["all_converted_7d"] == 2          # the attributed and the organic order
+    assert a["email_converted_7d"] == 1        # only the order attributed to the email
+    assert a["sms_converted_7d"] == 0
+    assert a["order_value_90d"] == pytest.approx(80.0)
+    assert a["avg_order_value"] == pytest.approx(40.0)
+    assert a["lifetime_orders"] == 2
+    assert a["all_days_since_open"] == pytest.approx(6 + 10 / 24, abs=1e-6)
+    assert a["all_days_since_conversion"] == pytest.approx(1.5, abs=1e-6)
+    assert a["top_open_hour"] == 9             # local New York hour of the open
+    assert a["all_sent_24h"] == 0 and a["all_sent_168h"] == 2
+    assert a["offer_pct10_sent_90d"] == 1 and a["offer_pct10_converted_90d"] == 1
+    assert a["tenure_days"] == pytest.approx((AS_OF - pd.Timestamp("2026-01-01", tz="UTC")).days)
+    # empirical Bayes: population (all customers, days before 03-08): 1 open of 3 deliveries
+    m = config.features.prior_strength
+    assert a["all_open_rate_7d"] == pytest.approx((1 + m / 3) / (2 + m), rel=1e-6)
+    assert a["email_open_rate_7d"] == pytest.approx((1 + m * 0.5) / (1 + m), rel=1e-6)
+    # B has no events: zero counts, rates at the population's, no recency
+    assert b["all_sent_90d"] == 0 and np.isnan(b["all_days_since_open"]) and np.isnan(b["top_open_hour"])
+    assert b["all_open_rate_30d"] == pytest.approx(1 / 3, rel=1e-6)
+    assert bool(b["consent_sms"]) is False and bool(a["consent_sms"]) is True
+    assert str(b["timezone"]) == config.default_timezone
+    assert a["age"] == 30
+
+
+def test_hour_profile_is_smoothed_toward_population(hand_made, config):
+    h = engagement_history(hand_made, ["A", "B"], AS_OF)
+    shares = h[[f"open_hour_share_{i:02d}" for i in range(24)]]
+    assert np.allclose(shares.sum(axis=1), 1.0)
+    assert shares.loc["A"].idxmax() == "open_hour_share_09"
+
+
+def test_unknown_customer_gets_a_cold_start_row(hand_made):
+    h = engagement_history(hand_made, ["A", "nobody"], AS_OF)
+    row = h.loc["nobody"]
+    assert row["all_sent_90d"] == 0 and np.isnan(row["tenure_days"]) and np.isnan(row["age"])
+    assert not row["consent_email"]
+
+
+def test_per_row_as_of(hand_made):
+    times = pd.to_datetime(["2026-03-01 12:00", "2026-03-08 00:00"], utc=True)
+    h = engagement_history(hand_made, ["A", "A"], times)
+    assert list(h["all_sent_90d"]) == [1, 2]
+    assert list(h["all_opened_90d"]) == [0, 1]
+    with pytest.raises(ValueError, match="as_of has 2 times for 1 customers"):
+        engagement_history(hand_made, ["A"], times)
