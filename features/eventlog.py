@@ -19,10 +19,13 @@ the remaining bits allow 16 million customers per log (per Dask partition, later
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from features.config import Config
 from features.localtime import local_hour_dow
@@ -42,8 +45,60 @@ def to_ms(ts) -> np.ndarray:
         t = pd.Timestamp(ts)
         t = t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
         return np.int64(t.value // 1_000_000)  # .value is always nanoseconds
-    idx = pd.DatetimeIndex(pd.to_datetime(pd.Series(ts), utc=True))
-    return idx.as_unit("ms").asi8.copy()
+    s = ts if isinstance(ts, pd.Series) else pd.Series(ts)
+    if not isinstance(s.dtype, pd.DatetimeTZDtype):
+        s = pd.to_datetime(s, utc=True)
+    return s.dt.as_unit("ms").array.asi8.copy()
+
+
+def _arrow_strings(values) -> pa.Array:
+    """A string column as one pyarrow array (zero-copy for pandas' arrow-backed strings)."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        arr = values
+    else:
+        arr = pa.array(pd.Series(values).astype("str"), from_pandas=True)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = arr.cast(pa.large_string())
+    return arr
+
+
+def _codes(values, categories) -> np.ndarray:
+    """Position of each value in ``categories`` (int64; -1 where missing or absent)."""
+    values = _arrow_strings(values)
+    categories = _arrow_strings(categories).cast(values.type)
+    idx = pc.index_in(values, value_set=categories).fill_null(-1)
+    return idx.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _partition(group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stable partition of positions by a small integer ``group``: (permutation, group bounds)."""
+    group = group.astype(np.int8 if n_groups < 128 else np.int16)
+    perm = np.argsort(group, kind="stable")  # radix sort for 8/16-bit integers: linear time
+    return perm, np.searchsorted(group[perm], np.arange(n_groups + 1))
+
+
+class _MessageLinker:
+    """Links each response to its send by ``message_id``; the hash join runs on first use only."""
+
+    def __init__(self, msg_all: pa.Array, ev: np.ndarray, sent: np.ndarray):
+        self.msg_all, self.ev, self.sent = msg_all, ev, sent
+        self._codes = None
+
+    def send_of(self, positions: np.ndarray) -> np.ndarray:
+        """Index among sends of the send of each response at ``positions`` (input order); -1 if none."""
+        return _codes(self.msg_all.take(pa.array(positions)), self.msg_all.take(pa.array(self.sent)))
+
+    def codes(self) -> np.ndarray:
+        """(n_events,) message code of every event (input order): its send's index, -1 for none."""
+        if self._codes is None:
+            codes = np.full(len(self.ev), -1, np.int64)
+            codes[self.sent] = np.arange(len(self.sent))
+            responses = np.flatnonzero(self.ev != EV["sent"])
+            codes[responses] = self.send_of(responses)
+            self._codes = codes
+        return self._codes
 
 
 def _floats(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -73,40 +128,46 @@ class EventLog:
     event: np.ndarray             # (n_events,) int8 code into EVENT_TYPES
     channel: np.ndarray           # (n_events,) int8 code into config channels, -1 for organic orders
     offer: np.ndarray             # (n_events,) int8 code into config offers, -1 for organic orders
-    value: np.ndarray             # (n_events,) float64, NaN except orders
-    message: np.ndarray           # (n_events,) int64 message code, -1 for organic orders
-    propensity: np.ndarray        # (n_events,) float64, the logging policy's propensity on sends, else NaN
     attributes: pd.DataFrame      # customer attributes indexed by code
     _streams: dict = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, customers: pd.DataFrame, events: pd.DataFrame, config: Config) -> "EventLog":
-        """Encode validated ``customers`` and ``events`` frames (see ``features.validate.check``)."""
-        ids = pd.Index(customers["customer_id"].astype("str"))
+        """Encode validated ``customers`` and ``events`` frames (see ``features.validate.check``).
+
+        String columns are encoded with pyarrow's hash kernels (an order of magnitude faster than
+        pandas' on millions of rows). A message's code is the position of its ``sent`` event
+        among all sends, which is all a response needs to find its channel and offer.
+        """
+        ids = _arrow_strings(customers["customer_id"])
         if len(ids) >= MAX_CUSTOMERS:
             raise ValueError(f"{len(ids)} customers in one log; at most {MAX_CUSTOMERS - 1} (partition by customer)")
-        cust = ids.get_indexer(events["customer_id"].astype("str"))
+        ev = _codes(events["event"], pa.array(EVENT_TYPES)).astype(np.int8)
+        sent = np.flatnonzero(ev == EV["sent"])
+        msg_all = _arrow_strings(events["message_id"])
+        has_msg = ~msg_all.is_null().to_numpy(zero_copy_only=False)
+        with ThreadPoolExecutor(2) as pool:  # pyarrow's hash kernels release the GIL: use both cores
+            cust_job = pool.submit(_codes, events["customer_id"], ids)
+            channel = _codes(events["channel"], config.channel_names) if "channel" in events else np.full(len(ev), -1)
+            offer = _codes(events["offer"], config.offer_names) if "offer" in events else np.full(len(ev), -1)
+            cust = cust_job.result()
+        # Responses that carry their channel and offer (most exports do) need no lookup; the others
+        # take them from their send. The full message linkage is only needed for training outcomes
+        # and is built on first use.
+        linker = _MessageLinker(msg_all, ev, sent)
+        lookup = np.flatnonzero(has_msg & (ev != EV["sent"]) & ((channel < 0) | (offer < 0)))
+        if len(lookup):
+            at = linker.send_of(lookup)
+            ok = at >= 0
+            channel[lookup[ok]] = channel[sent[at[ok]]]
+            offer[lookup[ok]] = offer[sent[at[ok]]]
+        channel, offer = channel.astype(np.int8), offer.astype(np.int8)
         if (cust < 0).any():
             bad = events["customer_id"].to_numpy()[cust < 0][:5]
             raise ValueError(f"events of unknown customers, e.g. {list(bad)}: validate the data first")
         t = to_ms(events["ts"])
-        ev = pd.Categorical(events["event"], categories=EVENT_TYPES).codes.astype(np.int8)
-        msg_codes, _ = pd.factorize(events["message_id"], use_na_sentinel=True)
-        msg_codes = msg_codes.astype(np.int64)
-        n_msg = int(msg_codes.max()) + 1 if len(msg_codes) else 0
-        # channel and offer of every message, from its send
-        ch_of = np.full(n_msg + 1, -1, np.int8)
-        off_of = np.full(n_msg + 1, -1, np.int8)
-        sent = (ev == EV["sent"]) & (msg_codes >= 0)
-        ch_sent = pd.Categorical(events["channel"].to_numpy()[sent], categories=config.channel_names).codes
-        off_sent = pd.Categorical(events["offer"].to_numpy()[sent], categories=config.offer_names).codes
-        ch_of[msg_codes[sent]] = ch_sent
-        off_of[msg_codes[sent]] = off_sent
-        channel = ch_of[msg_codes]   # msg code -1 reads the spare last slot, which stays -1
-        offer = off_of[msg_codes]
-        value = _floats(events, "value")
-        propensity = _floats(events, "propensity")
+        value, propensity = _floats(events, "value"), _floats(events, "propensity")
 
         tz = customers["timezone"] if "timezone" in customers else pd.Series([None] * len(ids))
         tz = tz.fillna(config.default_timezone).astype("str").to_numpy()
@@ -114,11 +175,13 @@ class EventLog:
         t0 = int(t.min()) if len(t) else 0
         if len(t) and int(t.max()) - t0 >= (1 << TIME_BITS):
             raise ValueError("events span more than 17 years; split the log in time")
-        first_seen = np.full(len(ids), np.nan)
-        if len(t):
-            first = np.full(len(ids), np.iinfo(np.int64).max)
-            np.minimum.at(first, cust, t)
-            first_seen = np.where(first < np.iinfo(np.int64).max, first, np.nan).astype(float)
+        key = (cust << TIME_BITS) | (t - t0)
+        order = np.argsort(key)  # ties (same customer, same ms) may come in any order: counts don't care
+        key = key[order]
+        cust, t = key >> TIME_BITS, (key & ((1 << TIME_BITS) - 1)) + t0  # no gathers: derived from the key
+        starts = np.searchsorted(cust, np.arange(len(ids)))  # sorted: a customer's first event comes first
+        has = starts < np.append(starts[1:], len(cust))
+        first_seen = np.where(has, t[np.minimum(starts, max(len(t) - 1, 0))] if len(t) else np.nan, np.nan)
         if "signup_at" in customers:
             signup = pd.to_datetime(customers["signup_at"], utc=True)
             s_ms = np.where(signup.isna(), np.nan, to_ms(signup.fillna(pd.Timestamp(0, tz="UTC"))).astype(float))
@@ -130,13 +193,18 @@ class EventLog:
                                 for c in config.channel_names})
         attributes = pd.concat([consent, customers[attr_cols].reset_index(drop=True)], axis=1)
 
-        key = (cust.astype(np.int64) << TIME_BITS) | (t - t0)
-        order = np.argsort(key, kind="stable")
+        ev = ev[order]
+        by_event, bounds = _partition(ev, len(EVENT_TYPES))
+        channel, offer = channel[order], offer[order]
         log.debug("encoded %d events of %d customers", len(t), len(ids))
-        return cls(config=config, customer_ids=ids, tz_names=tuple(tz_names), tz_code=tz_codes,
-                   first_seen_ms=first_seen, t0=t0, cust=cust.astype(np.int64)[order], t=t[order],
-                   event=ev[order], channel=channel[order], offer=offer[order], value=value[order],
-                   message=msg_codes[order], propensity=propensity[order], attributes=attributes)
+        return cls(config=config, customer_ids=pd.Index(ids.to_pandas(types_mapper=pd.ArrowDtype).astype("str")),
+                   tz_names=tuple(tz_names), tz_code=tz_codes,
+                   first_seen_ms=first_seen.astype(float), t0=t0, cust=cust, t=t,
+                   event=ev, channel=channel, offer=offer, attributes=attributes,
+                   _streams={"_keys": key, "_by_event": (by_event, bounds), "_order": order,
+                             "_unsorted": {"message": linker.codes, "value": value, "propensity": propensity},
+                             "_by_event_channel": _partition(ev * (len(config.channel_names) + 1) + channel + 1,
+                                                             len(EVENT_TYPES) * (len(config.channel_names) + 1))})
 
     @property
     def n_customers(self) -> int:
@@ -144,34 +212,70 @@ class EventLog:
 
     @property
     def keys(self) -> np.ndarray:
-        if "_keys" not in self._streams:
-            self._streams["_keys"] = (self.cust << TIME_BITS) | (self.t - self.t0)
         return self._streams["_keys"]
 
-    # ------------------------------------------------------------------ streams
-    def mask(self, event: int, channel: int | None = None, offer: int | None = None) -> np.ndarray:
-        """Boolean mask of one kind of event; ``event == ATTRIBUTED`` means orders linked to a message."""
-        if event == ATTRIBUTED:
-            m = (self.event == EV["converted"]) & (self.message >= 0)
-        else:
-            m = self.event == event
-        if channel is not None:
-            m &= self.channel == channel
-        if offer is not None:
-            m &= self.offer == offer
-        return m
+    def column_at(self, name: str, positions: np.ndarray) -> np.ndarray:
+        """``message``, ``value`` or ``propensity`` at sorted ``positions`` (gathers only those)."""
+        column = self._streams["_unsorted"][name]
+        return (column() if callable(column) else column)[self._streams["_order"][positions]]
 
-    def stream(self, name: tuple, mask_fn=None, with_value: bool = False) -> Stream:
-        """The cached stream ``name``; built from ``mask_fn()`` the first time."""
+    def _sorted(self, name: str) -> np.ndarray:
+        """A column gathered into key order on first use (gathers of 10M rows are not free)."""
+        cache = self._streams.setdefault("_gathered", {})
+        if name not in cache:
+            cache[name] = self.column_at(name, np.arange(len(self.t)))
+        return cache[name]
+
+    @property
+    def message(self) -> np.ndarray:
+        """(n_events,) int64: position of the message's send among all sends; -1 for organic orders."""
+        return self._sorted("message")
+
+    @property
+    def value(self) -> np.ndarray:
+        """(n_events,) float64 order value, NaN except on orders."""
+        return self._sorted("value")
+
+    @property
+    def propensity(self) -> np.ndarray:
+        """(n_events,) float64 logging propensity on sends, NaN elsewhere."""
+        return self._sorted("propensity")
+
+    # ------------------------------------------------------------------ streams
+    def select(self, event: int, channel: int | None = None, offer: int | None = None) -> np.ndarray:
+        """Positions (sorted by key) of one kind of event; ``event == ATTRIBUTED`` means orders linked to a message."""
+        e = EV["converted"] if event == ATTRIBUTED else event
+        if channel is None:
+            perm, bounds = self._streams["_by_event"]
+            idx = perm[bounds[e]:bounds[e + 1]]
+            if event == ATTRIBUTED:  # an order linked to a message has its send's channel
+                idx = idx[self.channel[idx] >= 0]
+        else:
+            perm, bounds = self._streams["_by_event_channel"]
+            g = e * (len(self.config.channel_names) + 1) + channel + 1
+            idx = perm[bounds[g]:bounds[g + 1]]
+        if offer is not None:
+            idx = idx[self.offer[idx] == offer]
+        return idx
+
+    def stream(self, name: tuple, select_fn=None, with_value: bool = False) -> Stream:
+        """The cached stream ``name``; built from the positions ``select_fn()`` the first time."""
         s = self._streams.get(name)
         if s is None:
-            sel = mask_fn()
+            sel = select_fn()
             cum = None
             if with_value:
-                cum = np.concatenate([[0.0], np.cumsum(np.nan_to_num(self.value[sel]))])
+                cum = np.concatenate([[0.0], np.cumsum(np.nan_to_num(self.column_at("value", sel)))])
             s = Stream(self.keys[sel], cum)
             self._streams[name] = s
         return s
+
+    def open_times(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Positions of opens with their local hour and weekday (cached: profiles and priors share them)."""
+        if "_open_times" not in self._streams:
+            opens = self.select(EV["opened"])
+            self._streams["_open_times"] = (opens, *self.local_hour_dow(opens))
+        return self._streams["_open_times"]
 
     def local_hour_dow(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Local hour and weekday of the selected events in their customer's time zone."""
@@ -181,6 +285,12 @@ class EventLog:
     def query_keys(self, cust: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
         rel = np.clip(np.asarray(t_ms, np.int64) - self.t0, 0, (1 << TIME_BITS) - 1)
         return (np.asarray(cust, np.int64) << TIME_BITS) | rel
+
+    def window_counts(self, stream: Stream, cust, t_ms, windows_ms) -> list[np.ndarray]:
+        """``count`` for several windows at once (one upper-bound search shared)."""
+        hi = np.searchsorted(stream.keys, self.query_keys(cust, t_ms), side="left")
+        t_ms = np.asarray(t_ms, np.int64)
+        return [hi - np.searchsorted(stream.keys, self.query_keys(cust, t_ms - w), side="left") for w in windows_ms]
 
     def count(self, stream: Stream, cust, t_ms, window_ms=None, *, value=False) -> np.ndarray:
         """Events (or order value with ``value=True``) of ``stream`` in ``[t - window, t)`` per query."""

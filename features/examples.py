@@ -28,8 +28,10 @@ OUTCOMES = tuple(MESSAGE_OUTCOMES) + ("converted", "order_value", "outcome_compl
 def _first_after_send(log_: EventLog, event: int, n_msg: int) -> np.ndarray:
     """Earliest time (ms) of ``event`` per message code; +inf where none."""
     first = np.full(n_msg, np.inf)
-    sel = (log_.event == event) & (log_.message >= 0)
-    np.minimum.at(first, log_.message[sel], log_.t[sel].astype(float))
+    sel = log_.select(event)
+    msg = log_.column_at("message", sel)
+    sel, msg = sel[msg >= 0], msg[msg >= 0]
+    np.minimum.at(first, msg, log_.t[sel].astype(float))
     return first
 
 
@@ -39,13 +41,13 @@ def decision_columns(log_: EventLog, sends: np.ndarray) -> pd.DataFrame:
     hour, dow = log_.local_hour_dow(sends)
     return pd.DataFrame({
         "customer_id": log_.customer_ids[log_.cust[sends]].to_numpy(),
-        "message_code": log_.message[sends],
+        "message_code": log_.column_at("message", sends),
         "send_ts": pd.to_datetime(log_.t[sends], unit="ms", utc=True),
         "channel": pd.Categorical.from_codes(log_.channel[sends], categories=list(cfg.channel_names)),
         "offer": pd.Categorical.from_codes(log_.offer[sends], categories=list(cfg.offer_names)),
         "send_hour": hour.astype(np.int8),
         "send_dow": dow.astype(np.int8),
-        "propensity": log_.propensity[sends].astype(np.float32),
+        "propensity": log_.column_at("propensity", sends).astype(np.float32),
     })
 
 
@@ -53,13 +55,13 @@ def outcome_columns(log_: EventLog, sends: np.ndarray, window_hours: float, data
     """What followed each send within ``window_hours``."""
     w = window_hours * HOUR_MS
     t_send = log_.t[sends]
-    msg = log_.message[sends]
-    n_msg = int(log_.message.max()) + 1 if len(log_.message) else 0
+    msg = log_.column_at("message", sends)
+    n_msg = len(log_.select(EV["sent"]))
     out = {}
     for col, ev in MESSAGE_OUTCOMES.items():
         first = _first_after_send(log_, EV[ev], n_msg)[msg]
         out[col] = (first - t_send) < w
-    orders = log_.stream(("converted_any", "all"), lambda: log_.mask(EV["converted"]), with_value=True)
+    orders = log_.stream(("converted_any", "all"), lambda: log_.select(EV["converted"]), with_value=True)
     cust = log_.cust[sends]
     end = t_send + int(w)
     # orders in [send, send + window): "count before end" minus "count before send"
@@ -98,7 +100,7 @@ def training_examples(log_: EventLog, window_hours: float | None = None, data_en
     window_hours = window_hours or log_.config.objective.attribution_window_hours
     data_end_ms = to_ms(data_end) if data_end is not None else (int(log_.t.max()) + 1 if len(log_.t) else 0)
     population = population if population is not None else Population.from_log(log_)
-    sends = np.flatnonzero(log_.mask(EV["sent"]))
+    sends = log_.select(EV["sent"])
     parts = []
     for lo in tqdm(range(0, max(len(sends), 1), chunk_rows), desc="training examples", disable=not progress):
         sel = sends[lo:lo + chunk_rows]

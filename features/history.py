@@ -60,16 +60,15 @@ class Population:
 
         for s, k in _scope_codes(cfg):
             for e in _RATE_EVENTS:
-                add((e, s), log_.mask(_event_code(e), k))
+                add((e, s), log_.select(_event_code(e), k))
         for j, o in enumerate(cfg.offer_names):
-            add(("sent", f"offer_{o}"), log_.mask(EV["sent"], offer=j))
-            add(("converted_attributed", f"offer_{o}"), log_.mask(ATTRIBUTED, offer=j))
-        opens = log_.mask(EV["opened"])
-        hour, dow = log_.local_hour_dow(opens)
+            add(("sent", f"offer_{o}"), log_.select(EV["sent"], offer=j))
+            add(("converted_attributed", f"offer_{o}"), log_.select(ATTRIBUTED, offer=j))
+        opens, hour, dow = log_.open_times()
         for h in range(24):
-            add(("opened", f"hour_{h}"), np.flatnonzero(opens)[hour == h])
+            add(("opened", f"hour_{h}"), opens[hour == h])
         for d in range(7):
-            add(("opened", f"dow_{d}"), np.flatnonzero(opens)[dow == d])
+            add(("opened", f"dow_{d}"), opens[dow == d])
         return cls(day0, counts)
 
     def total(self, name, as_of_ms: np.ndarray, days: int) -> np.ndarray:
@@ -131,35 +130,38 @@ def engagement_history(log_: EventLog, customer_ids, as_of, population: Populati
     cols: dict[str, np.ndarray] = {}
 
     for s, k in _scope_codes(cfg):
-        streams = {e: log_.stream((e, s), lambda e=e: log_.mask(_event_code(e), k))
+        streams = {e: log_.stream((e, s), lambda e=e: log_.select(_event_code(e), k))
                    for e in set(COUNT_EVENTS) | set(_RATE_EVENTS) | {"bounced", "unsubscribed"}}
         if s == "all":  # every order, organic included
-            streams["converted"] = log_.stream(("converted_any", s), lambda: log_.mask(EV["converted"]),
+            streams["converted"] = log_.stream(("converted_any", s), lambda: log_.select(EV["converted"]),
                                                with_value=True)
-        for w in fs.windows_days:
-            got = {e: log_.count(streams[e], cust, t, w * DAY_MS) for e in set(COUNT_EVENTS) | set(_RATE_EVENTS)}
+        wins = [w * DAY_MS for w in fs.windows_days]
+        fat = [h * HOUR_MS for h in fs.fatigue_hours]
+        got = {e: log_.window_counts(streams[e], cust, t, wins + fat if e == "sent" else wins)
+               for e in set(COUNT_EVENTS) | set(_RATE_EVENTS)}
+        for i, w in enumerate(fs.windows_days):
             for e in COUNT_EVENTS:
-                cols[f"{s}_{e}_{w}d"] = got[e]
+                cols[f"{s}_{e}_{w}d"] = got[e][i]
             for r, (num, den) in RATES.items():
                 prior = pop.rate((num, s), (den, s), t, pdays)
-                cols[f"{s}_{r}_{w}d"] = _smooth(got[num], got[den], prior, m)
-        for h in fs.fatigue_hours:
-            cols[f"{s}_sent_{h}h"] = log_.count(streams["sent"], cust, t, h * HOUR_MS)
+                cols[f"{s}_{r}_{w}d"] = _smooth(got[num][i], got[den][i], prior, m)
+        for i, h in enumerate(fs.fatigue_hours):
+            cols[f"{s}_sent_{h}h"] = got["sent"][len(wins) + i]
         for r, e in RECENCY.items():
             cols[f"{s}_days_since_{r}"] = (t - log_.last_time(streams[e], cust, t)) / DAY_MS
         cols[f"{s}_bounced_{fs.windows_days[-1]}d"] = log_.count(streams["bounced"], cust, t, fs.windows_days[-1] * DAY_MS)
         cols[f"{s}_unsubscribed"] = log_.count(streams["unsubscribed"], cust, t)
 
     long = fs.windows_days[-1]
-    orders = log_.stream(("converted_any", "all"), lambda: log_.mask(EV["converted"]), with_value=True)
+    orders = log_.stream(("converted_any", "all"), lambda: log_.select(EV["converted"]), with_value=True)
     cols[f"order_value_{long}d"] = log_.count(orders, cust, t, long * DAY_MS, value=True)
     lifetime_n = log_.count(orders, cust, t)
     lifetime_v = log_.count(orders, cust, t, value=True)
     cols["avg_order_value"] = np.where(lifetime_n > 0, lifetime_v / np.maximum(lifetime_n, 1), np.nan)
     cols["lifetime_orders"] = lifetime_n
     for j, o in enumerate(cfg.offer_names):
-        sent = log_.stream(("sent", f"offer_{o}"), lambda j=j: log_.mask(EV["sent"], offer=j))
-        conv = log_.stream(("converted_attributed", f"offer_{o}"), lambda j=j: log_.mask(ATTRIBUTED, offer=j))
+        sent = log_.stream(("sent", f"offer_{o}"), lambda j=j: log_.select(EV["sent"], offer=j))
+        conv = log_.stream(("converted_attributed", f"offer_{o}"), lambda j=j: log_.select(ATTRIBUTED, offer=j))
         ns, nc = log_.count(sent, cust, t, long * DAY_MS), log_.count(conv, cust, t, long * DAY_MS)
         prior = pop.rate(("converted_attributed", f"offer_{o}"), ("sent", f"offer_{o}"), t, pdays)
         cols[f"offer_{o}_sent_{long}d"] = ns
@@ -198,8 +200,7 @@ def _compact(col):
 def _timing(log_: EventLog, pop: Population, cust, t, cols, m, pdays) -> None:
     """Local hour-of-day and weekday profiles of opens, smoothed toward the population's."""
     if "timing" not in log_._streams:
-        opens = np.flatnonzero(log_.mask(EV["opened"]))
-        hour, dow = log_.local_hour_dow(opens)
+        opens, hour, dow = log_.open_times()
         log_._streams["timing"] = (
             [log_.keys[opens[hour == h]] for h in range(24)],
             [log_.keys[opens[dow == d]] for d in range(7)],

@@ -7,7 +7,8 @@ channel (by ``channel_weights``, skipping channels at their weekly cap), an offe
 exact probability of the chosen action is logged as ``propensity`` on the ``sent`` event and
 in ``logging_decisions`` (which also holds the suppress decisions, for off-policy evaluation).
 
-Event semantics written to ``events``: ``value`` is the order value before any discount; an
+Event semantics written to ``events``: every event of a message carries its channel and offer
+(as ESP exports do); ``value`` is the order value before any discount; an
 order that follows an opened message carries that message's ``message_id`` (it redeems the
 offer), an order without one is organic (``message_id`` missing). The history stops at ``end``:
 events at or after it are not written, as in a real export.
@@ -183,28 +184,33 @@ def generate(n_customers: int, days: int, seed: int, config: Config | None = Non
         decisions[-1].loc[idx, "ts"] = send_ts
         p = world.outcome_probs(idx, ch[idx], hour[idx], off[idx], fatigue[idx])
         events.add(idx, send_ts, "sent", msg, ch[idx], off[idx], propensity=prop[idx])
+
+        def tag(sel, ch_sent=ch[idx], off_sent=off[idx]):  # responses carry their message's channel and offer
+            return ch_sent[sel], off_sent[sel]
+
         delivered = rng.random(m) < p["deliver"]
         deliver_ts = send_ts + rng.integers(1, 120, m)
-        events.add(idx[delivered], deliver_ts[delivered], "delivered", msg[delivered])
-        events.add(idx[~delivered], deliver_ts[~delivered], "bounced", msg[~delivered])
+        events.add(idx[delivered], deliver_ts[delivered], "delivered", msg[delivered], *tag(delivered))
+        events.add(idx[~delivered], deliver_ts[~delivered], "bounced", msg[~delivered], *tag(~delivered))
         opened = delivered & (rng.random(m) < p["open"] / np.maximum(p["deliver"], 1e-12))
         wait_pref = ((world.pref_hour[idx] - hour[idx]) % 24) * 3600 + rng.normal(0, 2700, m)
         quick = rng.exponential(1200, m)
         open_ts = deliver_ts + np.maximum(np.where(rng.random(m) < 0.5, quick, wait_pref), 30).astype(np.int64)
-        events.add(idx[opened], open_ts[opened], "opened", msg[opened])
+        events.add(idx[opened], open_ts[opened], "opened", msg[opened], *tag(opened))
         clicked = opened & (rng.random(m) < p["click"] / np.maximum(p["open"], 1e-12))
         click_ts = open_ts + rng.exponential(180, m).astype(np.int64) + 5
-        events.add(idx[clicked], click_ts[clicked], "clicked", msg[clicked])
+        events.add(idx[clicked], click_ts[clicked], "clicked", msg[clicked], *tag(clicked))
         unsub = opened & (rng.random(m) < p["unsubscribe"] / np.maximum(p["open"], 1e-12))
         events.add(idx[unsub], open_ts[unsub] + rng.integers(10, 600, m)[unsub], "unsubscribed", msg[unsub],
-                   ch[idx][unsub])
+                   *tag(unsub))
         world.unsubscribe(idx[unsub], ch[idx][unsub])
         # orders: after an opened message (attributed, redeems the offer) or organic
         msg_order = opened & (rng.random(m) < p["order_given_open"])
         t0 = np.maximum(open_ts, np.where(clicked, click_ts, open_ts))
         order_ts = t0 + np.minimum(rng.exponential(5 * 3600, m), 47 * 3600).astype(np.int64) + 60
         values = world.order_value[idx] * rng.lognormal(-0.045, 0.3, m)
-        events.add(idx[msg_order], order_ts[msg_order], "converted", msg[msg_order], value=values[msg_order])
+        events.add(idx[msg_order], order_ts[msg_order], "converted", msg[msg_order], *tag(msg_order),
+                   value=values[msg_order])
         not_opened = np.ones(n, dtype=bool)
         not_opened[idx[opened]] = False
         organic = not_opened & (rng.random(n) < world.p0)

@@ -97,3 +97,16 @@ def test_per_row_as_of(hand_made):
     assert list(h["all_opened_90d"]) == [0, 1]
     with pytest.raises(ValueError, match="as_of has 2 times for 1 customers"):
         engagement_history(hand_made, ["A"], times)
+
+
+def test_responses_without_channel_are_linked_to_their_send(small_world, config):
+    """Exports that put channel/offer only on `sent` give the same features as those that repeat them."""
+    events, customers = small_world.events, small_world.customers
+    bare = events.copy()
+    responses = bare["event"] != "sent"
+    bare.loc[responses, ["channel", "offer"]] = None
+    as_of = small_world.end
+    full = engagement_history(EventLog.build(customers, events, config), customers["customer_id"], as_of)
+    linked = engagement_history(EventLog.build(customers, bare, config), customers["customer_id"], as_of)
+    pd.testing.assert_frame_equal(full, linked)
+    assert full["email_opened_30d"].sum() > 0
