@@ -1,0 +1,56 @@
+"""Reading and writing the tables of a data directory (Parquet, CSV or a folder of Parquet parts)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+# Read as text from CSV so that ids such as "00123" survive and validation sees what was written.
+CSV_STRING_COLUMNS = ("customer_id", "message_id", "channel", "offer", "event", "timezone", "ts", "signup_at")
+
+
+def find_table(data_dir: str | Path, name: str) -> Path:
+    """The file (or folder of Parquet parts) that holds table ``name`` in ``data_dir``."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"{data_dir}: data directory not found")
+    found = [p for p in (data_dir / f"{name}.parquet", data_dir / f"{name}.csv", data_dir / name) if p.exists()]
+    if not found:
+        raise FileNotFoundError(f"{data_dir}: no `{name}` table (expected {name}.parquet, {name}.csv or {name}/)")
+    if len(found) > 1:
+        raise FileNotFoundError(f"{data_dir}: `{name}` is there more than once ({', '.join(p.name for p in found)}); keep one")
+    return found[0]
+
+
+def read_table(data_dir: str | Path, name: str) -> pd.DataFrame:
+    """Read table ``name`` as stored (CSV: id, text and time columns kept as text)."""
+    path = find_table(data_dir, name)
+    if path.suffix == ".csv":
+        header = pd.read_csv(path, nrows=0).columns
+        dtypes = {c: "str" for c in CSV_STRING_COLUMNS if c in header}
+        return pd.read_csv(path, dtype=dtypes, keep_default_na=True)
+    return pd.read_parquet(path)
+
+
+def load_dataset(data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(customers, events)`` of a data directory, as stored."""
+    return read_table(data_dir, "customers"), read_table(data_dir, "events")
+
+
+def write_table(df: pd.DataFrame, data_dir: str | Path, name: str, fmt: str = "parquet") -> Path:
+    """Write ``df`` as ``data_dir/name.{parquet,csv}``; timestamps in CSV are ISO 8601 UTC."""
+    if fmt not in ("parquet", "csv"):
+        raise ValueError(f"format must be parquet or csv, got {fmt!r}")
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / f"{name}.{fmt}"
+    if fmt == "parquet":
+        df.to_parquet(path, index=False)
+    else:
+        df.to_csv(path, index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+    log.debug("wrote %d rows to %s", len(df), path)
+    return path
