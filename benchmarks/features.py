@@ -8,7 +8,8 @@
    wall time excludes file reading for every stage alike and peak memory (ru_maxrss) is the
    stage's own:
    - ``snapshot``: EventLog.build + Population + engagement_history for every customer;
-   - ``examples``: one row per send with features as of the send and outcomes;
+   - ``examples``: one row per send with features as of the send and outcomes, streamed to
+     Parquet chunk by chunk (what ``nextbest features build --examples`` does);
    - ``duckdb``: the reference, one SQL query for 30-day per-customer, per-channel counts and
      rates (responses joined to their send for the channel), on the same pandas frames.
 3. Prints rows/s, wall time, peak memory and the snapshot/DuckDB ratio (target <= 3x, < 6 GiB).
@@ -26,6 +27,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Run as a script, this file's folder comes first on sys.path and its name would shadow the
+# `features` package: drop the folder so `import features` finds the package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 log = logging.getLogger("benchmarks.features")
 
 DUCKDB_SQL = """
@@ -48,7 +52,29 @@ FROM recent GROUP BY customer_id, channel
 """
 
 
+# The same figures without the join, valid when every event carries its channel (as these do):
+# the fastest SQL a competent analyst would write on this data.
+DUCKDB_NOJOIN_SQL = """
+SELECT customer_id, channel,
+       count(*) FILTER (WHERE event = 'sent') AS sent_30d,
+       count(*) FILTER (WHERE event = 'delivered') AS delivered_30d,
+       count(*) FILTER (WHERE event = 'opened') AS opened_30d,
+       count(*) FILTER (WHERE event = 'clicked') AS clicked_30d,
+       count(*) FILTER (WHERE event = 'converted') AS converted_30d,
+       opened_30d / nullif(delivered_30d, 0) AS open_rate_30d,
+       clicked_30d / nullif(delivered_30d, 0) AS click_rate_30d,
+       converted_30d / nullif(sent_30d, 0) AS conversion_rate_30d
+FROM events WHERE ts >= $as_of - INTERVAL 30 DAY AND ts < $as_of
+GROUP BY customer_id, channel
+"""
+
+
 def _peak_gib() -> float:
+    """Peak resident memory of this process (VmHWM). Not ru_maxrss: Linux carries that across
+    exec, so a child would report its parent's peak from data generation."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024 ** 2
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
 
 
@@ -74,18 +100,24 @@ def stage(name: str, data_dir: Path) -> dict:
         out = engagement_history(event_log, customers["customer_id"], as_of, pop)
         rows, cols = out.shape
     elif name == "examples":
+        import tempfile
+
+        import pyarrow.parquet as pq
+
         from features.eventlog import EventLog
-        from features.examples import training_examples
+        from features.examples import write_training_examples
 
         event_log = EventLog.build(customers, events, cfg)
-        out = training_examples(event_log, progress=False)
-        rows, cols = out.shape
-    elif name == "duckdb":
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = write_training_examples(event_log, Path(tmp) / "examples.parquet")
+            cols = len(pq.read_schema(Path(tmp) / "examples.parquet"))
+    elif name in ("duckdb", "duckdb_nojoin"):
         import duckdb
 
         con = duckdb.connect()
         con.register("events", events)
-        out = con.execute(DUCKDB_SQL, {"as_of": as_of.to_pydatetime()}).df()
+        sql = DUCKDB_SQL if name == "duckdb" else DUCKDB_NOJOIN_SQL
+        out = con.execute(sql, {"as_of": as_of.to_pydatetime()}).df()
         rows, cols = out.shape
     else:
         raise ValueError(name)
@@ -97,7 +129,7 @@ def stage(name: str, data_dir: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--customers", type=int, default=100_000)
-    p.add_argument("--days", type=int, default=100)
+    p.add_argument("--days", type=int, default=110)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--stage", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -112,24 +144,25 @@ def main() -> int:
         from features.simulate import generate, write
 
         t0 = time.perf_counter()
-        sim = generate(args.customers, args.days, args.seed)
+        sim = generate(args.customers, args.days, args.seed, progress=False)
         write(sim, data, seed=args.seed)
         log.info("generated %d events in %.0fs", len(sim.events), time.perf_counter() - t0)
         del sim
     results = {}
-    for name in ("duckdb", "snapshot", "examples"):
+    for name in ("duckdb", "duckdb_nojoin", "snapshot", "examples"):
         proc = subprocess.run([sys.executable, __file__, "--stage", name, "--data", str(data)],
                               capture_output=True, text=True, check=True)
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
     ev = results["snapshot"]["events"]
     lines = [f"data: {args.customers:,} customers, {args.days} days, {ev:,} events (seed {args.seed})",
-             f"{'stage':<10}{'rows':>12}{'cols':>6}{'wall s':>9}{'rows/s':>12}{'events/s':>13}{'peak GiB':>10}"]
+             f"{'stage':<14}{'rows':>12}{'cols':>6}{'wall s':>9}{'rows/s':>12}{'events/s':>13}{'peak GiB':>10}"]
     for name, r in results.items():
-        lines.append(f"{name:<10}{r['rows']:>12,}{r['cols']:>6}{r['wall_s']:>9.2f}{r['rows'] / r['wall_s']:>12,.0f}"
+        lines.append(f"{name:<14}{r['rows']:>12,}{r['cols']:>6}{r['wall_s']:>9.2f}{r['rows'] / r['wall_s']:>12,.0f}"
                      f"{r['events'] / r['wall_s']:>13,.0f}{r['peak_gib']:>10.2f}")
     ratio = results["snapshot"]["wall_s"] / results["duckdb"]["wall_s"]
-    lines.append(f"snapshot / duckdb wall time: {ratio:.2f}x (target <= 3x); "
-                 f"snapshot peak memory {results['snapshot']['peak_gib']:.2f} GiB, "
+    ratio2 = results["snapshot"]["wall_s"] / results["duckdb_nojoin"]["wall_s"]
+    lines.append(f"snapshot / duckdb wall time: {ratio:.2f}x with the join, {ratio2:.2f}x without (target <= 3x)")
+    lines.append(f"snapshot peak memory {results['snapshot']['peak_gib']:.2f} GiB, "
                  f"examples peak {results['examples']['peak_gib']:.2f} GiB (target < 6 GiB)")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

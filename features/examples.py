@@ -75,6 +75,23 @@ def outcome_columns(log_: EventLog, sends: np.ndarray, window_hours: float, data
     return pd.DataFrame(out)
 
 
+def iter_training_examples(log_: EventLog, window_hours: float | None = None, data_end=None,
+                           population: Population | None = None, chunk_rows: int = 500_000,
+                           progress: bool = False):
+    """Yield training examples in chunks of ``chunk_rows`` sends (see :func:`training_examples`)."""
+    window_hours = window_hours or log_.config.objective.attribution_window_hours
+    data_end_ms = to_ms(data_end) if data_end is not None else (int(log_.t.max()) + 1 if len(log_.t) else 0)
+    population = population if population is not None else Population.from_log(log_)
+    sends = log_.select(EV["sent"])
+    for lo in tqdm(range(0, max(len(sends), 1), chunk_rows), desc="training examples", disable=not progress,
+                   unit="chunk"):
+        sel = sends[lo:lo + chunk_rows]
+        decision = decision_columns(log_, sel)
+        feats = engagement_history(log_, decision["customer_id"], decision["send_ts"], population)
+        outcome = outcome_columns(log_, sel, window_hours, data_end_ms)
+        yield pd.concat([decision, feats.reset_index(drop=True), outcome], axis=1)
+
+
 def training_examples(log_: EventLog, window_hours: float | None = None, data_end=None,
                       population: Population | None = None, chunk_rows: int = 500_000,
                       progress: bool = False) -> pd.DataFrame:
@@ -97,18 +114,52 @@ def training_examples(log_: EventLog, window_hours: float | None = None, data_en
     -------
     DataFrame (n_sends, decision + features + outcome columns)
     """
-    window_hours = window_hours or log_.config.objective.attribution_window_hours
-    data_end_ms = to_ms(data_end) if data_end is not None else (int(log_.t.max()) + 1 if len(log_.t) else 0)
-    population = population if population is not None else Population.from_log(log_)
-    sends = log_.select(EV["sent"])
-    parts = []
-    for lo in tqdm(range(0, max(len(sends), 1), chunk_rows), desc="training examples", disable=not progress):
-        sel = sends[lo:lo + chunk_rows]
-        decision = decision_columns(log_, sel)
-        feats = engagement_history(log_, decision["customer_id"], decision["send_ts"], population)
-        outcome = outcome_columns(log_, sel, window_hours, data_end_ms)
-        parts.append(pd.concat([decision, feats.reset_index(drop=True), outcome], axis=1))
-    out = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    parts = list(iter_training_examples(log_, window_hours, data_end, population, chunk_rows, progress))
+    out = _concat_columnwise(parts)
     log.info("built %d training examples (%d with a complete outcome window)", len(out),
              int(out["outcome_complete"].sum()) if len(out) else 0)
     return out
+
+
+def write_training_examples(log_: EventLog, path, window_hours: float | None = None, data_end=None,
+                            population: Population | None = None, chunk_rows: int = 500_000,
+                            progress: bool = False) -> int:
+    """Stream training examples into one Parquet file chunk by chunk (bounded memory); returns rows.
+
+    Categorical columns are written as text (their categories differ from chunk to chunk).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    writer, rows = None, 0
+    try:
+        for chunk in iter_training_examples(log_, window_hours, data_end, population, chunk_rows, progress):
+            for c in chunk.columns:
+                if isinstance(chunk[c].dtype, pd.CategoricalDtype):
+                    chunk[c] = chunk[c].astype("str")
+            table = pa.Table.from_pandas(chunk, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table.cast(writer.schema))
+            rows += len(chunk)
+    finally:
+        if writer is not None:
+            writer.close()
+    log.info("wrote %d training examples to %s", rows, path)
+    return rows
+
+
+def _concat_columnwise(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate frames one column at a time, freeing each part's column as it goes (peak ~1x)."""
+    if len(parts) == 1:
+        return parts[0]
+    columns = list(parts[0].columns)
+    out = {}
+    for c in columns:
+        pieces = [p.pop(c) for p in parts]
+        if isinstance(pieces[0].dtype, pd.CategoricalDtype):
+            out[c] = pd.Series(pd.api.types.union_categoricals([pd.Categorical(x) for x in pieces]))
+        else:
+            out[c] = pd.Series(np.concatenate([x.to_numpy() for x in pieces])) if pieces[0].dtype.kind in "biufM" \
+                else pd.concat(pieces, ignore_index=True)
+    return pd.DataFrame(out)

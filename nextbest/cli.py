@@ -83,7 +83,7 @@ def dataset_summary(data_dir, cfg) -> str:
 # ---------------------------------------------------------------------------- features
 def cmd_features_build(args) -> int:
     from features.eventlog import EventLog
-    from features.examples import training_examples
+    from features.examples import write_training_examples
     from features.history import Population, engagement_history
     from features.io import load_dataset
     from features.validate import check
@@ -93,9 +93,13 @@ def cmd_features_build(args) -> int:
     customers, events = load_dataset(args.data_dir)
     customers, events = check(customers, events, cfg, files=_files(args.data_dir))
     t1 = time.perf_counter()
+    if args.as_of:  # pretend it is `as_of`: later events exist for neither features nor outcomes
+        as_of = pd.Timestamp(args.as_of, tz="UTC")
+        events = events[events["ts"] < as_of]
+    else:
+        as_of = events["ts"].max().ceil("D")
     event_log = EventLog.build(customers, events, cfg)
     population = Population.from_log(event_log)
-    as_of = pd.Timestamp(args.as_of, tz="UTC") if args.as_of else pd.to_datetime(events["ts"], utc=True).max().ceil("D")
     snapshot = engagement_history(event_log, customers["customer_id"], as_of, population)
     t2 = time.perf_counter()
     out = Path(args.out)
@@ -105,10 +109,10 @@ def cmd_features_build(args) -> int:
          f"({snapshot.shape[1]} columns) -> {out}   [load+validate {t1 - t0:.1f}s, features {t2 - t1:.1f}s]")
     _out(feature_table(snapshot))
     if args.examples:
-        examples = training_examples(event_log, data_end=args.as_of, population=population, progress=not args.quiet)
         Path(args.examples).parent.mkdir(parents=True, exist_ok=True)
-        examples.to_parquet(args.examples, index=False)
-        _out(f"training examples: {len(examples):,} sends -> {args.examples}")
+        rows = write_training_examples(event_log, args.examples, data_end=args.as_of, population=population,
+                                       progress=not args.quiet)
+        _out(f"training examples: {rows:,} sends -> {args.examples}")
     return 0
 
 
@@ -155,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = feats.add_parser("build", help="validate a data directory and build engagement histories as of a time")
     b.add_argument("data_dir")
     b.add_argument("--out", required=True, help="Parquet file for the snapshot (one row per customer)")
-    b.add_argument("--as-of", help="snapshot time (UTC); default: the end of the last event's day")
+    b.add_argument("--as-of", help="snapshot time (UTC): later events are ignored, for features and for the "
+                                   "examples' outcomes alike; default: the end of the last event's day")
     b.add_argument("--examples", help="also write training examples (one row per send) to this Parquet file")
     b.set_defaults(func=cmd_features_build)
     return p

@@ -1,0 +1,82 @@
+"""The `nextbest` command as a user runs it: generate, validate, build features; errors and exit codes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from features.spec import feature_names
+
+BIN = Path(sys.executable).parent / "nextbest"
+
+
+def run(*args, check=True):
+    proc = subprocess.run([str(BIN), "-q", *args], capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "data"
+    proc = run("data", "generate", "--customers", "400", "--days", "20", "--seed", "3", "--out", str(out),
+               "--format", "csv")
+    assert "wrote 400 customers" in proc.stdout
+    return out
+
+
+def test_generate_writes_the_contract_files(data_dir):
+    assert (data_dir / "customers.csv").exists() and (data_dir / "events.csv").exists()
+    assert (data_dir / "logging_decisions.csv").exists() and (data_dir / "truth" / "world.npz").exists()
+
+
+def test_validate_prints_a_summary(data_dir):
+    proc = run("data", "validate", str(data_dir))
+    assert "valid" in proc.stdout and "customers: 400" in proc.stdout
+    assert "propensities logged on 100% of sends" in proc.stdout
+
+
+def test_validate_refuses_bad_data_naming_file_row_and_rule(data_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "customers.csv").write_text((data_dir / "customers.csv").read_text())
+    lines = (data_dir / "events.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    line = next(i for i, text in enumerate(lines) if ",delivered," in text)  # data row = line index
+    row = lines[line].split(",")
+    row[header.index("event")] = "read"
+    lines[line] = ",".join(row)
+    (bad / "events.csv").write_text("\n".join(lines) + "\n")
+    report = tmp_path / "problems.csv"
+    proc = run("data", "validate", str(bad), "--report", str(report), check=False)
+    assert proc.returncode == 1
+    assert "unknown_event" in proc.stderr and f"row {line}" in proc.stderr and "events.csv" in proc.stderr
+    problems = pd.read_csv(report)
+    assert problems[["rule", "row", "column"]].values.tolist() == [["unknown_event", line, "event"]]
+
+
+def test_features_build_writes_snapshot_and_examples(data_dir, tmp_path, config):
+    snap, ex = tmp_path / "snap.parquet", tmp_path / "examples.parquet"
+    proc = run("features", "build", str(data_dir), "--out", str(snap), "--examples", str(ex),
+               "--as-of", "2026-09-25")
+    assert "engagement histories of 400 customers" in proc.stdout and "across all customers" in proc.stdout
+    table = pd.read_parquet(snap)
+    assert table.columns[0] == "customer_id" and len(table) == 400
+    assert list(table.columns[1:len(feature_names(config)) + 1]) == feature_names(config)
+    rows = pd.read_parquet(ex)
+    assert len(rows) > 1000 and {"opened", "converted", "propensity", "send_hour"} <= set(rows.columns)
+    assert rows["send_ts"].max() < pd.Timestamp("2026-09-25", tz="UTC")
+
+
+def test_bad_arguments_and_missing_data_exit_non_zero(tmp_path):
+    proc = run("data", "generate", "--customers", "0", "--out", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "positive integer" in proc.stderr
+    proc = run("data", "validate", str(tmp_path / "nowhere"), check=False)
+    assert proc.returncode == 2 and "data directory not found" in proc.stderr
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("offers:\n  pct10:\n    channels: [fax]\n")
+    proc = run("--config", str(cfg), "data", "validate", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "offers.pct10.channels" in proc.stderr
