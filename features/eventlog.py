@@ -34,6 +34,7 @@ from features.schema import EVENT_TYPES
 log = logging.getLogger(__name__)
 
 TIME_BITS = 39
+PARALLEL_SORT_MIN = 1_000_000  # events; below this one thread sorts faster
 MAX_CUSTOMERS = 1 << (63 - TIME_BITS)
 EV = {e: i for i, e in enumerate(EVENT_TYPES)}
 ATTRIBUTED = len(EVENT_TYPES)  # pseudo event code: an order linked to a message
@@ -48,7 +49,7 @@ def to_ms(ts) -> np.ndarray:
     s = ts if isinstance(ts, pd.Series) else pd.Series(ts)
     if not isinstance(s.dtype, pd.DatetimeTZDtype):
         s = pd.to_datetime(s, utc=True)
-    return s.dt.as_unit("ms").array.asi8.copy()
+    return s.dt.as_unit("ms").array.asi8
 
 
 def _arrow_strings(values) -> pa.Array:
@@ -68,15 +69,31 @@ def _codes(values, categories) -> np.ndarray:
     """Position of each value in ``categories`` (int64; -1 where missing or absent)."""
     values = _arrow_strings(values)
     categories = _arrow_strings(categories).cast(values.type)
-    idx = pc.index_in(values, value_set=categories).fill_null(-1)
-    return idx.to_numpy(zero_copy_only=False).astype(np.int64)
+    idx = pc.index_in(values, value_set=categories)
+    if idx.null_count:
+        idx = idx.fill_null(-1)
+    return idx.to_numpy(zero_copy_only=False)  # int32, may be read-only
+
+
+def _argsort_by_customer_halves(key: np.ndarray, cust: np.ndarray, n_customers: int) -> np.ndarray:
+    """``argsort(key)`` on two threads: customers below and above the middle code sort apart
+    (the customer is the key's high part, so the halves concatenate in order). Ties (same
+    customer, same millisecond) may come in any order: counts do not care."""
+    if len(key) < PARALLEL_SORT_MIN:
+        return np.argsort(key)
+    lo = np.flatnonzero(cust < n_customers // 2)
+    hi = np.flatnonzero(cust >= n_customers // 2)
+    with ThreadPoolExecutor(2) as pool:
+        hi_order = pool.submit(lambda: hi[np.argsort(key[hi])])
+        lo_order = lo[np.argsort(key[lo])]
+        return np.concatenate([lo_order, hi_order.result()])
 
 
 def _partition(group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """Stable partition of positions by a small integer ``group``: (permutation, group bounds)."""
-    group = group.astype(np.int8 if n_groups < 128 else np.int16)
+    group = group.astype(np.int8 if n_groups < 128 else np.int16, copy=False)
     perm = np.argsort(group, kind="stable")  # radix sort for 8/16-bit integers: linear time
-    return perm, np.searchsorted(group[perm], np.arange(n_groups + 1))
+    return perm, np.searchsorted(group[perm], np.arange(n_groups + 1))  # int8 gather: cheap
 
 
 class _MessageLinker:
@@ -123,8 +140,6 @@ class EventLog:
     tz_code: np.ndarray           # (n_customers,)
     first_seen_ms: np.ndarray     # (n_customers,) signup time (or first event), float ms, NaN unknown
     t0: int                       # ms of the epoch of relative times
-    cust: np.ndarray              # (n_events,) int64, sorted by key
-    t: np.ndarray                 # (n_events,) int64 ms
     event: np.ndarray             # (n_events,) int8 code into EVENT_TYPES
     channel: np.ndarray           # (n_events,) int8 code into config channels, -1 for organic orders
     offer: np.ndarray             # (n_events,) int8 code into config offers, -1 for organic orders
@@ -143,21 +158,25 @@ class EventLog:
         ids = _arrow_strings(customers["customer_id"])
         if len(ids) >= MAX_CUSTOMERS:
             raise ValueError(f"{len(ids)} customers in one log; at most {MAX_CUSTOMERS - 1} (partition by customer)")
-        ev = _codes(events["event"], pa.array(EVENT_TYPES)).astype(np.int8)
+        def codes_or_none(column, names):
+            return _codes(events[column], names) if column in events else np.full(len(events), -1, np.int32)
+
+        with ThreadPoolExecutor(2) as pool:  # pyarrow's hash kernels release the GIL: use both cores
+            cust_job = pool.submit(lambda: (_codes(events["customer_id"], ids),
+                                            codes_or_none("offer", config.offer_names)))
+            ev = _codes(events["event"], pa.array(EVENT_TYPES)).astype(np.int8)
+            channel = codes_or_none("channel", config.channel_names)
+            cust, offer = cust_job.result()
         sent = np.flatnonzero(ev == EV["sent"])
         msg_all = _arrow_strings(events["message_id"])
         has_msg = ~msg_all.is_null().to_numpy(zero_copy_only=False)
-        with ThreadPoolExecutor(2) as pool:  # pyarrow's hash kernels release the GIL: use both cores
-            cust_job = pool.submit(_codes, events["customer_id"], ids)
-            channel = _codes(events["channel"], config.channel_names) if "channel" in events else np.full(len(ev), -1)
-            offer = _codes(events["offer"], config.offer_names) if "offer" in events else np.full(len(ev), -1)
-            cust = cust_job.result()
         # Responses that carry their channel and offer (most exports do) need no lookup; the others
         # take them from their send. The full message linkage is only needed for training outcomes
         # and is built on first use.
         linker = _MessageLinker(msg_all, ev, sent)
         lookup = np.flatnonzero(has_msg & (ev != EV["sent"]) & ((channel < 0) | (offer < 0)))
         if len(lookup):
+            channel, offer = channel.copy(), offer.copy()
             at = linker.send_of(lookup)
             ok = at >= 0
             channel[lookup[ok]] = channel[sent[at[ok]]]
@@ -175,13 +194,14 @@ class EventLog:
         t0 = int(t.min()) if len(t) else 0
         if len(t) and int(t.max()) - t0 >= (1 << TIME_BITS):
             raise ValueError("events span more than 17 years; split the log in time")
-        key = (cust << TIME_BITS) | (t - t0)
-        order = np.argsort(key)  # ties (same customer, same ms) may come in any order: counts don't care
+        key = (cust.astype(np.int64) << TIME_BITS) | (t - t0)
+        order = _argsort_by_customer_halves(key, cust, len(ids))
         key = key[order]
-        cust, t = key >> TIME_BITS, (key & ((1 << TIME_BITS) - 1)) + t0  # no gathers: derived from the key
-        starts = np.searchsorted(cust, np.arange(len(ids)))  # sorted: a customer's first event comes first
-        has = starts < np.append(starts[1:], len(cust))
-        first_seen = np.where(has, t[np.minimum(starts, max(len(t) - 1, 0))] if len(t) else np.nan, np.nan)
+        # sorted by key, a customer's first event comes first
+        starts = np.searchsorted(key, np.arange(len(ids), dtype=np.int64) << TIME_BITS)
+        has = starts < np.append(starts[1:], len(key))
+        first_key = key[np.minimum(starts, max(len(key) - 1, 0))] if len(key) else np.zeros(len(ids), np.int64)
+        first_seen = np.where(has, (first_key & ((1 << TIME_BITS) - 1)) + t0, np.nan)
         if "signup_at" in customers:
             signup = pd.to_datetime(customers["signup_at"], utc=True)
             s_ms = np.where(signup.isna(), np.nan, to_ms(signup.fillna(pd.Timestamp(0, tz="UTC"))).astype(float))
@@ -193,18 +213,20 @@ class EventLog:
                                 for c in config.channel_names})
         attributes = pd.concat([consent, customers[attr_cols].reset_index(drop=True)], axis=1)
 
-        ev = ev[order]
-        by_event, bounds = _partition(ev, len(EVENT_TYPES))
-        channel, offer = channel[order], offer[order]
-        log.debug("encoded %d events of %d customers", len(t), len(ids))
+        ev, channel, offer = ev[order], channel[order], offer[order]
+        n_ch = len(config.channel_names) + 1
+        with ThreadPoolExecutor(2) as pool:
+            by_event_channel = pool.submit(_partition, ev * n_ch + channel + 1, len(EVENT_TYPES) * n_ch)
+            by_event, bounds = _partition(ev, len(EVENT_TYPES))
+            by_event_channel = by_event_channel.result()
+        log.debug("encoded %d events of %d customers", len(key), len(ids))
         return cls(config=config, customer_ids=pd.Index(ids.to_pandas(types_mapper=pd.ArrowDtype).astype("str")),
                    tz_names=tuple(tz_names), tz_code=tz_codes,
-                   first_seen_ms=first_seen.astype(float), t0=t0, cust=cust, t=t,
+                   first_seen_ms=first_seen.astype(float), t0=t0,
                    event=ev, channel=channel, offer=offer, attributes=attributes,
                    _streams={"_keys": key, "_by_event": (by_event, bounds), "_order": order,
                              "_unsorted": {"message": linker.codes, "value": value, "propensity": propensity},
-                             "_by_event_channel": _partition(ev * (len(config.channel_names) + 1) + channel + 1,
-                                                             len(EVENT_TYPES) * (len(config.channel_names) + 1))})
+                             "_by_event_channel": by_event_channel})
 
     @property
     def n_customers(self) -> int:
@@ -212,7 +234,24 @@ class EventLog:
 
     @property
     def keys(self) -> np.ndarray:
+        """(n_events,) int64 sorted keys ``customer << 39 | ms since t0``."""
         return self._streams["_keys"]
+
+    @property
+    def cust(self) -> np.ndarray:
+        """(n_events,) int64 customer code of each event, in key order (derived from the key)."""
+        return self.keys >> TIME_BITS
+
+    def cust_at(self, positions: np.ndarray) -> np.ndarray:
+        return self.keys[positions] >> TIME_BITS
+
+    def t_at(self, positions: np.ndarray) -> np.ndarray:
+        return (self.keys[positions] & ((1 << TIME_BITS) - 1)) + self.t0
+
+    @property
+    def t(self) -> np.ndarray:
+        """(n_events,) int64 UTC milliseconds of each event, in key order (derived from the key)."""
+        return (self.keys & ((1 << TIME_BITS) - 1)) + self.t0
 
     def column_at(self, name: str, positions: np.ndarray) -> np.ndarray:
         """``message``, ``value`` or ``propensity`` at sorted ``positions`` (gathers only those)."""
@@ -279,7 +318,7 @@ class EventLog:
 
     def local_hour_dow(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Local hour and weekday of the selected events in their customer's time zone."""
-        return local_hour_dow(self.t[sel] // 1000, self.tz_code[self.cust[sel]], self.tz_names)
+        return local_hour_dow(self.t_at(sel) // 1000, self.tz_code[self.cust_at(sel)], self.tz_names)
 
     # ------------------------------------------------------------------ queries
     def query_keys(self, cust: np.ndarray, t_ms: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ def _first_after_send(log_: EventLog, event: int, n_msg: int) -> np.ndarray:
     sel = log_.select(event)
     msg = log_.column_at("message", sel)
     sel, msg = sel[msg >= 0], msg[msg >= 0]
-    np.minimum.at(first, msg, log_.t[sel].astype(float))
+    np.minimum.at(first, msg, log_.t_at(sel).astype(float))
     return first
 
 
@@ -40,9 +40,9 @@ def decision_columns(log_: EventLog, sends: np.ndarray) -> pd.DataFrame:
     cfg = log_.config
     hour, dow = log_.local_hour_dow(sends)
     return pd.DataFrame({
-        "customer_id": log_.customer_ids[log_.cust[sends]].to_numpy(),
+        "customer_id": log_.customer_ids[log_.cust_at(sends)].to_numpy(),
         "message_code": log_.column_at("message", sends),
-        "send_ts": pd.to_datetime(log_.t[sends], unit="ms", utc=True),
+        "send_ts": pd.to_datetime(log_.t_at(sends), unit="ms", utc=True),
         "channel": pd.Categorical.from_codes(log_.channel[sends], categories=list(cfg.channel_names)),
         "offer": pd.Categorical.from_codes(log_.offer[sends], categories=list(cfg.offer_names)),
         "send_hour": hour.astype(np.int8),
@@ -54,7 +54,7 @@ def decision_columns(log_: EventLog, sends: np.ndarray) -> pd.DataFrame:
 def outcome_columns(log_: EventLog, sends: np.ndarray, window_hours: float, data_end_ms: int) -> pd.DataFrame:
     """What followed each send within ``window_hours``."""
     w = window_hours * HOUR_MS
-    t_send = log_.t[sends]
+    t_send = log_.t_at(sends)
     msg = log_.column_at("message", sends)
     n_msg = len(log_.select(EV["sent"]))
     out = {}
@@ -62,7 +62,7 @@ def outcome_columns(log_: EventLog, sends: np.ndarray, window_hours: float, data
         first = _first_after_send(log_, EV[ev], n_msg)[msg]
         out[col] = (first - t_send) < w
     orders = log_.stream(("converted_any", "all"), lambda: log_.select(EV["converted"]), with_value=True)
-    cust = log_.cust[sends]
+    cust = log_.cust_at(sends)
     end = t_send + int(w)
     # orders in [send, send + window): "count before end" minus "count before send"
     n_end = log_.count(orders, cust, end)
@@ -80,7 +80,7 @@ def iter_training_examples(log_: EventLog, window_hours: float | None = None, da
                            progress: bool = False):
     """Yield training examples in chunks of ``chunk_rows`` sends (see :func:`training_examples`)."""
     window_hours = window_hours or log_.config.objective.attribution_window_hours
-    data_end_ms = to_ms(data_end) if data_end is not None else (int(log_.t.max()) + 1 if len(log_.t) else 0)
+    data_end_ms = to_ms(data_end) if data_end is not None else (int(log_.t.max()) + 1 if len(log_.keys) else 0)
     population = population if population is not None else Population.from_log(log_)
     sends = log_.select(EV["sent"])
     for lo in tqdm(range(0, max(len(sends), 1), chunk_rows), desc="training examples", disable=not progress,

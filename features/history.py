@@ -14,6 +14,7 @@ that customer's events -- the shape Dask partitions keyed by customer will need.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +48,7 @@ class Population:
     @classmethod
     def from_log(cls, log_: EventLog) -> "Population":
         cfg = log_.config
-        if len(log_.t) == 0:
+        if len(log_.keys) == 0:
             return cls(0, {})
         day = log_.t // DAY_MS
         day0 = int(day.min())
@@ -129,28 +130,11 @@ def engagement_history(log_: EventLog, customer_ids, as_of, population: Populati
     m, pdays = fs.prior_strength, fs.prior_days
     cols: dict[str, np.ndarray] = {}
 
-    for s, k in _scope_codes(cfg):
-        streams = {e: log_.stream((e, s), lambda e=e: log_.select(_event_code(e), k))
-                   for e in set(COUNT_EVENTS) | set(_RATE_EVENTS) | {"bounced", "unsubscribed"}}
-        if s == "all":  # every order, organic included
-            streams["converted"] = log_.stream(("converted_any", s), lambda: log_.select(EV["converted"]),
-                                               with_value=True)
-        wins = [w * DAY_MS for w in fs.windows_days]
-        fat = [h * HOUR_MS for h in fs.fatigue_hours]
-        got = {e: log_.window_counts(streams[e], cust, t, wins + fat if e == "sent" else wins)
-               for e in set(COUNT_EVENTS) | set(_RATE_EVENTS)}
-        for i, w in enumerate(fs.windows_days):
-            for e in COUNT_EVENTS:
-                cols[f"{s}_{e}_{w}d"] = got[e][i]
-            for r, (num, den) in RATES.items():
-                prior = pop.rate((num, s), (den, s), t, pdays)
-                cols[f"{s}_{r}_{w}d"] = _smooth(got[num][i], got[den][i], prior, m)
-        for i, h in enumerate(fs.fatigue_hours):
-            cols[f"{s}_sent_{h}h"] = got["sent"][len(wins) + i]
-        for r, e in RECENCY.items():
-            cols[f"{s}_days_since_{r}"] = (t - log_.last_time(streams[e], cust, t)) / DAY_MS
-        cols[f"{s}_bounced_{fs.windows_days[-1]}d"] = log_.count(streams["bounced"], cust, t, fs.windows_days[-1] * DAY_MS)
-        cols[f"{s}_unsubscribed"] = log_.count(streams["unsubscribed"], cust, t)
+    with ThreadPoolExecutor(2) as pool:  # numpy's searches, sorts and gathers release the GIL
+        jobs = [pool.submit(_scope_features, log_, pop, s, k, cust, t) for s, k in _scope_codes(cfg)]
+        jobs.append(pool.submit(_timing, log_, pop, cust, t, m, pdays))
+        for job in jobs:
+            cols.update(job.result())
 
     long = fs.windows_days[-1]
     orders = log_.stream(("converted_any", "all"), lambda: log_.select(EV["converted"]), with_value=True)
@@ -168,7 +152,6 @@ def engagement_history(log_: EventLog, customer_ids, as_of, population: Populati
         cols[f"offer_{o}_converted_{long}d"] = nc
         cols[f"offer_{o}_conversion_rate_{long}d"] = _smooth(nc, ns, prior, m)
 
-    _timing(log_, pop, cust, t, cols, m, pdays)
     # per-customer arrays get one extra slot (index n_customers) for customers unknown to the log
     first = np.append(log_.first_seen_ms, np.nan)[cust]
     cols["tenure_days"] = np.where(first <= t, (t - first) / DAY_MS, np.nan)
@@ -190,6 +173,36 @@ def engagement_history(log_: EventLog, customer_ids, as_of, population: Populati
     return out
 
 
+def _scope_features(log_: EventLog, pop: Population, s: str, k: int | None, cust, t) -> dict:
+    """Counts, smoothed rates, fatigue, recency and deliverability of one scope (``all`` or a channel)."""
+    fs = log_.config.features
+    m, pdays = fs.prior_strength, fs.prior_days
+    cols = {}
+    streams = {e: log_.stream((e, s), lambda e=e: log_.select(_event_code(e), k))
+               for e in set(COUNT_EVENTS) | set(_RATE_EVENTS) | {"bounced", "unsubscribed"}}
+    if s == "all":  # every order, organic included
+        streams["converted"] = log_.stream(("converted_any", s), lambda: log_.select(EV["converted"]),
+                                           with_value=True)
+    wins = [w * DAY_MS for w in fs.windows_days]
+    fat = [h * HOUR_MS for h in fs.fatigue_hours]
+    got = {e: log_.window_counts(streams[e], cust, t, wins + fat if e == "sent" else wins)
+           for e in set(COUNT_EVENTS) | set(_RATE_EVENTS)}
+    for i, w in enumerate(fs.windows_days):
+        for e in COUNT_EVENTS:
+            cols[f"{s}_{e}_{w}d"] = got[e][i]
+        for r, (num, den) in RATES.items():
+            prior = pop.rate((num, s), (den, s), t, pdays)
+            cols[f"{s}_{r}_{w}d"] = _smooth(got[num][i], got[den][i], prior, m)
+    for i, h in enumerate(fs.fatigue_hours):
+        cols[f"{s}_sent_{h}h"] = got["sent"][len(wins) + i]
+    for r, e in RECENCY.items():
+        cols[f"{s}_days_since_{r}"] = (t - log_.last_time(streams[e], cust, t)) / DAY_MS
+    cols[f"{s}_bounced_{fs.windows_days[-1]}d"] = log_.count(streams["bounced"], cust, t, fs.windows_days[-1] * DAY_MS)
+    cols[f"{s}_unsubscribed"] = log_.count(streams["unsubscribed"], cust, t)
+
+    return cols
+
+
 def _compact(col):
     """int32 counts and float32 measures: training frames hold millions of rows."""
     if isinstance(col, pd.Categorical) or col.dtype == bool:
@@ -197,8 +210,9 @@ def _compact(col):
     return col.astype(np.int32) if col.dtype.kind in "iu" else col.astype(np.float32)
 
 
-def _timing(log_: EventLog, pop: Population, cust, t, cols, m, pdays) -> None:
+def _timing(log_: EventLog, pop: Population, cust, t, m, pdays) -> dict:
     """Local hour-of-day and weekday profiles of opens, smoothed toward the population's."""
+    cols = {}
     if "timing" not in log_._streams:
         opens, hour, dow = log_.open_times()
         log_._streams["timing"] = (
@@ -217,3 +231,4 @@ def _timing(log_: EventLog, pop: Population, cust, t, cols, m, pdays) -> None:
         for i in range(counts.shape[1]):
             cols[fmt.format(i)] = share[:, i]
     cols["top_open_hour"] = np.where(hour_n.sum(axis=1) > 0, hour_n.argmax(axis=1), np.nan)
+    return cols

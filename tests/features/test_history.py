@@ -110,3 +110,17 @@ def test_responses_without_channel_are_linked_to_their_send(small_world, config)
     linked = engagement_history(EventLog.build(customers, bare, config), customers["customer_id"], as_of)
     pd.testing.assert_frame_equal(full, linked)
     assert full["email_opened_30d"].sum() > 0
+
+
+def test_parallel_sort_gives_the_same_log(small_world, config, monkeypatch):
+    """The two-thread sort used on large logs orders events exactly like one sort."""
+    import features.eventlog as el
+
+    events, customers = small_world.events, small_world.customers
+    one = EventLog.build(customers, events, config)
+    monkeypatch.setattr(el, "PARALLEL_SORT_MIN", 0)
+    two = EventLog.build(customers, events, config)
+    assert np.array_equal(one.keys, two.keys)
+    assert np.all(np.diff(two.keys) >= 0)
+    pd.testing.assert_frame_equal(engagement_history(one, customers["customer_id"], small_world.end),
+                                  engagement_history(two, customers["customer_id"], small_world.end))
