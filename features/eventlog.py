@@ -66,7 +66,11 @@ def _arrow_strings(values) -> pa.Array:
 
 
 def _codes(values, categories) -> np.ndarray:
-    """Position of each value in ``categories`` (int64; -1 where missing or absent)."""
+    """Position of each value in ``categories`` (int32; -1 where missing or absent)."""
+    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+        # dictionary-encoded: look up the (few) categories, then map the integer codes
+        lookup = np.append(_codes(pd.Series(values.cat.categories.astype("str")), categories), -1).astype(np.int32)
+        return lookup[values.cat.codes.to_numpy()]  # code -1 (missing) reads the trailing -1
     values = _arrow_strings(values)
     categories = _arrow_strings(categories).cast(values.type)
     idx = pc.index_in(values, value_set=categories)

@@ -106,7 +106,9 @@ def _is_text(col: pd.Series) -> bool:
         return True
     if pd.api.types.is_string_dtype(col.dtype) and not pd.api.types.is_object_dtype(col.dtype):
         return True
-    if pd.api.types.is_object_dtype(col.dtype) or isinstance(col.dtype, pd.CategoricalDtype):
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return all(isinstance(c, str) for c in col.cat.categories)
+    if pd.api.types.is_object_dtype(col.dtype):
         return bool(col.dropna().map(type).eq(str).all())
     return False
 
