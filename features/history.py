@@ -50,26 +50,41 @@ class Population:
         cfg = log_.config
         if len(log_.keys) == 0:
             return cls(0, {})
-        day = log_.t // DAY_MS
-        day0 = int(day.min())
-        n_days = int(day.max()) - day0 + 1
+        t = log_.t
+        day0 = int(t.min()) // DAY_MS
+        day = t // DAY_MS - day0
+        n_days = int(day.max()) + 1
+
+        def per_day(group, n_groups, sel=None):
+            """Daily counts per group in one pass: array (n_groups, n_days)."""
+            d = day if sel is None else day[sel]
+            code = group.astype(np.int64) * n_days + d
+            return np.bincount(code, minlength=n_groups * n_days).reshape(n_groups, n_days)
+
+        n_ch = len(cfg.channel_names) + 1  # channel code + 1: 0 is "no channel" (organic orders)
+        by_ev_ch = per_day(log_.event.astype(np.int64) * n_ch + log_.channel + 1, len(EV) * n_ch)
+        by_ev_ch = by_ev_ch.reshape(len(EV), n_ch, n_days)
         counts = {}
 
-        def add(name, sel, weights=None):
-            c = np.bincount(day[sel] - day0, weights=weights, minlength=n_days)
-            counts[name] = np.concatenate([[0.0], np.cumsum(c)])
+        def put(name, daily):
+            counts[name] = np.concatenate([[0.0], np.cumsum(daily)])
 
-        for s, k in _scope_codes(cfg):
-            for e in _RATE_EVENTS:
-                add((e, s), log_.select(_event_code(e), k))
-        for j, o in enumerate(cfg.offer_names):
-            add(("sent", f"offer_{o}"), log_.select(EV["sent"], offer=j))
-            add(("converted_attributed", f"offer_{o}"), log_.select(ATTRIBUTED, offer=j))
+        for e in _RATE_EVENTS:
+            code = EV["converted"] if e == "converted_attributed" else EV[e]
+            first = 1 if e == "converted_attributed" else 0  # attributed: orders with a channel
+            for s, k in _scope_codes(cfg):
+                put((e, s), by_ev_ch[code, first:].sum(axis=0) if k is None else by_ev_ch[code, k + 1])
+        for e, code in (("sent", EV["sent"]), ("converted_attributed", ATTRIBUTED)):
+            sel = log_.select(code)
+            by_offer = per_day(log_.offer[sel], len(cfg.offer_names), sel)
+            for j, o in enumerate(cfg.offer_names):
+                put((e, f"offer_{o}"), by_offer[j])
         opens, hour, dow = log_.open_times()
+        by_hour, by_dow = per_day(hour, 24, opens), per_day(dow, 7, opens)
         for h in range(24):
-            add(("opened", f"hour_{h}"), opens[hour == h])
+            put(("opened", f"hour_{h}"), by_hour[h])
         for d in range(7):
-            add(("opened", f"dow_{d}"), opens[dow == d])
+            put(("opened", f"dow_{d}"), by_dow[d])
         return cls(day0, counts)
 
     def total(self, name, as_of_ms: np.ndarray, days: int) -> np.ndarray:
