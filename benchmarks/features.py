@@ -32,38 +32,32 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 log = logging.getLogger("benchmarks.features")
 
-DUCKDB_SQL = """
+_COUNTS = """
+       count(*) FILTER (WHERE event = 'sent') AS sent_30d,
+       count(*) FILTER (WHERE event = 'delivered') AS delivered_30d,
+       count(*) FILTER (WHERE event = 'opened') AS opened_30d,
+       count(*) FILTER (WHERE event = 'clicked') AS clicked_30d,
+       count(*) FILTER (WHERE event = 'converted') AS converted_30d,
+       opened_30d / nullif(delivered_30d, 0) AS open_rate_30d,
+       clicked_30d / nullif(delivered_30d, 0) AS click_rate_30d,
+       converted_30d / nullif(sent_30d, 0) AS conversion_rate_30d"""
+
+# The reference: responses take the channel of their send (what the data contract guarantees).
+DUCKDB_SQL = f"""
 WITH sends AS (SELECT message_id, channel FROM events WHERE event = 'sent'),
 recent AS (
     SELECT e.customer_id, COALESCE(e.channel, s.channel) AS channel, e.event
     FROM events e LEFT JOIN sends s ON e.message_id = s.message_id
     WHERE e.ts >= $as_of - INTERVAL 30 DAY AND e.ts < $as_of
 )
-SELECT customer_id, channel,
-       count(*) FILTER (WHERE event = 'sent') AS sent_30d,
-       count(*) FILTER (WHERE event = 'delivered') AS delivered_30d,
-       count(*) FILTER (WHERE event = 'opened') AS opened_30d,
-       count(*) FILTER (WHERE event = 'clicked') AS clicked_30d,
-       count(*) FILTER (WHERE event = 'converted') AS converted_30d,
-       opened_30d / nullif(delivered_30d, 0) AS open_rate_30d,
-       clicked_30d / nullif(delivered_30d, 0) AS click_rate_30d,
-       converted_30d / nullif(sent_30d, 0) AS conversion_rate_30d
+SELECT customer_id, channel, {_COUNTS}
 FROM recent GROUP BY customer_id, channel
 """
 
-
 # The same figures without the join, valid when every event carries its channel (as these do):
 # the fastest SQL a competent analyst would write on this data.
-DUCKDB_NOJOIN_SQL = """
-SELECT customer_id, channel,
-       count(*) FILTER (WHERE event = 'sent') AS sent_30d,
-       count(*) FILTER (WHERE event = 'delivered') AS delivered_30d,
-       count(*) FILTER (WHERE event = 'opened') AS opened_30d,
-       count(*) FILTER (WHERE event = 'clicked') AS clicked_30d,
-       count(*) FILTER (WHERE event = 'converted') AS converted_30d,
-       opened_30d / nullif(delivered_30d, 0) AS open_rate_30d,
-       clicked_30d / nullif(delivered_30d, 0) AS click_rate_30d,
-       converted_30d / nullif(sent_30d, 0) AS conversion_rate_30d
+DUCKDB_NOJOIN_SQL = f"""
+SELECT customer_id, channel, {_COUNTS}
 FROM events WHERE ts >= $as_of - INTERVAL 30 DAY AND ts < $as_of
 GROUP BY customer_id, channel
 """

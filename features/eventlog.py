@@ -19,7 +19,9 @@ the remaining bits allow 16 million customers per log (per Dask partition, later
 from __future__ import annotations
 
 import logging
+import functools
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -77,6 +79,39 @@ def _codes(values, categories) -> np.ndarray:
     if idx.null_count:
         idx = idx.fill_null(-1)
     return idx.to_numpy(zero_copy_only=False)  # int32, may be read-only
+
+
+@contextmanager
+def without_hugepage_advice():
+    """Let the kernel back fresh arrays with ordinary pages while big arrays are built.
+
+    numpy advises the kernel to back large arrays with transparent huge pages. Where the kernel
+    then compacts memory synchronously at the first touch (THP ``defrag=madvise``, as here), each
+    fresh 80 MB temporary costs about 0.2 s; building a 10-million-event log allocates dozens.
+    Measured on this machine: build 2.5 s with the advice, 1.4 s without. Only phases that
+    *create* big arrays use this; searching them (the features) is faster on huge pages (fewer TLB
+    misses). The switch is numpy's own (process-wide) and is restored on exit; without it
+    (another numpy) nothing changes.
+    """
+    multiarray = getattr(getattr(np, "_core", None), "multiarray", None)
+    setter = getattr(multiarray, "_set_madvise_hugepage", None)
+    if setter is None:
+        yield
+        return
+    previous = setter(False)
+    try:
+        yield
+    finally:
+        setter(previous)
+
+
+def plain_pages(fn):
+    """Decorator: run ``fn`` inside :func:`without_hugepage_advice`."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with without_hugepage_advice():
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 def _argsort_by_customer_halves(key: np.ndarray, cust: np.ndarray, n_customers: int) -> np.ndarray:
@@ -153,7 +188,13 @@ class EventLog:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, customers: pd.DataFrame, events: pd.DataFrame, config: Config) -> "EventLog":
-        """Encode validated ``customers`` and ``events`` frames (see ``features.validate.check``).
+        """Encode validated ``customers`` and ``events`` frames (see ``features.validate.check``)."""
+        with without_hugepage_advice():
+            return cls._build(customers, events, config)
+
+    @classmethod
+    def _build(cls, customers: pd.DataFrame, events: pd.DataFrame, config: Config) -> "EventLog":
+        """See :meth:`build`.
 
         String columns are encoded with pyarrow's hash kernels (an order of magnitude faster than
         pandas' on millions of rows). A message's code is the position of its ``sent`` event
@@ -198,7 +239,11 @@ class EventLog:
         t0 = int(t.min()) if len(t) else 0
         if len(t) and int(t.max()) - t0 >= (1 << TIME_BITS):
             raise ValueError("events span more than 17 years; split the log in time")
-        key = (cust.astype(np.int64) << TIME_BITS) | (t - t0)
+        # key = cust << 39 | (t - t0), in place: each fresh 80 MB temporary costs page faults
+        key = cust.astype(np.int64)
+        key <<= TIME_BITS
+        key += t  # the low 39 bits are zero, so + is |
+        key -= t0
         order = _argsort_by_customer_halves(key, cust, len(ids))
         key = key[order]
         # sorted by key, a customer's first event comes first

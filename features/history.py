@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.eventlog import ATTRIBUTED, EV, EventLog, Stream, to_ms
+from features.eventlog import ATTRIBUTED, EV, EventLog, Stream, plain_pages, to_ms
 from features.spec import COUNT_EVENTS, RATES, RECENCY, feature_names, history_features, scopes
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class Population:
     counts: dict
 
     @classmethod
+    @plain_pages
     def from_log(cls, log_: EventLog) -> "Population":
         cfg = log_.config
         if len(log_.keys) == 0:

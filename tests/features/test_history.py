@@ -124,3 +124,26 @@ def test_parallel_sort_gives_the_same_log(small_world, config, monkeypatch):
     assert np.all(np.diff(two.keys) >= 0)
     pd.testing.assert_frame_equal(engagement_history(one, customers["customer_id"], small_world.end),
                                   engagement_history(two, customers["customer_id"], small_world.end))
+
+
+def test_30_day_counts_agree_with_an_independent_sql_implementation(small_world, small_log, config):
+    """DuckDB's GROUP BY over the raw events gives the same 30-day per-channel counts."""
+    import importlib.util
+
+    import duckdb  # a dev dependency: installed by `make test`
+    path = __import__("pathlib").Path(__file__).parents[2] / "benchmarks" / "features.py"
+    spec = importlib.util.spec_from_file_location("bench_features", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    as_of = small_world.end - pd.Timedelta(days=3, hours=5)
+    con = duckdb.connect()
+    con.register("events", small_world.events)
+    sql = con.execute(bench.DUCKDB_SQL, {"as_of": as_of.to_pydatetime()}).df()
+    ours = engagement_history(small_log, small_world.customers["customer_id"], as_of)
+    for channel in config.channel_names:
+        theirs = sql[sql["channel"] == channel].set_index("customer_id")
+        for e in ("sent", "delivered", "opened", "clicked", "converted"):
+            expected = theirs[f"{e}_30d"].reindex(ours.index, fill_value=0).astype(int)
+            assert (ours[f"{channel}_{e}_30d"] == expected).all(), (channel, e)
+    total = sql.groupby("customer_id")["converted_30d"].sum().reindex(ours.index, fill_value=0)
+    assert (ours["all_converted_30d"] == total).all()  # organic orders (no channel) included
