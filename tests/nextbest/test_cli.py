@@ -80,3 +80,24 @@ def test_bad_arguments_and_missing_data_exit_non_zero(tmp_path):
     cfg.write_text("offers:\n  pct10:\n    channels: [fax]\n")
     proc = run("--config", str(cfg), "data", "validate", str(tmp_path), check=False)
     assert proc.returncode == 2 and "offers.pct10.channels" in proc.stderr
+
+
+def test_mlflow_run_entry_points_call_the_cli(tmp_path):
+    """`mlflow run . -e generate` and `-e features` work from the repository (MLproject)."""
+    import os
+
+    root = Path(__file__).parents[2]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+           "PATH": f"{BIN.parent}{os.pathsep}{os.environ['PATH']}"}
+    mlflow = str(BIN.parent / "mlflow")
+    out = tmp_path / "data"
+    for entry, params in (("generate", ["customers=200", "days=7", f"out={out}"]),
+                          ("features", [f"data_dir={out}", f"out={tmp_path / 'snap.parquet'}",
+                                        f"examples={tmp_path / 'ex.parquet'}"])):
+        args = [mlflow, "run", str(root), "-e", entry, "--env-manager", "local"]
+        for p in params:
+            args += ["-P", p]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "succeeded" in proc.stderr
+    assert len(pd.read_parquet(tmp_path / "snap.parquet")) == 200
