@@ -85,7 +85,14 @@ def stage(name: str, data_dir: Path) -> dict:
     as_of = events["ts"].max().ceil("D")
     loaded_gib = _peak_gib()
     t0 = time.perf_counter()
-    if name == "snapshot_encoded":  # the log is already encoded (untimed): priors + features only
+    if name == "validate":
+        from features.validate import validate
+
+        problems = validate(customers, events, cfg)
+        if problems:
+            raise SystemExit(f"benchmark data is invalid: {problems[:3]}")
+        rows, cols = len(events), len(events.columns)
+    elif name == "snapshot_encoded":  # the log is already encoded (untimed): priors + features only
         from features.eventlog import EventLog
         from features.history import Population, engagement_history
 
@@ -152,7 +159,7 @@ def main() -> int:
         log.info("generated %d events in %.0fs", len(sim.events), time.perf_counter() - t0)
         del sim
     results = {}
-    for name in ("duckdb", "duckdb_nojoin", "snapshot", "snapshot_encoded", "examples"):
+    for name in ("duckdb", "duckdb_nojoin", "snapshot", "snapshot_encoded", "validate", "examples"):
         runs = []
         for _ in range(1 if name == "examples" else args.repeat):
             proc = subprocess.run([sys.executable, __file__, "--stage", name, "--data", str(data)],

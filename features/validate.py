@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import Config
-from features.eventlog import _codes
+from features.eventlog import _codes, to_ms
 from features.io import find_table, load_dataset
 from features.localtime import known_timezones
 from features.schema import CONSENT_PREFIX, EVENT_COLUMNS, EVENT_TYPES, REQUIRED_EVENT_COLUMNS
@@ -264,8 +264,8 @@ def _validate_events(e: pd.DataFrame, config: Config, file: str, now, ids, out: 
             out.add(file, "message_id", "response_without_send", "no sent event with this message_id",
                     resp[orphan], msg.iloc[resp[orphan]].to_numpy())
         r, s = resp[~orphan], sent_pos[at[~orphan]]
-        ts_np = ts.to_numpy()
-        early = ts_np[r] < ts_np[s]
+        ms = to_ms(ts.fillna(pd.Timestamp(0, tz="UTC")))  # unparsable times are reported above
+        early = ms[r] < ms[s]
         if early.any():
             out.add(file, "ts", "response_before_send", "happens before its message was sent", r[early],
                     ts.iloc[r[early]].astype("str").to_numpy())
@@ -276,12 +276,14 @@ def _validate_events(e: pd.DataFrame, config: Config, file: str, now, ids, out: 
         for name, rule in (("channel", "response_channel_mismatch"), ("offer", "response_offer_mismatch")):
             if name not in e:
                 continue
-            resp_vals, send_vals = e[name].iloc[r], e[name].iloc[s]
-            given = resp_vals.notna().to_numpy()
-            differs = given & (resp_vals.to_numpy(dtype=object) != send_vals.to_numpy(dtype=object))
+            col = e[name]
+            labels = (col.cat.categories.astype("str") if isinstance(col.dtype, pd.CategoricalDtype)
+                      else pd.unique(col.dropna().astype("str")))
+            codes = _codes(col, list(labels))  # compare integer codes, not 10M Python strings
+            differs = (codes[r] >= 0) & (codes[r] != codes[s])
             if differs.any():
                 out.add(file, name, rule, f"differs from the {name} of its send", r[differs],
-                        resp_vals.to_numpy(dtype=object)[differs])
+                        col.iloc[r[differs]].astype("str").to_numpy())
     if "value" in e:
         value = e["value"].to_numpy(dtype=float, na_value=np.nan)
         missing_v = is_conv & np.isnan(value)
