@@ -18,8 +18,8 @@ the remaining bits allow 16 million customers per log (per Dask partition, later
 
 from __future__ import annotations
 
-import logging
 import functools
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,11 +67,11 @@ def _arrow_strings(values) -> pa.Array:
     return arr
 
 
-def _codes(values, categories) -> np.ndarray:
+def lookup_codes(values, categories) -> np.ndarray:
     """Position of each value in ``categories`` (int32; -1 where missing or absent)."""
     if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
         # dictionary-encoded: look up the (few) categories, then map the integer codes
-        lookup = np.append(_codes(pd.Series(values.cat.categories.astype("str")), categories), -1).astype(np.int32)
+        lookup = np.append(lookup_codes(pd.Series(values.cat.categories.astype("str")), categories), -1).astype(np.int32)
         return lookup[values.cat.codes.to_numpy()]  # code -1 (missing) reads the trailing -1
     values = _arrow_strings(values)
     categories = _arrow_strings(categories).cast(values.type)
@@ -144,7 +144,7 @@ class _MessageLinker:
 
     def send_of(self, positions: np.ndarray) -> np.ndarray:
         """Index among sends of the send of each response at ``positions`` (input order); -1 if none."""
-        return _codes(self.msg_all.take(pa.array(positions)), self.msg_all.take(pa.array(self.sent)))
+        return lookup_codes(self.msg_all.take(pa.array(positions)), self.msg_all.take(pa.array(self.sent)))
 
     def codes(self) -> np.ndarray:
         """(n_events,) message code of every event (input order): its send's index, -1 for none."""
@@ -183,18 +183,18 @@ class EventLog:
     channel: np.ndarray           # (n_events,) int8 code into config channels, -1 for organic orders
     offer: np.ndarray             # (n_events,) int8 code into config offers, -1 for organic orders
     attributes: pd.DataFrame      # customer attributes indexed by code
-    _streams: dict = field(default_factory=dict, repr=False)
+    keys: np.ndarray              # (n_events,) int64 sorted keys ``customer << 39 | ms since t0``
+    by_event: tuple               # (positions grouped by event type, group bounds)
+    by_event_channel: tuple       # (positions grouped by (event type, channel + 1), group bounds)
+    order: np.ndarray             # (n_events,) input row of each sorted position
+    raw: dict                     # input-order columns gathered on demand: message (lazy), value, propensity
+    _cache: dict = field(default_factory=dict, repr=False)  # streams and profiles built on first use
 
     # ------------------------------------------------------------------ building
     @classmethod
+    @plain_pages
     def build(cls, customers: pd.DataFrame, events: pd.DataFrame, config: Config) -> "EventLog":
-        """Encode validated ``customers`` and ``events`` frames (see ``features.validate.check``)."""
-        with without_hugepage_advice():
-            return cls._build(customers, events, config)
-
-    @classmethod
-    def _build(cls, customers: pd.DataFrame, events: pd.DataFrame, config: Config) -> "EventLog":
-        """See :meth:`build`.
+        """Encode validated ``customers`` and ``events`` frames (see ``features.validate.check``).
 
         String columns are encoded with pyarrow's hash kernels (an order of magnitude faster than
         pandas' on millions of rows). A message's code is the position of its ``sent`` event
@@ -204,12 +204,12 @@ class EventLog:
         if len(ids) >= MAX_CUSTOMERS:
             raise ValueError(f"{len(ids)} customers in one log; at most {MAX_CUSTOMERS - 1} (partition by customer)")
         def codes_or_none(column, names):
-            return _codes(events[column], names) if column in events else np.full(len(events), -1, np.int32)
+            return lookup_codes(events[column], names) if column in events else np.full(len(events), -1, np.int32)
 
         with ThreadPoolExecutor(2) as pool:  # pyarrow's hash kernels release the GIL: use both cores
-            cust_job = pool.submit(lambda: (_codes(events["customer_id"], ids),
+            cust_job = pool.submit(lambda: (lookup_codes(events["customer_id"], ids),
                                             codes_or_none("offer", config.offer_names)))
-            ev = _codes(events["event"], pa.array(EVENT_TYPES)).astype(np.int8)
+            ev = lookup_codes(events["event"], pa.array(EVENT_TYPES)).astype(np.int8)
             channel = codes_or_none("channel", config.channel_names)
             cust, offer = cust_job.result()
         sent = np.flatnonzero(ev == EV["sent"])
@@ -273,18 +273,18 @@ class EventLog:
                    tz_names=tuple(tz_names), tz_code=tz_codes,
                    first_seen_ms=first_seen.astype(float), t0=t0,
                    event=ev, channel=channel, offer=offer, attributes=attributes,
-                   _streams={"_keys": key, "_by_event": (by_event, bounds), "_order": order,
-                             "_unsorted": {"message": linker.codes, "value": value, "propensity": propensity},
-                             "_by_event_channel": by_event_channel})
+                   keys=key, by_event=(by_event, bounds), by_event_channel=by_event_channel, order=order,
+                   raw={"message": linker.codes, "value": value, "propensity": propensity})
 
     @property
     def n_customers(self) -> int:
         return len(self.customer_ids)
 
-    @property
-    def keys(self) -> np.ndarray:
-        """(n_events,) int64 sorted keys ``customer << 39 | ms since t0``."""
-        return self._streams["_keys"]
+    def cached(self, name, build):
+        """``build()`` once per log, then the same object (streams, profiles)."""
+        if name not in self._cache:
+            self._cache[name] = build()
+        return self._cache[name]
 
     @property
     def cust(self) -> np.ndarray:
@@ -304,42 +304,19 @@ class EventLog:
 
     def column_at(self, name: str, positions: np.ndarray) -> np.ndarray:
         """``message``, ``value`` or ``propensity`` at sorted ``positions`` (gathers only those)."""
-        column = self._streams["_unsorted"][name]
-        return (column() if callable(column) else column)[self._streams["_order"][positions]]
+        column = self.raw[name]
+        return (column() if callable(column) else column)[self.order[positions]]
 
-    def _sorted(self, name: str) -> np.ndarray:
-        """A column gathered into key order on first use (gathers of 10M rows are not free)."""
-        cache = self._streams.setdefault("_gathered", {})
-        if name not in cache:
-            cache[name] = self.column_at(name, np.arange(len(self.t)))
-        return cache[name]
-
-    @property
-    def message(self) -> np.ndarray:
-        """(n_events,) int64: position of the message's send among all sends; -1 for organic orders."""
-        return self._sorted("message")
-
-    @property
-    def value(self) -> np.ndarray:
-        """(n_events,) float64 order value, NaN except on orders."""
-        return self._sorted("value")
-
-    @property
-    def propensity(self) -> np.ndarray:
-        """(n_events,) float64 logging propensity on sends, NaN elsewhere."""
-        return self._sorted("propensity")
-
-    # ------------------------------------------------------------------ streams
     def select(self, event: int, channel: int | None = None, offer: int | None = None) -> np.ndarray:
         """Positions (sorted by key) of one kind of event; ``event == ATTRIBUTED`` means orders linked to a message."""
         e = EV["converted"] if event == ATTRIBUTED else event
         if channel is None:
-            perm, bounds = self._streams["_by_event"]
+            perm, bounds = self.by_event
             idx = perm[bounds[e]:bounds[e + 1]]
             if event == ATTRIBUTED:  # an order linked to a message has its send's channel
                 idx = idx[self.channel[idx] >= 0]
         else:
-            perm, bounds = self._streams["_by_event_channel"]
+            perm, bounds = self.by_event_channel
             g = e * (len(self.config.channel_names) + 1) + channel + 1
             idx = perm[bounds[g]:bounds[g + 1]]
         if offer is not None:
@@ -348,22 +325,20 @@ class EventLog:
 
     def stream(self, name: tuple, select_fn=None, with_value: bool = False) -> Stream:
         """The cached stream ``name``; built from the positions ``select_fn()`` the first time."""
-        s = self._streams.get(name)
-        if s is None:
+        def build():
             sel = select_fn()
             cum = None
             if with_value:
                 cum = np.concatenate([[0.0], np.cumsum(np.nan_to_num(self.column_at("value", sel)))])
-            s = Stream(self.keys[sel], cum)
-            self._streams[name] = s
-        return s
+            return Stream(self.keys[sel], cum)
+        return self.cached(("stream",) + tuple(name), build)
 
     def open_times(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Positions of opens with their local hour and weekday (cached: profiles and priors share them)."""
-        if "_open_times" not in self._streams:
+        def build():
             opens = self.select(EV["opened"])
-            self._streams["_open_times"] = (opens, *self.local_hour_dow(opens))
-        return self._streams["_open_times"]
+            return (opens, *self.local_hour_dow(opens))
+        return self.cached("open_times", build)
 
     def local_hour_dow(self, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Local hour and weekday of the selected events in their customer's time zone."""

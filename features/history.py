@@ -229,13 +229,12 @@ def _compact(col):
 def _timing(log_: EventLog, pop: Population, cust, t, m, pdays) -> dict:
     """Local hour-of-day and weekday profiles of opens, smoothed toward the population's."""
     cols = {}
-    if "timing" not in log_._streams:
+
+    def build():
         opens, hour, dow = log_.open_times()
-        log_._streams["timing"] = (
-            [log_.keys[opens[hour == h]] for h in range(24)],
-            [log_.keys[opens[dow == d]] for d in range(7)],
-        )
-    by_hour, by_dow = log_._streams["timing"]
+        return ([log_.keys[opens[hour == h]] for h in range(24)], [log_.keys[opens[dow == d]] for d in range(7)])
+
+    by_hour, by_dow = log_.cached("open_keys_by_hour_and_weekday", build)
     hour_n = np.stack([log_.count(Stream(k), cust, t) for k in by_hour], axis=1)
     dow_n = np.stack([log_.count(Stream(k), cust, t) for k in by_dow], axis=1)
     for counts, pop_names, fmt in ((hour_n, [("opened", f"hour_{h}") for h in range(24)], "open_hour_share_{:02d}"),

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from features.config import Config
-from features.eventlog import _codes, to_ms
+from features.eventlog import lookup_codes, to_ms
 from features.io import find_table, load_dataset
 from features.localtime import known_timezones
 from features.schema import CONSENT_PREFIX, EVENT_COLUMNS, EVENT_TYPES, REQUIRED_EVENT_COLUMNS
@@ -227,7 +227,7 @@ def _validate_events(e: pd.DataFrame, config: Config, file: str, now, ids, out: 
     empty = cust.isna()
     if empty.any():
         out.add(file, "customer_id", "empty_id", "customer_id is empty", np.flatnonzero(empty.to_numpy()))
-    cust_code = _codes(cust, ids.dropna()) if ids is not None else _codes(cust, cust.dropna().unique())
+    cust_code = lookup_codes(cust, ids.dropna()) if ids is not None else lookup_codes(cust, cust.dropna().unique())
     if ids is not None:
         unknown = (cust_code < 0) & ~empty.to_numpy()
         if unknown.any():
@@ -258,7 +258,7 @@ def _validate_events(e: pd.DataFrame, config: Config, file: str, now, ids, out: 
                 sent_pos[dup], msg.iloc[sent_pos[dup]].to_numpy())
     resp = np.flatnonzero(~is_sent & has_msg)
     if len(resp):
-        at = _codes(msg.iloc[resp], msg.iloc[sent_pos])
+        at = lookup_codes(msg.iloc[resp], msg.iloc[sent_pos])
         orphan = at < 0
         if orphan.any():
             out.add(file, "message_id", "response_without_send", "no sent event with this message_id",
@@ -279,7 +279,7 @@ def _validate_events(e: pd.DataFrame, config: Config, file: str, now, ids, out: 
             col = e[name]
             labels = (col.cat.categories.astype("str") if isinstance(col.dtype, pd.CategoricalDtype)
                       else pd.unique(col.dropna().astype("str")))
-            codes = _codes(col, list(labels))  # compare integer codes, not 10M Python strings
+            codes = lookup_codes(col, list(labels))  # compare integer codes, not 10M Python strings
             differs = (codes[r] >= 0) & (codes[r] != codes[s])
             if differs.any():
                 out.add(file, name, rule, f"differs from the {name} of its send", r[differs],
