@@ -261,6 +261,10 @@ class EventLog:
                                 if f"consent_{c}" in customers else np.zeros(len(ids), bool)
                                 for c in config.channel_names})
         attributes = pd.concat([consent, customers[attr_cols].reset_index(drop=True)], axis=1)
+        for c in attr_cols:  # text attributes: categories fixed by the whole table, so that a
+            col = attributes[c]  # one-customer live call encodes them like a training snapshot
+            if not (pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype)):
+                attributes[c] = col.astype(pd.CategoricalDtype(sorted(col.dropna().astype("str").unique())))
 
         ev, channel, offer = ev[order], channel[order], offer[order]
         n_ch = len(config.channel_names) + 1

@@ -149,9 +149,37 @@ def engagement_history(log_: EventLog, customer_ids, as_of, population: Populati
     with ThreadPoolExecutor(2) as pool:  # numpy's searches, sorts and gathers release the GIL
         jobs = [pool.submit(_scope_features, log_, pop, s, k, cust, t) for s, k in _scope_codes(cfg)]
         jobs.append(pool.submit(_timing, log_, pop, cust, t, m, pdays))
+        jobs.append(pool.submit(_orders_and_offers, log_, pop, cust, t))
         for job in jobs:
             cols.update(job.result())
 
+    # per-customer arrays get one extra slot (index n_customers) for customers unknown to the log
+    first = np.append(log_.first_seen_ms, np.nan)[cust]
+    cols["tenure_days"] = np.where(first <= t, (t - first) / DAY_MS, np.nan)
+    zones = list(log_.tz_names) + [z for z in [cfg.default_timezone] if z not in log_.tz_names]
+    tz_code = np.append(log_.tz_code, zones.index(cfg.default_timezone))[cust]
+    cols["timezone"] = pd.Categorical.from_codes(tz_code, categories=zones)  # same categories in every call
+
+    names = feature_names(cfg)
+    attrs = log_.attributes.reindex(codes).reset_index(drop=True)  # code -1 (unknown) -> a row of NaN
+    for c in cfg.channel_names:
+        cols[f"consent_{c}"] = attrs.pop(f"consent_{c}").fillna(False).astype(bool).to_numpy()
+    missing, extra = set(names) - set(cols), set(cols) - set(names)
+    if missing or extra:
+        raise AssertionError(f"features out of sync with features.spec: missing {sorted(missing)}, extra {sorted(extra)}")
+    out = pd.DataFrame({name: _compact(cols[name]) for name in names}, index=ids)
+    out.index.name = "customer_id"
+    for c in attrs.columns:  # text attributes are categoricals of the whole customer table (see EventLog)
+        out[c] = attrs[c].to_numpy() if not isinstance(attrs[c].dtype, pd.CategoricalDtype) else attrs[c].array
+    return out
+
+
+def _orders_and_offers(log_: EventLog, pop: Population, cust, t) -> dict:
+    """Order value and counts, and the response to each offer."""
+    cfg = log_.config
+    fs = cfg.features
+    m, pdays = fs.prior_strength, fs.prior_days
+    cols = {}
     long = fs.windows_days[-1]
     orders = log_.stream(("converted_any", "all"), lambda: log_.select(EV["converted"]), with_value=True)
     cols[f"order_value_{long}d"] = log_.count(orders, cust, t, long * DAY_MS, value=True)
@@ -167,26 +195,7 @@ def engagement_history(log_: EventLog, customer_ids, as_of, population: Populati
         cols[f"offer_{o}_sent_{long}d"] = ns
         cols[f"offer_{o}_converted_{long}d"] = nc
         cols[f"offer_{o}_conversion_rate_{long}d"] = _smooth(nc, ns, prior, m)
-
-    # per-customer arrays get one extra slot (index n_customers) for customers unknown to the log
-    first = np.append(log_.first_seen_ms, np.nan)[cust]
-    cols["tenure_days"] = np.where(first <= t, (t - first) / DAY_MS, np.nan)
-    tz = np.append(np.array(log_.tz_names, dtype=object)[log_.tz_code], cfg.default_timezone)[cust]
-    cols["timezone"] = pd.Categorical(tz)
-
-    names = feature_names(cfg)
-    attrs = log_.attributes.reindex(codes).reset_index(drop=True)  # code -1 (unknown) -> a row of NaN
-    for c in cfg.channel_names:
-        cols[f"consent_{c}"] = attrs.pop(f"consent_{c}").fillna(False).astype(bool).to_numpy()
-    missing, extra = set(names) - set(cols), set(cols) - set(names)
-    if missing or extra:
-        raise AssertionError(f"features out of sync with features.spec: missing {sorted(missing)}, extra {sorted(extra)}")
-    out = pd.DataFrame({name: _compact(cols[name]) for name in names}, index=ids)
-    out.index.name = "customer_id"
-    for c in attrs.columns:
-        col = attrs[c].to_numpy()
-        out[c] = pd.Categorical(col) if attrs[c].dtype.kind not in "biuf" else col
-    return out
+    return cols
 
 
 def _scope_features(log_: EventLog, pop: Population, s: str, k: int | None, cust, t) -> dict:

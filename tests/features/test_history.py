@@ -147,3 +147,13 @@ def test_30_day_counts_agree_with_an_independent_sql_implementation(small_world,
             assert (ours[f"{channel}_{e}_30d"] == expected).all(), (channel, e)
     total = sql.groupby("customer_id")["converted_30d"].sum().reindex(ours.index, fill_value=0)
     assert (ours["all_converted_30d"] == total).all()  # organic orders (no channel) included
+
+
+def test_categories_do_not_depend_on_which_customers_are_asked(small_log, small_world):
+    """A one-customer live call encodes text attributes and time zones like the full snapshot."""
+    ids = small_world.customers["customer_id"]
+    full = engagement_history(small_log, ids, small_world.end)
+    one = engagement_history(small_log, ids.iloc[[7]], small_world.end)
+    for c in ("timezone", "region", "device", "loyalty_tier"):
+        assert list(one[c].cat.categories) == list(full[c].cat.categories), c
+        assert one[c].cat.codes.iloc[0] == full[c].cat.codes.iloc[7], c
