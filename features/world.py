@@ -284,9 +284,10 @@ class World:
     def allowed(self, idx) -> np.ndarray:
         """Which (channel, local hour, offer) each customer may receive today, bool (m, K, 24, O).
 
-        Consent (unsubscribes revoke it), channel quiet hours, the weekly channel cap given the
-        last 7 days (approximated by the fatigue ring, all channels) and each offer's channels and
-        valid hours.
+        Consent (unsubscribes revoke it), channel quiet hours, and each offer's channels and valid
+        hours. Frequency caps are not applied here: the oracle takes one decision per customer
+        per day, which every daily cap allows; weekly caps depend on the decisions of other days
+        and are checked by whoever plays the days (the logging policy here, the policy later).
         """
         idx = np.asarray(idx)
         cfg = self.config
