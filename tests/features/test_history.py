@@ -157,3 +157,34 @@ def test_categories_do_not_depend_on_which_customers_are_asked(small_log, small_
     for c in ("timezone", "region", "device", "loyalty_tier"):
         assert list(one[c].cat.categories) == list(full[c].cat.categories), c
         assert one[c].cat.codes.iloc[0] == full[c].cat.codes.iloc[7], c
+
+
+def test_partitions_keyed_by_customer_give_the_same_features(small_world, small_log, config):
+    """The Dask shape: encode each customer partition on its own, share one Population, concat."""
+    from features.history import Population
+
+    customers, events = small_world.customers, small_world.events
+    whole = engagement_history(small_log, customers["customer_id"], small_world.end)
+    population = Population.from_log(small_log)  # the one global reduction
+    parts = []
+    for half in (customers.iloc[::2], customers.iloc[1::2]):
+        part_events = events[events["customer_id"].isin(half["customer_id"])]
+        part_log = EventLog.build(half, part_events, config)
+        parts.append(engagement_history(part_log, half["customer_id"], small_world.end, population))
+    joined = pd.concat(parts).loc[whole.index]
+    pd.testing.assert_frame_equal(joined.drop(columns=["timezone", "region", "device", "loyalty_tier"]),
+                                  whole.drop(columns=["timezone", "region", "device", "loyalty_tier"]))
+    for c in ("timezone", "region", "device", "loyalty_tier"):  # same values (categories per partition)
+        assert (joined[c].astype(str) == whole[c].astype(str)).all()
+
+
+def test_a_log_without_events_gives_cold_start_rows(config):
+    customers = pd.DataFrame({"customer_id": ["A", "B"], "consent_email": [True, False]})
+    events = _events([])
+    log_ = EventLog.build(customers, events, config)
+    h = engagement_history(log_, ["A", "B", "C"], AS_OF)
+    assert len(h) == 3 and (h["all_sent_90d"] == 0).all() and h["all_days_since_open"].isna().all()
+    assert h["consent_email"].tolist() == [True, False, False]
+    from features.examples import training_examples
+
+    assert len(training_examples(log_)) == 0
