@@ -146,6 +146,10 @@ class _MessageLinker:
         """Index among sends of the send of each response at ``positions`` (input order); -1 if none."""
         return lookup_codes(self.msg_all.take(pa.array(positions)), self.msg_all.take(pa.array(self.sent)))
 
+    def codes_of(self, message_ids) -> np.ndarray:
+        """Message code (index of the send) of each id in ``message_ids``; -1 where missing or unknown."""
+        return lookup_codes(pd.Series(message_ids), self.msg_all.take(pa.array(self.sent)))
+
     def codes(self) -> np.ndarray:
         """(n_events,) message code of every event (input order): its send's index, -1 for none."""
         if self._codes is None:
@@ -187,7 +191,8 @@ class EventLog:
     by_event: tuple               # (positions grouped by event type, group bounds)
     by_event_channel: tuple       # (positions grouped by (event type, channel + 1), group bounds)
     order: np.ndarray             # (n_events,) input row of each sorted position
-    raw: dict                     # input-order columns gathered on demand: message (lazy), value, propensity
+    raw: dict                     # input-order columns gathered on demand: message (lazy), value,
+                                  # propensity; and the message linker
     _cache: dict = field(default_factory=dict, repr=False)  # streams and profiles built on first use
 
     # ------------------------------------------------------------------ building
@@ -278,7 +283,7 @@ class EventLog:
                    first_seen_ms=first_seen.astype(float), t0=t0,
                    event=ev, channel=channel, offer=offer, attributes=attributes,
                    keys=key, by_event=(by_event, bounds), by_event_channel=by_event_channel, order=order,
-                   raw={"message": linker.codes, "value": value, "propensity": propensity})
+                   raw={"message": linker.codes, "value": value, "propensity": propensity, "linker": linker})
 
     @property
     def n_customers(self) -> int:
@@ -305,6 +310,15 @@ class EventLog:
     def t(self) -> np.ndarray:
         """(n_events,) int64 UTC milliseconds of each event, in key order (derived from the key)."""
         return (self.keys & ((1 << TIME_BITS) - 1)) + self.t0
+
+    def message_ids_at(self, positions: np.ndarray) -> pd.Series:
+        """The ``message_id`` text of the events at sorted ``positions``."""
+        ids = self.raw["linker"].msg_all.take(pa.array(self.order[positions]))
+        return pd.Series(ids.to_pandas(types_mapper=pd.ArrowDtype)).astype("str")
+
+    def message_codes(self, message_ids) -> np.ndarray:
+        """Message code (the index of its send) of each message id; -1 where missing or unknown."""
+        return self.raw["linker"].codes_of(message_ids)
 
     def column_at(self, name: str, positions: np.ndarray) -> np.ndarray:
         """``message``, ``value`` or ``propensity`` at sorted ``positions`` (gathers only those)."""

@@ -26,8 +26,8 @@ OUTCOMES = tuple(MESSAGE_OUTCOMES) + ("converted", "order_value", "outcome_compl
 
 
 def _first_after_send(log_: EventLog, event: int, n_msg: int) -> np.ndarray:
-    """Earliest time (ms) of ``event`` per message code; +inf where none."""
-    first = np.full(n_msg, np.inf)
+    """Earliest time (ms) of ``event`` per message code, with a trailing +inf for code -1 (none)."""
+    first = np.full(n_msg + 1, np.inf)
     sel = log_.select(event)
     msg = log_.column_at("message", sel)
     sel, msg = sel[msg >= 0], msg[msg >= 0]
@@ -41,7 +41,7 @@ def decision_columns(log_: EventLog, sends: np.ndarray) -> pd.DataFrame:
     hour, dow = log_.local_hour_dow(sends)
     return pd.DataFrame({
         "customer_id": log_.customer_ids[log_.cust_at(sends)].to_numpy(),
-        "message_code": log_.column_at("message", sends),
+        "message_id": log_.message_ids_at(sends).to_numpy(),
         "send_ts": pd.to_datetime(log_.t_at(sends), unit="ms", utc=True),
         "channel": pd.Categorical.from_codes(log_.channel[sends], categories=list(cfg.channel_names)),
         "offer": pd.Categorical.from_codes(log_.offer[sends], categories=list(cfg.offer_names)),
@@ -52,27 +52,59 @@ def decision_columns(log_: EventLog, sends: np.ndarray) -> pd.DataFrame:
 
 
 def outcome_columns(log_: EventLog, sends: np.ndarray, window_hours: float, data_end_ms: int) -> pd.DataFrame:
-    """What followed each send within ``window_hours``."""
+    """What followed each send (positions of ``sent`` events) within ``window_hours``."""
+    return _outcomes(log_, log_.cust_at(sends), log_.t_at(sends), log_.column_at("message", sends),
+                     window_hours, data_end_ms)
+
+
+def _outcomes(log_: EventLog, cust, t_start, msg, window_hours: float, data_end_ms: int) -> pd.DataFrame:
+    """Outcomes in ``[t_start, t_start + window)``: of the message ``msg`` (-1: none sent) and orders."""
     w = window_hours * HOUR_MS
-    t_send = log_.t_at(sends)
-    msg = log_.column_at("message", sends)
     n_msg = len(log_.select(EV["sent"]))
     out = {}
     for col, ev in MESSAGE_OUTCOMES.items():
-        first = _first_after_send(log_, EV[ev], n_msg)[msg]
-        out[col] = (first - t_send) < w
+        first = _first_after_send(log_, EV[ev], n_msg)[msg]  # msg -1 reads the trailing +inf
+        out[col] = (first - t_start) < w
     orders = log_.stream(("converted_any", "all"), lambda: log_.select(EV["converted"]), with_value=True)
-    cust = log_.cust_at(sends)
-    end = t_send + int(w)
-    # orders in [send, send + window): "count before end" minus "count before send"
-    n_end = log_.count(orders, cust, end)
-    n_start = log_.count(orders, cust, t_send)
-    v_end = log_.count(orders, cust, end, value=True)
-    v_start = log_.count(orders, cust, t_send, value=True)
-    out["converted"] = (n_end - n_start) > 0
-    out["order_value"] = (v_end - v_start).astype(np.float32)
+    end = t_start + int(w)
+    # orders in [start, start + window): "count before end" minus "count before start"
+    out["converted"] = (log_.count(orders, cust, end) - log_.count(orders, cust, t_start)) > 0
+    out["order_value"] = (log_.count(orders, cust, end, value=True)
+                          - log_.count(orders, cust, t_start, value=True)).astype(np.float32)
     out["outcome_complete"] = end <= data_end_ms
     return pd.DataFrame(out)
+
+
+def decision_examples(log_: EventLog, decisions: pd.DataFrame, window_hours: float | None = None,
+                      data_end=None, population: Population | None = None,
+                      chunk_rows: int = 500_000) -> pd.DataFrame:
+    """One row per logged decision, suppressions included: the decision, features, outcomes.
+
+    The "no message" rows are what uplift models compare sends against, and with the logged
+    propensities what off-policy evaluation reweights. ``decisions`` needs ``customer_id``,
+    ``ts`` and ``message_id`` (missing for a suppression), as the simulator's
+    ``logging_decisions`` and the service's decision log have; its other columns are kept.
+    Features are as of ``ts`` (the same ``engagement_history``); outcomes are the decision's
+    message's responses (all False when nothing was sent) and every order of the customer within
+    the window after ``ts``.
+    """
+    for column in ("customer_id", "ts", "message_id"):
+        if column not in decisions:
+            raise ValueError(f"decisions need a `{column}` column")
+    window_hours = window_hours or log_.config.objective.attribution_window_hours
+    data_end_ms = to_ms(data_end) if data_end is not None else (int(log_.t.max()) + 1 if len(log_.keys) else 0)
+    population = population if population is not None else Population.from_log(log_)
+    parts = []
+    for lo in range(0, max(len(decisions), 1), chunk_rows):
+        d = decisions.iloc[lo:lo + chunk_rows].reset_index(drop=True)
+        t_start = to_ms(d["ts"]).astype(np.int64)
+        codes = log_.customer_ids.get_indexer(pd.Index(d["customer_id"].astype("str")))
+        cust = np.where(codes >= 0, codes, log_.n_customers).astype(np.int64)
+        feats = engagement_history(log_, d["customer_id"], d["ts"], population)
+        outcome = _outcomes(log_, cust, t_start, log_.message_codes(d["message_id"]), window_hours, data_end_ms)
+        parts.append(pd.concat([d, feats.drop(columns=[c for c in feats.columns if c in d]).reset_index(drop=True),
+                                outcome], axis=1))
+    return _concat_columnwise(parts)
 
 
 def iter_training_examples(log_: EventLog, window_hours: float | None = None, data_end=None,
