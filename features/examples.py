@@ -25,14 +25,19 @@ MESSAGE_OUTCOMES = {"delivered": "delivered", "bounced": "bounced", "opened": "o
 OUTCOMES = tuple(MESSAGE_OUTCOMES) + ("converted", "order_value", "outcome_complete")
 
 
-def _first_after_send(log_: EventLog, event: int, n_msg: int) -> np.ndarray:
-    """Earliest time (ms) of ``event`` per message code, with a trailing +inf for code -1 (none)."""
-    first = np.full(n_msg + 1, np.inf)
-    sel = log_.select(event)
-    msg = log_.column_at("message", sel)
-    sel, msg = sel[msg >= 0], msg[msg >= 0]
-    np.minimum.at(first, msg, log_.t_at(sel).astype(float))
-    return first
+def _first_after_send(log_: EventLog, event: int) -> np.ndarray:
+    """Earliest time (ms) of ``event`` per message code, with a trailing +inf for code -1 (none).
+
+    Cached on the log: every chunk of examples reads the same table.
+    """
+    def build():
+        first = np.full(len(log_.select(EV["sent"])) + 1, np.inf)
+        sel = log_.select(event)
+        msg = log_.column_at("message", sel)
+        sel, msg = sel[msg >= 0], msg[msg >= 0]
+        np.minimum.at(first, msg, log_.t_at(sel).astype(float))
+        return first
+    return log_.cached(("first_after_send", event), build)
 
 
 def decision_columns(log_: EventLog, sends: np.ndarray) -> pd.DataFrame:
@@ -60,10 +65,9 @@ def outcome_columns(log_: EventLog, sends: np.ndarray, window_hours: float, data
 def _outcomes(log_: EventLog, cust, t_start, msg, window_hours: float, data_end_ms: int) -> pd.DataFrame:
     """Outcomes in ``[t_start, t_start + window)``: of the message ``msg`` (-1: none sent) and orders."""
     w = window_hours * HOUR_MS
-    n_msg = len(log_.select(EV["sent"]))
     out = {}
     for col, ev in MESSAGE_OUTCOMES.items():
-        first = _first_after_send(log_, EV[ev], n_msg)[msg]  # msg -1 reads the trailing +inf
+        first = _first_after_send(log_, EV[ev])[msg]  # msg -1 reads the trailing +inf
         out[col] = (first - t_start) < w
     orders = log_.stream(("converted_any", "all"), lambda: log_.select(EV["converted"]), with_value=True)
     end = t_start + int(w)
@@ -73,6 +77,14 @@ def _outcomes(log_: EventLog, cust, t_start, msg, window_hours: float, data_end_
                           - log_.count(orders, cust, t_start, value=True)).astype(np.float32)
     out["outcome_complete"] = end <= data_end_ms
     return pd.DataFrame(out)
+
+
+def _defaults(log_: EventLog, window_hours, data_end, population):
+    """The attribution window (config), the export's end (last event) and the priors (from the log)."""
+    window_hours = window_hours or log_.config.objective.attribution_window_hours
+    data_end_ms = to_ms(data_end) if data_end is not None else (int(log_.t.max()) + 1 if len(log_.keys) else 0)
+    population = population if population is not None else Population.from_log(log_)
+    return window_hours, data_end_ms, population
 
 
 def decision_examples(log_: EventLog, decisions: pd.DataFrame, window_hours: float | None = None,
@@ -91,9 +103,7 @@ def decision_examples(log_: EventLog, decisions: pd.DataFrame, window_hours: flo
     for column in ("customer_id", "ts", "message_id"):
         if column not in decisions:
             raise ValueError(f"decisions need a `{column}` column")
-    window_hours = window_hours or log_.config.objective.attribution_window_hours
-    data_end_ms = to_ms(data_end) if data_end is not None else (int(log_.t.max()) + 1 if len(log_.keys) else 0)
-    population = population if population is not None else Population.from_log(log_)
+    window_hours, data_end_ms, population = _defaults(log_, window_hours, data_end, population)
     parts = []
     for lo in range(0, max(len(decisions), 1), chunk_rows):
         d = decisions.iloc[lo:lo + chunk_rows].reset_index(drop=True)
@@ -111,9 +121,7 @@ def iter_training_examples(log_: EventLog, window_hours: float | None = None, da
                            population: Population | None = None, chunk_rows: int = 500_000,
                            progress: bool = False):
     """Yield training examples in chunks of ``chunk_rows`` sends (see :func:`training_examples`)."""
-    window_hours = window_hours or log_.config.objective.attribution_window_hours
-    data_end_ms = to_ms(data_end) if data_end is not None else (int(log_.t.max()) + 1 if len(log_.keys) else 0)
-    population = population if population is not None else Population.from_log(log_)
+    window_hours, data_end_ms, population = _defaults(log_, window_hours, data_end, population)
     sends = log_.select(EV["sent"])
     for lo in tqdm(range(0, max(len(sends), 1), chunk_rows), desc="training examples", disable=not progress,
                    unit="chunk"):
