@@ -41,25 +41,24 @@ def cmd_data_generate(args) -> int:
 
 
 def cmd_data_validate(args) -> int:
-    from features.validate import validate_dir
+    from features.io import load_dataset
+    from features.validate import ValidationReport, validate
 
     cfg = _config(args)
-    report = validate_dir(args.data_dir, cfg)
+    customers, events = load_dataset(args.data_dir)  # read once: for the rules and the summary
+    report = ValidationReport(validate(customers, events, cfg, files=_files(args.data_dir)))
     if args.report:
         report.to_frame().to_csv(args.report, index=False)
         log.info("wrote %d problems to %s", len(report.problems), args.report)
     if not report.ok:
         sys.stderr.write(str(report) + "\n")
         return 1
-    _out(dataset_summary(args.data_dir, cfg))
+    _out(dataset_summary(args.data_dir, customers, events, cfg))
     return 0
 
 
-def dataset_summary(data_dir, cfg) -> str:
+def dataset_summary(data_dir, customers: pd.DataFrame, events: pd.DataFrame, cfg) -> str:
     """A short human summary of a valid dataset."""
-    from features.io import load_dataset
-
-    customers, events = load_dataset(data_dir)
     ts = pd.to_datetime(events["ts"], utc=True)
     counts = events["event"].value_counts()
     sends = events[events["event"] == "sent"]
