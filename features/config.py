@@ -10,7 +10,7 @@ the channel and offer lists, and nothing may import upward.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -50,12 +50,38 @@ class Channel:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """An eligibility rule: every clause must hold.
+
+    ``context``: request context key -> allowed values (``{trigger: [cart_abandoned]}``); a missing
+    key fails. ``customer``: customer feature or attribute -> bounds ``{min, max}`` (inclusive) or
+    allowed values ``{in: [...]}``; a missing value fails.
+    """
+
+    context: dict[str, tuple] = field(default_factory=dict)
+    customer: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def always(self) -> bool:
+        return not self.context and not self.customer
+
+    def describe(self) -> str:
+        parts = [f"context.{k} in {list(v)}" for k, v in self.context.items()]
+        for k, b in self.customer.items():
+            parts += [f"{k} >= {b['min']}"] if "min" in b else []
+            parts += [f"{k} <= {b['max']}"] if "max" in b else []
+            parts += [f"{k} in {list(b['in'])}"] if "in" in b else []
+        return " and ".join(parts) or "always"
+
+
+@dataclass(frozen=True)
 class Offer:
     name: str
     kind: str  # none | percent | fixed
     value: float
     channels: tuple[str, ...]
     valid_hours: HourWindow
+    when: Condition = field(default_factory=Condition)
 
     def cost(self, order_value):
         """What the offer costs us on an order of ``order_value`` (scalar or array)."""
@@ -71,6 +97,7 @@ class ContactRules:
     max_per_day: int
     max_per_week: int
     min_hours_between: float
+    fallback_after_unanswered: int  # 0 disables the fallback rule
 
 
 @dataclass(frozen=True)
@@ -138,6 +165,28 @@ def _number(raw: Any, where: str, minimum: float = 0.0) -> float:
     return float(raw)
 
 
+def _condition(raw: Any, where: str) -> Condition:
+    if raw is None:
+        return Condition()
+    if not isinstance(raw, dict) or set(raw) - {"context", "customer"}:
+        raise ConfigError(f"{where}: expected {{context: ..., customer: ...}}, got {raw!r}")
+    context = {}
+    for key, values in (raw.get("context") or {}).items():
+        values = values if isinstance(values, list) else [values]
+        context[str(key)] = tuple(str(v) for v in values)
+    customer = {}
+    for key, bounds in (raw.get("customer") or {}).items():
+        if not isinstance(bounds, dict) or not bounds or set(bounds) - {"min", "max", "in"}:
+            raise ConfigError(f"{where}.customer.{key}: expected {{min: x}}, {{max: x}} or {{in: [...]}}, got {bounds!r}")
+        for b in ("min", "max"):
+            if b in bounds:
+                _number(bounds[b], f"{where}.customer.{key}.{b}", minimum=-float("inf"))
+        if "in" in bounds and not isinstance(bounds["in"], list):
+            raise ConfigError(f"{where}.customer.{key}.in: expected a list, got {bounds['in']!r}")
+        customer[str(key)] = dict(bounds)
+    return Condition(context, customer)
+
+
 def parse_config(raw: dict) -> Config:
     """Validate a merged config dict into a :class:`Config`."""
     try:
@@ -164,7 +213,8 @@ def parse_config(raw: dict) -> Config:
             if o["kind"] == "percent" and value > 1:
                 raise ConfigError(f"offers.{name}.value: a percent offer is a share in [0, 1], got {value}")
             offers[name] = Offer(name, o["kind"], value, tuple(o["channels"]),
-                                 _hours(o["valid_hours"], f"offers.{name}.valid_hours"))
+                                 _hours(o["valid_hours"], f"offers.{name}.valid_hours"),
+                                 _condition(o.get("when"), f"offers.{name}.when"))
         if "none" not in offers:
             raise ConfigError("offers: the offer `none` (a message without an offer) must exist")
         cr, ob, fs = raw["contact_rules"], raw["objective"], raw["features"]
@@ -178,6 +228,7 @@ def parse_config(raw: dict) -> Config:
                 int(_number(cr["max_per_day"], "contact_rules.max_per_day")),
                 int(_number(cr["max_per_week"], "contact_rules.max_per_week")),
                 _number(cr["min_hours_between"], "contact_rules.min_hours_between"),
+                int(_number(cr["fallback_after_unanswered"], "contact_rules.fallback_after_unanswered")),
             ),
             objective=Objective(
                 _number(ob["margin"], "objective.margin"),

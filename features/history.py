@@ -224,6 +224,10 @@ def _scope_features(log_: EventLog, pop: Population, s: str, k: int | None, cust
         cols[f"{s}_days_since_{r}"] = (t - log_.last_time(streams[e], cust, t)) / DAY_MS
     cols[f"{s}_bounced_{fs.windows_days[-1]}d"] = log_.count(streams["bounced"], cust, t, fs.windows_days[-1] * DAY_MS)
     cols[f"{s}_unsubscribed"] = log_.count(streams["unsubscribed"], cust, t)
+    last_open = log_.last_time(streams["opened"], cust, t)
+    answered = np.where(np.isnan(last_open), 0,
+                        log_.count(streams["sent"], cust, np.nan_to_num(last_open, nan=0).astype(np.int64)))
+    cols[f"{s}_unanswered"] = log_.count(streams["sent"], cust, t) - answered
 
     return cols
 

@@ -3,7 +3,8 @@
 ``generate(n_customers, days, seed)`` plays ``days`` decision days. Each day the logging policy
 decides for every customer: suppress (with probability ``1 - send_share``), or a consented
 channel (by ``channel_weights``, skipping channels at their weekly cap), an offer valid on it
-(uniform) and a send hour outside quiet hours and inside the offer's valid hours (uniform). The
+(uniform; offers with eligibility rules (``when``) are never logged, since the simulator
+has no request context) and a send hour outside quiet hours and inside the offer's valid hours (uniform). The
 exact probability of the chosen action is logged as ``propensity`` on the ``sent`` event and
 in ``logging_decisions`` (which also holds the suppress decisions, for off-policy evaluation).
 
@@ -51,7 +52,8 @@ class LoggingPolicy:
         offers, slots = {}, {}
         for k, c in enumerate(config.channel_names):
             ch = config.channels[c]
-            offers[k] = [j for j, o in enumerate(config.offer_names) if c in config.offers[o].channels]
+            offers[k] = [j for j, o in enumerate(config.offer_names)
+                         if c in config.offers[o].channels and config.offers[o].when.always]
             for j in offers[k]:
                 ok = ~ch.quiet_hours.contains(hours) & config.offers[config.offer_names[j]].valid_hours.contains(hours)
                 slots[k, j] = hours[ok]

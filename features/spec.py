@@ -24,7 +24,7 @@ RATES = {
     "click_rate": ("clicked", "delivered"),
     "conversion_rate": ("converted_attributed", "delivered"),
 }
-RECENCY = {"open": "opened", "click": "clicked", "conversion": "converted"}
+RECENCY = {"send": "sent", "open": "opened", "click": "clicked", "conversion": "converted"}
 CUSTOMER_BASE = ("timezone", "tenure_days")
 
 
@@ -62,6 +62,8 @@ def history_features(config: Config) -> list[Feature]:
         out.append(Feature(f"{s}_bounced_{fs.windows_days[-1]}d", "deliverability",
                            f"bounces {where} in the last {fs.windows_days[-1]} days"))
         out.append(Feature(f"{s}_unsubscribed", "deliverability", f"unsubscribes {where}, ever"))
+        out.append(Feature(f"{s}_unanswered", "fatigue",
+                           f"messages {where} since the last open {where} (all of them if never opened)"))
     long = fs.windows_days[-1]
     out += [
         Feature(f"order_value_{long}d", "monetary", f"total order value in the last {long} days"),

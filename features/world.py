@@ -299,8 +299,11 @@ class World:
         consent = self.consent[idx]
         return consent[:, :, None, None] & static[None]
 
-    def oracle(self, idx=None) -> pd.DataFrame:
+    def oracle(self, idx=None, allowed=None) -> pd.DataFrame:
         """The best decision today per customer, by true expected profit.
+
+        ``allowed`` (m, K, 24, O), optional: further restricts :meth:`allowed` (e.g. the business
+        rules a policy must obey on that day, so that the oracle plays by the same rules).
 
         Returns
         -------
@@ -311,6 +314,8 @@ class World:
         cfg = self.config
         K, O = len(cfg.channel_names), len(cfg.offer_names)
         ok = self.allowed(idx)
+        if allowed is not None:
+            ok = ok & allowed
         f = self.fatigue(idx)
         best = expected_profit(cfg, None, "none", self.p0[idx], self.order_value[idx])
         suppress = best.copy()
