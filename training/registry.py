@@ -1,0 +1,135 @@
+"""MLflow: where runs go, the policy as one registered model, and the ``champion`` alias.
+
+- Tracking defaults to an embedded SQLite store in the project directory (``./mlflow.db``,
+  artifacts under ``./mlruns``); ``MLFLOW_TRACKING_URI`` points it at a server instead. The
+  project directory is the working directory unless ``NEXTBEST_HOME`` names another.
+- Every ``nextbest train`` registers a new version of the model ``nextbest``.
+- ``nextbest promote VERSION`` moves the alias ``champion`` to a version and records the move:
+  the versions carry ``champion_since`` / ``champion_until`` tags and the registered model keeps
+  the whole list in its ``champion_history`` tag. Serving loads ``models:/nextbest@champion``,
+  never ``latest``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "nextbest"
+CHAMPION = "champion"
+EXPERIMENT = "nextbest"
+
+
+def project_dir() -> Path:
+    return Path(os.environ.get("NEXTBEST_HOME", ".")).resolve()
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the project's SQLite store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir() / 'mlflow.db'}"
+
+
+def setup(experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the tracking store and the experiment (created on first use); returns its id."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: log into the run (and experiment) it made
+        return mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None
+        if uri.startswith("sqlite:"):
+            location = (project_dir() / "mlruns").as_uri()
+        exp_id = mlflow.create_experiment(experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def ui_hint() -> str:
+    """How to open the MLflow UI on this store."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
+    return f"open {uri} in a browser"
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    setup()
+    return MlflowClient()
+
+
+def champion_version() -> str | None:
+    """The version the ``champion`` alias points to, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_client().get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def promote(version: str | int, note: str = "") -> dict:
+    """Move ``champion`` to ``version``; returns the history entry written."""
+    client = _client()
+    version = str(version)
+    client.get_model_version(MODEL_NAME, version)  # raises with a clear message if it does not exist
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    previous = champion_version()
+    if previous == version:
+        raise ValueError(f"version {version} is already the champion")
+    if previous is not None:
+        client.set_model_version_tag(MODEL_NAME, previous, "champion_until", now)
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    client.set_model_version_tag(MODEL_NAME, version, "champion_since", now)
+    entry = {"version": version, "since": now, "previous": previous, "note": note}
+    history = champion_history() + [entry]
+    client.set_registered_model_tag(MODEL_NAME, "champion_history", json.dumps(history))
+    log.info("champion: version %s (was %s)", version, previous)
+    return entry
+
+
+def champion_history() -> list[dict]:
+    """Every promotion, oldest first."""
+    model = _client().get_registered_model(MODEL_NAME)
+    return json.loads(model.tags.get("champion_history", "[]"))
+
+
+def versions() -> list[dict]:
+    """Registered versions with their run, creation time and champion tags, newest first."""
+    client = _client()
+    out = []
+    for found in client.search_model_versions(f"name='{MODEL_NAME}'"):
+        v = client.get_model_version(MODEL_NAME, found.version)  # search results carry no aliases
+        out.append({"version": str(v.version), "run_id": v.run_id,
+                    "created": datetime.fromtimestamp(v.creation_timestamp / 1000, timezone.utc).isoformat(timespec="seconds"),
+                    "aliases": ",".join(v.aliases), "champion_since": v.tags.get("champion_since", ""),
+                    "champion_until": v.tags.get("champion_until", "")})
+    return sorted(out, key=lambda r: int(r["version"]), reverse=True)
+
+
+def champion_uri() -> str:
+    return f"models:/{MODEL_NAME}@{CHAMPION}"
+
+
+def load_champion():
+    """The champion's :class:`training.policy.DecisionPolicy` (raises if there is none)."""
+    import mlflow
+
+    setup()
+    if champion_version() is None:
+        raise LookupError(f"no version of model {MODEL_NAME!r} is the {CHAMPION!r}; run `nextbest promote VERSION`")
+    policy = mlflow.pyfunc.load_model(champion_uri()).unwrap_python_model().policy
+    policy.version = f"{MODEL_NAME}/{champion_version()}"
+    return policy

@@ -1,0 +1,156 @@
+"""One MLflow run per ``nextbest train``: parameters, data fingerprint, metrics, report, model.
+
+``run_training`` is what the CLI, ``mlflow run . -e train`` and ``nextbest tune`` (one nested
+run per trial, without registering) call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.config import Config
+from training import registry
+from training.evaluate import measured_incrementality, response_metrics, uplift_evaluation
+from training.report import ReportData, write_report
+from training.settings import TrainingSettings
+from training.simulation_eval import evaluate_on_world, load_truth
+from training.train import TrainResult, train
+
+log = logging.getLogger(__name__)
+
+
+def data_fingerprint(data_dir: str | Path) -> str:
+    """SHA-256 over the data directory's table files (names and bytes), 16 hex digits."""
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(data_dir).rglob("*") if p.is_file() and "truth" not in p.parts)
+    for p in files:
+        h.update(str(p.relative_to(data_dir)).encode())
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _metric_name(*parts) -> str:
+    return "_".join(str(p).replace(" ", "_").replace("(", "").replace(")", "").replace("-", "to") for p in parts)
+
+
+def evaluate_and_report(res: TrainResult, config: Config, out_dir: Path, version: str) -> tuple[dict, Path]:
+    """Evaluate the trained policy (held-out rows; the simulator's truth when present) and write
+    the report into ``out_dir``; returns the metrics and the report path."""
+    import time
+
+    t0 = time.perf_counter()
+    metrics: dict[str, float] = {}
+    responses, curves = response_metrics(res.policy, res.valid)
+    for r in responses.itertuples():
+        metrics[_metric_name("auc", r.model, r.channel)] = r.auc
+        metrics[_metric_name("logloss", r.model, r.channel)] = r.log_loss
+    uplift = uplift_evaluation(res.policy, res.valid)
+    for offer, u in uplift.items():
+        metrics[_metric_name("qini", offer)] = u["qini"][0]
+        metrics[_metric_name("auuc", offer)] = u["auuc"][0]
+    inc = measured_incrementality(config, res.valid)
+    for r in inc.itertuples():
+        metrics[_metric_name("incremental_orders_per_1000", r.by, r.group)] = r.orders_per_1000
+        metrics[_metric_name("incremental_profit_per_1000", r.by, r.group)] = r.profit_per_1000
+    truth = load_truth(res.dataset.path, res.dataset.customers, config)
+    values = send_time = None
+    note = ""
+    if truth is not None:
+        sim = evaluate_on_world(res.policy, truth, res.log, res.population)
+        values, send_time = sim.values, sim.send_time
+        for name, row in values.iterrows():
+            metrics[_metric_name("value_per_1000", name)] = row["per_1000"]
+            metrics[_metric_name("value_normalized", name)] = row["normalized"]
+        for name, row in send_time.iterrows():
+            metrics[_metric_name("true_open_rate", name)] = row["mean_true_open_rate"]
+        note = (f"Measured with the simulator's true response rates on the day after the history. The best "
+                f"single channel was {values.attrs.get('best_single_channel', '?')}.")
+    res.timings["evaluate"] = time.perf_counter() - t0
+    facts = {"decisions learned from": f"{res.info['train_decisions']:,}",
+             "held-out decisions": f"{res.info['valid_decisions']:,}", "held out from": res.info["validation_from"]}
+    path = write_report(ReportData("What messages add: uplift report", version, values, note, inc, uplift,
+                                   responses, curves, send_time, facts), out_dir)
+    metrics = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
+    return metrics, path
+
+
+def run_training(data_dir: str | Path, config: Config, settings: TrainingSettings | None = None, seed: int = 0,
+                 register: bool = True, promote: bool = False, nested: bool = False,
+                 run_name: str | None = None, config_path: str | None = None, callbacks=()) -> dict:
+    """Train, evaluate, report and (optionally) register and promote; returns a summary dict."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from training.pyfunc import PolicyModel, save_artifacts, signature_example
+
+    registry.setup()
+    settings = settings or TrainingSettings.from_config(config)
+    with mlflow.start_run(run_name=run_name, nested=nested) as run:
+        mlflow.log_params({"data_dir": str(data_dir), "seed": seed, "config": config_path or "defaults",
+                           **{f"training.{k}": v for k, v in asdict(settings).items() if k != "lightgbm"},
+                           **{f"lightgbm.{k}": v for k, v in settings.lightgbm.items()}})
+        mlflow.set_tag("data_fingerprint", data_fingerprint(data_dir))
+        res = train(data_dir, config, settings, seed=seed, version=run.info.run_id, callbacks=callbacks)
+        mlflow.log_params({k: v for k, v in res.info.items()})
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics, report = evaluate_and_report(res, config, Path(tmp) / "report", run.info.run_id)
+            mlflow.log_metrics(metrics)
+            mlflow.log_artifacts(str(report.parent), "report")
+            t0 = __import__("time").perf_counter()
+            artifacts = save_artifacts(res.policy, Path(tmp) / "policy", run.info.run_id)
+            example = signature_example(res.valid.examples.set_index("customer_id"), res.policy)
+            from training.pyfunc import typed_features  # the output of a real call on the example
+            wrapper = PolicyModel(res.policy)
+            output = wrapper.predict(None, example, {"now": res.info["data_end"]})
+            info = mlflow.pyfunc.log_model(
+                name="policy", python_model=PolicyModel(), artifacts=artifacts,
+                signature=infer_signature(example, output, params={"now": "", "horizon_hours": 24.0, "type": "marketing"}),
+                registered_model_name=registry.MODEL_NAME if register else None, pip_requirements=[])
+            res.timings["log_model"] = __import__("time").perf_counter() - t0
+        times = {f"time_{k}_s": v for k, v in res.timings.items()}
+        mlflow.log_metrics(times)
+        metrics.update(times)
+        version = getattr(info, "registered_model_version", None)
+        version = None if version is None else str(version)
+        summary = {"run_id": run.info.run_id, "version": version, "timings": res.timings, "metrics": metrics,
+                   "report": f"{run.info.artifact_uri}/report/index.html"}
+    if promote and version is not None:
+        registry.promote(version, note=f"trained on {data_dir}")
+    return summary
+
+
+def report_for_version(data_dir: str | Path, config: Config, version: str | None, out: Path, seed: int = 0) -> Path:
+    """The uplift report of a registered version (default: the champion) on a data directory.
+
+    The version's policy is evaluated on the data's held-out days (the same time split as
+    training); the report is written to ``out`` and logged to a ``report`` MLflow run.
+    """
+    import mlflow
+
+    from training.train import Stopwatch, TrainResult, prepare
+
+    registry.setup()
+    version = version or registry.champion_version()
+    if version is None:
+        raise LookupError("no champion yet: pass --version or run `nextbest promote VERSION`")
+    policy = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{version}").unwrap_python_model().policy
+    policy.version = f"{registry.MODEL_NAME}/{version}"
+    settings = TrainingSettings.from_config(config)
+    watch = Stopwatch()
+    p = prepare(data_dir, config, settings, watch, seed)
+    res = TrainResult(policy, settings, p.train, p.valid, p.log, p.population, p.dataset, watch.timings, p.info)
+    with mlflow.start_run(run_name=f"report version {version}"):
+        mlflow.set_tags({"model_version": version, "data_fingerprint": data_fingerprint(data_dir)})
+        metrics, path = evaluate_and_report(res, config, Path(out), policy.version)
+        mlflow.log_metrics(metrics)
+        mlflow.log_artifacts(str(path.parent), "report")
+    return path

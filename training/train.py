@@ -1,0 +1,246 @@
+"""``nextbest train``: data directory -> examples -> response, send-time and uplift models -> policy.
+
+The one train function that the CLI, ``nextbest tune`` and the notebooks call. Stages (timed,
+logged, and returned in ``TrainResult.timings``):
+
+1. **load**: read and validate ``customers``, ``events`` and ``logging_decisions``.
+2. **encode**: the event log and the population priors.
+3. **examples**: one row per logged decision (suppressions included), features as of the
+   decision, outcomes within the attribution window. Decisions in the first ``warmup_days``
+   (empty histories) and those whose window is not complete are left out; the last
+   ``validation_days`` validate (time-based split, never random); each split is sampled down to
+   ``max_rows_per_model`` sends and as many suppressions.
+4. **response models**: open, click, conversion (an order after the message) and unsubscribe
+   classifiers on the send rows, the order value regressor on the rows with an order.
+5. **uplift**: the T-learner with the logged propensities over every decision row, treatment =
+   the offer sent or "no message", outcome = any order within the window.
+
+Decisions: the logging policy's own decision log (``logging_decisions``, with suppressions and
+propensities) is required. Without suppressions there is no "no message" arm to learn uplift
+from, and guessing them from quiet days would invent propensities; the error says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.config import Config
+from features.eventlog import EventLog
+from features.examples import decision_examples
+from features.history import Population
+from features.io import find_table, load_dataset, read_table
+from features.validate import check
+from training.candidates import candidate_frame, customer_columns
+from training.models import ResponseClassifier, ValueRegressor
+from training.policy import NO_MESSAGE, DecisionPolicy, PolicyModels
+from training.settings import TrainingSettings
+from training.uplift import UpliftLearner
+
+log = logging.getLogger(__name__)
+
+RESPONSES = {"open": "opened", "click": "clicked", "conversion": "converted_attributed",
+             "unsubscribe": "unsubscribed"}
+
+
+@dataclass
+class Dataset:
+    customers: pd.DataFrame
+    events: pd.DataFrame
+    decisions: pd.DataFrame
+    path: Path
+
+
+@dataclass
+class Split:
+    """Examples of one time period: every decision row, and candidate frames of the sends."""
+
+    examples: pd.DataFrame
+    send: np.ndarray          # bool (n,)
+    X: pd.DataFrame           # candidate frame of every row (NaN candidate for suppressions)
+
+
+@dataclass
+class TrainResult:
+    policy: DecisionPolicy
+    settings: TrainingSettings
+    train: Split
+    valid: Split
+    log: EventLog
+    population: Population
+    dataset: Dataset
+    timings: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+
+class Stopwatch:
+    """Wall time per named stage, logged as each ends."""
+
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        log.info("stage %s ...", name)
+        yield
+        self.timings[name] = time.perf_counter() - t0
+        log.info("stage %s: %.1f s", name, self.timings[name])
+
+
+def load_training_data(data_dir: str | Path, config: Config) -> Dataset:
+    """Customers, events (validated) and the logged decisions of a data directory."""
+    data_dir = Path(data_dir)
+    customers, events = load_dataset(data_dir)
+    files = {name: str(find_table(data_dir, name)) for name in ("customers", "events")}
+    customers, events = check(customers, events, config, files=files)
+    try:
+        decisions = read_table(data_dir, "logging_decisions")
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{data_dir}: no `logging_decisions` table. Training needs the logging policy's decisions, "
+            "suppressions included, with their propensities (columns customer_id, ts, action, channel, "
+            "offer, propensity, message_id; see README 'Decision log')") from None
+    missing = {"customer_id", "ts", "action", "offer", "propensity", "message_id"} - set(decisions.columns)
+    if missing:
+        raise ValueError(f"{data_dir}: logging_decisions lacks column(s) {sorted(missing)}")
+    decisions["ts"] = pd.to_datetime(decisions["ts"], utc=True)
+    return Dataset(customers, events, decisions, data_dir)
+
+
+def _sample(idx: np.ndarray, limit: int, rng) -> np.ndarray:
+    return np.sort(rng.choice(idx, limit, replace=False)) if len(idx) > limit else idx
+
+
+def select_decisions(decisions: pd.DataFrame, settings: TrainingSettings, window_hours: float,
+                     data_end: pd.Timestamp, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and validation decisions: warm-up and incomplete windows dropped, time split, sampled."""
+    ts = decisions["ts"]
+    first = ts.min()
+    complete = ts + pd.Timedelta(hours=window_hours) <= data_end
+    usable = (ts >= first + pd.Timedelta(days=settings.warmup_days)) & complete
+    if not usable.any():
+        raise ValueError("no decision has both a warm-up history and a complete outcome window; "
+                         f"need more than {settings.warmup_days} days plus {window_hours:g} hours of data")
+    last = ts[usable].max()
+    cut = last - pd.Timedelta(days=settings.validation_days)
+    rng = np.random.default_rng(seed)
+    send = (decisions["action"] == "send").to_numpy()
+    out = []
+    for sel, share in (((ts < cut) & usable, 1.0), ((ts >= cut) & usable, 0.25)):
+        sel = sel.to_numpy()
+        limit = max(int(settings.max_rows_per_model * share), 1000)
+        rows = np.concatenate([_sample(np.flatnonzero(sel & send), limit, rng),
+                               _sample(np.flatnonzero(sel & ~send), limit, rng)])
+        out.append(decisions.iloc[np.sort(rows)].reset_index(drop=True))
+    if min(len(out[0]), len(out[1])) == 0:
+        raise ValueError("the time split left no training or no validation decisions; lower training.validation_days")
+    log.info("decisions: %d train (before %s), %d validation", len(out[0]), cut, len(out[1]))
+    return out[0], out[1]
+
+
+def _split(examples: pd.DataFrame, config: Config, columns: list[str] | None) -> Split:
+    send = (examples["action"] == "send").to_numpy()
+    channel = np.where(send, examples["channel"].astype(object).to_numpy(), None)
+    offer = np.where(send, examples["offer"].astype(object).to_numpy(), None)
+    hour = np.where(send, examples["local_hour"].to_numpy(), -1)
+    X = candidate_frame(examples, channel, hour, offer, config, columns)
+    return Split(examples, send, X)
+
+
+def fit_models(train: Split, valid: Split, config: Config, settings: TrainingSettings, watch: Stopwatch,
+               seed: int = 0, callbacks=()) -> PolicyModels:
+    """Fit every model of the policy (stages ``response_models`` and ``uplift``)."""
+    params = settings.lightgbm
+    es = settings.early_stopping_rounds
+    Xs, Xv = train.X[train.send], valid.X[valid.send]
+    ys, yv = train.examples[train.send], valid.examples[valid.send]
+    fitted = {}
+    with watch.stage("response_models"):
+        for name, outcome in RESPONSES.items():
+            fitted[name] = ResponseClassifier(params, es, seed).fit(
+                Xs, ys[outcome].to_numpy(), eval_set=(Xv, yv[outcome].to_numpy()), callbacks=callbacks)
+        cols = [c for c in train.X.columns if not c.startswith("cand_")]
+        ordered = train.examples["converted"].to_numpy() & (train.examples["order_value"].to_numpy() > 0)
+        ordered_v = valid.examples["converted"].to_numpy() & (valid.examples["order_value"].to_numpy() > 0)
+        value = ValueRegressor(params, es, seed).fit(
+            train.X.loc[ordered, cols], train.examples.loc[ordered, "order_value"].to_numpy(),
+            eval_set=(valid.X.loc[ordered_v, cols], valid.examples.loc[ordered_v, "order_value"].to_numpy()))
+    with watch.stage("uplift"):
+        X = uplift_frame(train, fitted["open"])
+        treatment = np.where(train.send, train.examples["offer"].astype(object).to_numpy(), NO_MESSAGE)
+        uplift = UpliftLearner(NO_MESSAGE, "t", params=params, early_stopping_rounds=es,
+                               random_state=seed).fit(
+            X, treatment, train.examples["converted"].to_numpy().astype(float),
+            propensity=train.examples["propensity"].to_numpy(), groups=train.examples["customer_id"].to_numpy())
+    return PolicyModels(open=fitted["open"], click=fitted["click"], conversion=fitted["conversion"],
+                        unsubscribe=fitted["unsubscribe"], value=value, uplift=uplift,
+                        customer_columns=[c for c in train.X.columns if not c.startswith("cand_")])
+
+
+def uplift_frame(split: Split, open_model: ResponseClassifier) -> pd.DataFrame:
+    """Candidate frame plus the open model's estimate for the candidate (NaN for no message)."""
+    X = split.X.copy()
+    p = np.full(len(X), np.nan, dtype=np.float32)
+    if split.send.any():
+        p[split.send] = open_model.predict_proba(X[split.send])[:, 1]
+    X["cand_p_open"] = p
+    return X
+
+
+@dataclass
+class Prepared:
+    """Everything before fitting: the data, its encoded log and priors, and the two splits."""
+
+    dataset: Dataset
+    log: EventLog
+    population: Population
+    train: Split
+    valid: Split
+    info: dict
+
+
+def prepare(data_dir: str | Path, config: Config, settings: TrainingSettings, watch: Stopwatch,
+            seed: int = 0, dataset: Dataset | None = None) -> Prepared:
+    """Stages ``load``, ``encode`` and ``examples`` (see the module docstring)."""
+    with watch.stage("load"):
+        data = dataset or load_training_data(data_dir, config)
+    with watch.stage("encode"):
+        event_log = EventLog.build(data.customers, data.events, config)
+        population = Population.from_log(event_log)
+    with watch.stage("examples"):
+        window = config.objective.attribution_window_hours
+        data_end = pd.Timestamp(int(event_log.t.max()) + 1, unit="ms", tz="UTC")
+        tr, va = select_decisions(data.decisions, settings, window, data_end, seed)
+        ex_tr = decision_examples(event_log, tr, window, data_end, population)
+        ex_va = decision_examples(event_log, va, window, data_end, population)
+        columns = customer_columns(ex_tr, config, event_log.attributes.columns)
+        train_split = _split(ex_tr, config, columns)
+        valid_split = _split(ex_va, config, columns)
+    info = {"train_decisions": len(ex_tr), "valid_decisions": len(ex_va),
+            "train_sends": int(train_split.send.sum()), "valid_sends": int(valid_split.send.sum()),
+            "data_end": data_end.isoformat(), "validation_from": str(ex_va["ts"].min())}
+    return Prepared(data, event_log, population, train_split, valid_split, info)
+
+
+def train(data_dir: str | Path, config: Config, settings: TrainingSettings | None = None,
+          seed: int = 0, version: str = "dev", dataset: Dataset | None = None, callbacks=(),
+          prepared: Prepared | None = None) -> TrainResult:
+    """Train the policy on a data directory; see the module docstring for the stages.
+
+    ``prepared`` reuses the examples of an earlier :func:`prepare` (``nextbest tune`` builds
+    them once for all trials).
+    """
+    settings = settings or TrainingSettings.from_config(config)
+    watch = Stopwatch()
+    p = prepared or prepare(data_dir, config, settings, watch, seed, dataset)
+    models = fit_models(p.train, p.valid, config, settings, watch, seed, callbacks)
+    policy = DecisionPolicy(config, models, version, settings.uplift_mode)
+    return TrainResult(policy, settings, p.train, p.valid, p.log, p.population, p.dataset, watch.timings,
+                       dict(p.info))
