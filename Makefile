@@ -1,5 +1,6 @@
 # Two commands on a fresh machine with only python3 and make:
-#   make demo   set up, generate demo data, validate it, build features, print a summary
+#   make demo   set up, generate demo data, validate it, build features, train the policy,
+#               register it in MLflow (./mlflow.db) and promote it to champion
 #   make test   set up and run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -21,6 +22,7 @@ demo: setup
 	$(BIN)/nextbest data generate --customers 5000 --days 60 --seed 7 --out $(DEMO)/data
 	$(BIN)/nextbest data validate $(DEMO)/data
 	$(BIN)/nextbest features build $(DEMO)/data --out $(DEMO)/features.parquet
+	$(BIN)/nextbest -q train $(DEMO)/data --promote
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile
@@ -35,4 +37,4 @@ lock:
 	/tmp/nextbest-lock/bin/pip freeze --exclude-editable | grep -v '^nextbest' > constraints.txt
 
 clean:
-	rm -rf $(VENV) $(DEMO) *.egg-info
+	rm -rf $(VENV) $(DEMO) *.egg-info mlflow.db mlruns

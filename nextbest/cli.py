@@ -162,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "examples' outcomes alike; default: the end of the last event's day")
     b.add_argument("--examples", help="also write training examples (one row per send) to this Parquet file")
     b.set_defaults(func=cmd_features_build)
+    from nextbest.cli_models import add_commands
+
+    add_commands(top)
     return p
 
 
@@ -181,6 +184,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, ValidationError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, ValidationError, FileNotFoundError, ValueError, LookupError) as exc:
         sys.stderr.write(f"nextbest: {exc}\n")
         return 2

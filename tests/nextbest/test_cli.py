@@ -101,3 +101,49 @@ def test_mlflow_run_entry_points_call_the_cli(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert "succeeded" in proc.stderr
     assert len(pd.read_parquet(tmp_path / "snap.parquet")) == 200
+
+
+def test_mlflow_run_train_tune_report_and_promote(tmp_path):
+    """`mlflow run . -e train | tune | report` on a clean store; promote with the CLI in between."""
+    import os
+
+    import mlflow as mlflow_api
+
+    root = Path(__file__).parents[2]
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NEXTBEST_HOME": str(tmp_path),
+           "PATH": f"{BIN.parent}{os.pathsep}{os.environ['PATH']}"}
+    data = tmp_path / "data"
+    run("data", "generate", "--customers", "1500", "--days", "30", "--seed", "4", "--out", str(data))
+
+    def mlflow_run(entry, *params):
+        args = [str(BIN.parent / "mlflow"), "run", str(root), "-e", entry, "--env-manager", "local"]
+        for p in params:
+            args += ["-P", p]
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    mlflow_run("train", f"data_dir={data}")
+    promote = subprocess.run([str(BIN), "promote", "1", "--note", "test"], capture_output=True, text=True,
+                             env=env, cwd=tmp_path)
+    assert promote.returncode == 0, promote.stderr[-2000:]
+    assert "champion: version 1" in promote.stdout
+    mlflow_run("tune", f"data_dir={data}", "trials=2", "timeout=300")
+    assert "params" in (tmp_path / "nextbest_params.json").read_text()
+    mlflow_run("report", f"data_dir={data}", f"out={tmp_path / 'report'}")
+    assert (tmp_path / "report" / "index.html").exists() and list((tmp_path / "report").glob("*.png"))
+    mlflow_api.set_tracking_uri(uri)
+    runs = mlflow_api.search_runs(search_all_experiments=True, output_format="list")
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(nested) == 2 and all("objective_log_loss" in r.data.metrics for r in nested)
+    models = subprocess.run([str(BIN), "models"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert models.returncode == 0 and "version 1" in models.stdout
+
+
+def test_train_without_a_decision_log_says_what_is_missing(tmp_path):
+    data = tmp_path / "data"
+    run("data", "generate", "--customers", "100", "--days", "5", "--out", str(data))
+    (data / "logging_decisions.parquet").unlink()
+    proc = run("train", str(data), check=False)
+    assert proc.returncode == 2 and "logging_decisions" in proc.stderr

@@ -1,0 +1,150 @@
+"""``nextbest train | tune | report | promote | models``: thin calls into ``training``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("nextbest")
+
+PARAMS_FILE = "nextbest_params.json"  # in the project directory: written by tune, read by train
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _settings(args, cfg):
+    from training.registry import project_dir
+    from training.settings import TrainingSettings, load_tuned_params
+
+    settings = TrainingSettings.from_config(cfg)
+    params_path = Path(args.params) if getattr(args, "params", None) else project_dir() / PARAMS_FILE
+    if getattr(args, "params", None) and not params_path.exists():
+        raise FileNotFoundError(f"{params_path}: parameters file not found")
+    if not getattr(args, "no_tuned", False):
+        settings = settings.with_lightgbm(load_tuned_params(params_path))
+    return settings
+
+
+def timing_table(timings: dict) -> str:
+    total = sum(timings.values())
+    lines = ["stage              seconds   share"]
+    for k, v in timings.items():
+        lines.append(f"{k:<18} {v:7.1f}  {v / total:6.1%}")
+    lines.append(f"{'total':<18} {total:7.1f}")
+    return "\n".join(lines)
+
+
+def cmd_train(args) -> int:
+    from features.config import load_config
+    from training import registry
+    from training.tracking import run_training
+
+    cfg = load_config(args.config)
+    summary = run_training(args.data_dir, cfg, _settings(args, cfg), seed=args.seed, register=not args.no_register,
+                           promote=args.promote, config_path=args.config)
+    _out(timing_table(summary["timings"]))
+    m = summary["metrics"]
+    keys = [k for k in ("value_normalized_policy", "value_normalized_best_single_channel", "value_normalized_random",
+                        "auc_open_all", "auc_conversion_all", "true_open_rate_policy",
+                        "true_open_rate_most_frequent_open_hour") if k in m]
+    for k in keys:
+        _out(f"{k:<40} {m[k]:.4f}")
+    _out(f"MLflow run {summary['run_id']}" + (f", registered as {registry.MODEL_NAME} version {summary['version']}"
+                                               if summary["version"] else ""))
+    if args.promote and summary["version"]:
+        _out(f"champion: version {summary['version']}")
+    _out(f"uplift report: {summary['report']}")
+    _out(f"MLflow UI: {registry.ui_hint()}")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from features.config import load_config
+    from training.registry import project_dir
+    from training.tune import tune
+
+    cfg = load_config(args.config)
+    out = Path(args.params_out) if args.params_out else project_dir() / PARAMS_FILE
+    result = tune(args.data_dir, cfg, _settings(args, cfg), n_trials=args.trials, timeout=args.timeout,
+                  seed=args.seed, out=out)
+    _out(f"{result['trials']} trials ({result['pruned']} pruned) in {result['seconds']:.0f} s; "
+         f"best validation log loss {result['best_value']:.5f}")
+    _out(json.dumps(result["params"], indent=1))
+    _out(f"saved to {out}: the next `nextbest train` uses them")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from features.config import load_config
+    from training.tracking import report_for_version
+
+    cfg = load_config(args.config)
+    path = report_for_version(args.data_dir, cfg, args.version, Path(args.out), seed=args.seed)
+    _out(f"uplift report written to {path}")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    from training import registry
+
+    entry = registry.promote(args.version, note=args.note or "")
+    _out(f"champion: version {entry['version']} (was {entry['previous'] or 'none'}) since {entry['since']}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    import pandas as pd
+
+    from training import registry
+
+    rows = registry.versions()
+    if not rows:
+        _out(f"no version of {registry.MODEL_NAME} yet: run `nextbest train DATA`")
+        return 0
+    _out(pd.DataFrame(rows).to_string(index=False))
+    _out("")
+    _out("champion history:")
+    for e in registry.champion_history():
+        _out(f"  {e['since']}  version {e['version']}  (was {e['previous'] or 'none'}) {e.get('note', '')}")
+    return 0
+
+
+def add_commands(top) -> None:
+    t = top.add_parser("train", help="train the policy, log it to MLflow and register it as `nextbest`")
+    t.add_argument("data_dir")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--params", help="LightGBM parameters JSON (default: the project's nextbest_params.json "
+                                    "from `nextbest tune`, if any)")
+    t.add_argument("--no-tuned", action="store_true", help="ignore tuned parameters; use the config's")
+    t.add_argument("--no-register", action="store_true", help="log the run but do not register a version")
+    t.add_argument("--promote", action="store_true", help="make the new version the champion")
+    t.set_defaults(func=cmd_train)
+
+    u = top.add_parser("tune", help="search LightGBM parameters with Optuna (nested MLflow runs)")
+    u.add_argument("data_dir")
+    u.add_argument("--trials", type=int, default=20, help="trial budget")
+    u.add_argument("--timeout", type=float, default=900, help="time budget in seconds")
+    u.add_argument("--seed", type=int, default=0)
+    u.add_argument("--params-out", help="where to save the best parameters (default: nextbest_params.json)")
+    u.add_argument("--no-tuned", action="store_true", help="start from the config's parameters")
+    u.set_defaults(func=cmd_tune)
+
+    r = top.add_parser("report", help="write the uplift report of a registered version on a data directory")
+    r.add_argument("data_dir")
+    r.add_argument("--version", help="registered version (default: the champion)")
+    r.add_argument("--out", required=True, help="directory for index.html and its charts")
+    r.add_argument("--seed", type=int, default=0)
+    r.set_defaults(func=cmd_report)
+
+    p = top.add_parser("promote", help="move the `champion` alias to a registered version")
+    p.add_argument("version")
+    p.add_argument("--note", help="why (kept in the champion history)")
+    p.set_defaults(func=cmd_promote)
+
+    m = top.add_parser("models", help="registered versions and the champion history")
+    m.set_defaults(func=cmd_models)
+

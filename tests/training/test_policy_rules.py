@@ -1,0 +1,141 @@
+"""The decision policy never breaks the business rules; eligibility and fallback rules work.
+
+Contract tests over every decision of the trained policy for the whole small population at
+several times of day, checked against the config independently of ``training.rules``.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.config import _deep_merge, default_config_dict, parse_config
+from features.history import engagement_history
+from features.localtime import local_hour_dow
+from training.policy import DecisionPolicy, Request
+from training.rules import ContactHistory, delay_to_hours, eligible
+
+
+@pytest.fixture(scope="module")
+def snapshot(trained, small_world):
+    end = small_world.end
+    ids = small_world.customers["customer_id"]
+    return engagement_history(trained.log, ids, end, trained.population)
+
+
+@pytest.mark.parametrize("hour_utc", [0, 7, 15, 21])
+def test_decisions_never_break_consent_quiet_hours_or_caps(trained, snapshot, config, hour_utc):
+    now = trained.dataset.decisions["ts"].max().floor("D") + pd.Timedelta(hours=hour_utc)
+    contact = ContactHistory.from_features(snapshot, config)
+    out = trained.policy.decide(snapshot, contact, Request(now=now, horizon_hours=12))
+    d = out.frame
+    sent = d["action"] == "send"
+    assert sent.any() and (~sent).any()
+    assert d.loc[sent, "send_at"].between(now, now + pd.Timedelta(hours=12)).all()
+    for row in d[sent].itertuples():
+        f = snapshot.loc[row.customer_id]
+        ch, offer = config.channels[row.channel], config.offers[row.offer]
+        assert f[f"consent_{row.channel}"] and f[f"{row.channel}_unsubscribed"] == 0
+        assert not ch.quiet_hours.contains(row.local_hour)
+        assert offer.valid_hours.contains(row.local_hour) and row.channel in offer.channels
+        assert f[f"{row.channel}_sent_24h"] < ch.cap_per_day and f[f"{row.channel}_sent_168h"] < ch.cap_per_week
+        assert f["all_sent_168h"] < config.contact_rules.max_per_week
+        assert row.propensity == 1.0 and np.isfinite(row.expected_value) and row.expected_value > 0
+    # send_at is the local hour the decision names
+    tz = snapshot["timezone"]
+    s = d[sent]
+    hours, _ = local_hour_dow(s["send_at"].astype("int64").to_numpy() // 10**9 if s["send_at"].dtype.kind == "M"
+                              else pd.to_datetime(s["send_at"]).astype("int64").to_numpy() // 10**9,
+                              tz.cat.codes.to_numpy()[sent.to_numpy()], list(tz.cat.categories))
+    assert (hours == s["local_hour"].to_numpy()).all()
+    assert all(out.reasons[i] for i in range(len(d)))
+
+
+def test_same_input_gives_the_same_decision(trained, snapshot, config):
+    now = pd.Timestamp("2026-10-01 09:00", tz="UTC")
+    contact = ContactHistory.from_features(snapshot, config)
+    a = trained.policy.decide(snapshot.iloc[:300], contact_slice(contact, 300), Request(now=now)).frame
+    b = trained.policy.decide(snapshot.iloc[:300], contact_slice(contact, 300), Request(now=now)).frame
+    cols = ["action", "channel", "local_hour", "offer", "send_at", "expected_value"]
+    pd.testing.assert_frame_equal(a[cols], b[cols])
+
+
+def contact_slice(c, n):
+    return ContactHistory(c.sent_day[:n], c.sent_week[:n], c.hours_since_last[:n], c.unanswered[:n])
+
+
+def test_caps_block_a_channel_and_the_reason_says_so(trained, snapshot, config):
+    f = snapshot.iloc[:200]
+    contact = ContactHistory.from_features(f, config)
+    k = config.channel_names.index("email")
+    contact.sent_week[:, k] = config.channels["email"].cap_per_week
+    out = trained.policy.decide(f, contact, Request(now=pd.Timestamp("2026-10-01 06:00", tz="UTC")))
+    assert not (out.frame["channel"] == "email").any()
+    consented = f["consent_email"].to_numpy() & (f["email_unsubscribed"].to_numpy() == 0)
+    i = int(np.flatnonzero(consented)[0])
+    assert any("frequency cap" in r and "email" in r for r in out.reasons[i])
+
+
+def test_transactional_sends_without_offer_and_ignores_marketing_caps(trained, snapshot, config):
+    f = snapshot.iloc[:200]
+    contact = ContactHistory.from_features(f, config)
+    contact.sent_week[:] = 99
+    out = trained.policy.decide(f, contact, Request(now=pd.Timestamp("2026-10-01 12:00", tz="UTC"), type="transactional"))
+    reachable = np.stack([f[f"consent_{c}"].to_numpy() & (f[f"{c}_unsubscribed"].to_numpy() == 0)
+                          for c in config.channel_names], axis=1).any(axis=1)
+    assert (out.frame["action"].to_numpy() == np.where(reachable, "send", "suppress")).all()
+    assert (out.frame.loc[out.frame["action"] == "send", "offer"] == "none").all()
+    with pytest.raises(ValueError, match="type"):
+        Request(now=pd.Timestamp("2026-10-01"), type="promo")
+
+
+def rules_config(**offers):
+    raw = default_config_dict()
+    return parse_config(_deep_merge(raw, {"offers": offers}))
+
+
+def test_eligibility_rules_over_context_and_customer_features(snapshot):
+    cfg = rules_config(
+        cart_recovery={"kind": "percent", "value": 0.05, "channels": ["email", "push"],
+                       "valid_hours": {"start": 0, "end": 24}, "when": {"context": {"trigger": ["cart_abandoned"]}}},
+        loyalty_reward={"kind": "fixed", "value": 5.0, "channels": ["email"], "valid_hours": {"start": 0, "end": 24},
+                        "when": {"customer": {"review_count": {"min": 5}}}})
+    f = snapshot.iloc[:400]
+    n = len(f)
+    delay = delay_to_hours(np.full(n, 10), np.zeros(n))
+    contexts = [{"trigger": "cart_abandoned"} if i % 2 else {"trigger": "browse"} for i in range(n)]
+    e = eligible(f, ContactHistory.empty(n, 3), cfg, delay, contexts)
+    cart, loyal = cfg.offer_names.index("cart_recovery"), cfg.offer_names.index("loyalty_reward")
+    assert not e.allowed[0::2, :, :, cart].any()  # no trigger: never
+    assert e.allowed[1::2, :, :, cart].any()
+    many = f["review_count"].to_numpy() >= 5
+    assert not e.allowed[~many][:, :, :, loyal].any()
+    assert e.allowed[many][:, :, :, loyal].any() and (~many).any() and many.any()
+    i = int(np.flatnonzero(~many)[0])
+    assert any("offer rules not met" in r for r in e.reasons(i))
+
+
+def test_fallback_prefers_another_channel_after_unanswered_messages(snapshot, config):
+    f = snapshot.iloc[:400]
+    n = len(f)
+    consent = np.stack([f[f"consent_{c}"].to_numpy() & (f[f"{c}_unsubscribed"].to_numpy() == 0)
+                        for c in config.channel_names], axis=1)
+    contact = ContactHistory.empty(n, 3)
+    k = config.channel_names.index("email")
+    contact.unanswered[:, k] = config.contact_rules.fallback_after_unanswered
+    e = eligible(f, contact, config, delay_to_hours(np.full(n, 10), np.zeros(n)))
+    others = consent[:, [j for j in range(3) if j != k]].any(axis=1)
+    email_ok = e.allowed[:, k].any(axis=(1, 2))
+    assert not email_ok[others & consent[:, k]].any()          # another channel exists: email dropped
+    assert email_ok[~others & consent[:, k]].all()             # email is the only one: kept
+    assert (~others & consent[:, k]).any() and (others & consent[:, k]).any()
+
+
+def test_unknown_candidates_and_bad_conditions_are_refused(snapshot, config):
+    from features.config import ConfigError
+
+    f = snapshot.iloc[:5]
+    with pytest.raises(ValueError, match="unknown channel"):
+        eligible(f, ContactHistory.empty(5, 3), config, delay_to_hours(np.zeros(5), np.zeros(5)), channels=["fax"])
+    with pytest.raises(ConfigError, match="offers.bad.when"):
+        rules_config(bad={"kind": "none", "value": 0, "channels": ["email"], "valid_hours": {"start": 0, "end": 24},
+                          "when": {"weather": "sunny"}})

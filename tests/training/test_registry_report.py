@@ -1,0 +1,96 @@
+"""A real MLflow SQLite store: train twice, register, promote with history, load the champion,
+and the uplift report artifact with its charts."""
+
+
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, monkeypatch_module):
+    home = tmp_path_factory.mktemp("project")
+    monkeypatch_module.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch_module.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch_module.setenv("NEXTBEST_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def two_runs(store, small_data_dir, config):
+    from training.tracking import run_training
+
+    first = run_training(small_data_dir, config, seed=0)
+    second = run_training(small_data_dir, config, seed=1)
+    return first, second
+
+
+def test_runs_register_versions_in_the_project_sqlite_store(two_runs, store):
+    from training import registry
+
+    assert registry.tracking_uri() == f"sqlite:///{store / 'mlflow.db'}"
+    assert (store / "mlflow.db").exists()
+    first, second = two_runs
+    assert (first["version"], second["version"]) == ("1", "2")
+    assert registry.champion_version() is None  # nothing is served until someone promotes
+    for key in ("time_response_models_s", "value_normalized_policy", "auc_open_all", "qini_none"):
+        assert key in first["metrics"], key
+
+
+def test_promote_moves_the_champion_and_keeps_history(two_runs):
+    from training import registry
+
+    registry.promote("1", note="first")
+    registry.promote("2", note="better")
+    assert registry.champion_version() == "2"
+    history = registry.champion_history()
+    assert [h["version"] for h in history] == ["1", "2"] and history[1]["previous"] == "1"
+    rows = {r["version"]: r for r in registry.versions()}
+    assert rows["1"]["champion_until"] and rows["2"]["champion_since"] and "champion" in rows["2"]["aliases"]
+    with pytest.raises(ValueError, match="already"):
+        registry.promote("2")
+    policy = registry.load_champion()
+    assert policy.version == "nextbest/2"
+
+
+def test_champion_serves_decisions_through_pyfunc(two_runs, small_world):
+    import mlflow
+
+    from features.eventlog import EventLog
+    from features.history import engagement_history
+    from training import registry
+    from training.pyfunc import signature_example
+
+    model = mlflow.pyfunc.load_model(registry.champion_uri())
+    policy = model.unwrap_python_model().policy
+    log_ = EventLog.build(small_world.customers, small_world.events, policy.config)
+    snap = engagement_history(log_, small_world.customers["customer_id"][:20], small_world.end)
+    out = model.predict(signature_example(snap, policy, rows=20), params={"now": "2026-10-01T08:00:00Z"})
+    assert len(out) == 20 and set(out["action"]) <= {"send", "suppress"}
+    assert out["reasons"].str.len().min() > 0
+    sent_at = pd.to_datetime(out.loc[out["action"] == "send", "send_at"], utc=True)
+    assert (sent_at >= pd.Timestamp("2026-10-01 08:00", tz="UTC")).all()
+
+
+def test_report_artifact_has_html_and_plots(two_runs):
+    import mlflow
+
+    from training import registry
+
+    registry.setup()
+    run_id = two_runs[0]["run_id"]
+    names = {f.path for f in mlflow.MlflowClient().list_artifacts(run_id, "report")}
+    assert "report/index.html" in names
+    pngs = {n for n in names if n.endswith(".png")}
+    assert {"report/policy_value.png", "report/qini.png", "report/incremental_orders.png",
+            "report/uplift_deciles.png", "report/reliability.png"} <= pngs
+    html = open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="report/index.html")).read()
+    for png in pngs:
+        assert png.split("/")[1] in html
+    assert "extra profit per 1,000 customers" in html or "extra profit" in html
