@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
+
+from nextbest.cli import _out
 
 log = logging.getLogger("nextbest")
 
 PARAMS_FILE = "nextbest_params.json"  # in the project directory: written by tune, read by train
-
-
-def _out(text: str = "") -> None:
-    sys.stdout.write(text + "\n")
 
 
 def _settings(args, cfg):

@@ -13,8 +13,8 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from features.config import Config
 from training.candidates import candidate_frame
-from training.policy import NO_MESSAGE, DecisionPolicy
-from training.train import RESPONSES, Split, uplift_frame
+from training.policy import NO_MESSAGE, DecisionPolicy, with_open_estimate
+from training.train import RESPONSES, Split
 from training.uplift_eval import auuc, bootstrap_ci, qini_coefficient, qini_curve, uplift_by_decile
 
 HOUR_BANDS = {"morning (6-11)": range(6, 12), "midday (12-16)": range(12, 17),
@@ -56,7 +56,7 @@ def uplift_scores(policy: DecisionPolicy, features: pd.DataFrame, offer: str) ->
     chans = [k for k, c in enumerate(cfg.channel_names) if c in cfg.offers[offer].channels]
     for k in chans:
         f = candidate_frame(features, k, hour, j, cfg, m.customer_columns)
-        f["cand_p_open"] = m.open.predict_proba(f)[:, 1].astype(np.float32)
+        with_open_estimate(f, m.open.predict_proba(f)[:, 1])
         total += m.uplift.predict(f)[offer].to_numpy()
     return total / max(len(chans), 1)
 
@@ -92,8 +92,7 @@ def _normalize_within(w, treated):
     return w
 
 
-def measured_incrementality(config: Config, valid: Split, value_margin: float | None = None,
-                            n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
+def measured_incrementality(config: Config, valid: Split, n_boot: int = 200, seed: int = 0) -> pd.DataFrame:
     """What messages added over no message in the held-out logs, per channel, offer and send-hour band.
 
     Inverse-propensity weighted means of each group's orders and profit minus those of the
@@ -107,10 +106,10 @@ def measured_incrementality(config: Config, valid: Split, value_margin: float | 
     off = ex["offer"].astype(object).to_numpy()
     value = ex["order_value"].to_numpy(dtype=float)
     profit = obj.margin * value
+    redeemed = ex["converted_attributed"].to_numpy()
     for o in config.offer_names:
         sel = send & (off == o)
-        mean_value = np.where(ex["converted_attributed"].to_numpy()[sel], value[sel], 0.0)
-        profit[sel] -= config.offers[o].cost(mean_value) * ex["converted_attributed"].to_numpy()[sel]
+        profit[sel] -= config.offers[o].cost(value[sel]) * redeemed[sel]
     for c in config.channel_names:
         sel = send & (ch == c)
         profit[sel] -= config.channels[c].cost
@@ -140,9 +139,3 @@ def measured_incrementality(config: Config, valid: Split, value_margin: float | 
         rows.append(row)
     return pd.DataFrame(rows)
 
-
-def model_estimated_values(policy: DecisionPolicy, scores) -> dict:
-    """The policy's own estimate of extra profit per 1,000 customers (used when there is no truth)."""
-    v = scores.value.reshape(len(scores.value), -1)
-    best = np.where(np.isfinite(v), v, -np.inf).max(axis=1)
-    return {"policy_extra_profit_per_1000_estimated": float(1000 * np.maximum(best, 0).mean())}

@@ -37,6 +37,7 @@ from training.rules import ContactHistory, delay_to_hours, eligible
 from training.uplift import UpliftLearner
 
 NO_MESSAGE = "no_message"  # the control arm of the uplift learner
+OPEN_ESTIMATE = "cand_p_open"  # the open model's estimate, an input of the uplift learner
 UPLIFT_MODES = ("learner", "mediated", "blend")
 
 
@@ -51,6 +52,12 @@ class PolicyModels:
     value: ValueRegressor
     uplift: UpliftLearner            # P(order in the window) per offer arm vs NO_MESSAGE
     customer_columns: list[str]
+
+
+def with_open_estimate(frame: pd.DataFrame, p_open: np.ndarray) -> pd.DataFrame:
+    """Add the open model's estimate for each row's candidate (NaN: no message) as an uplift input."""
+    frame[OPEN_ESTIMATE] = np.asarray(p_open, dtype=np.float32)
+    return frame
 
 
 @dataclass
@@ -149,7 +156,7 @@ class DecisionPolicy:
                 h = np.where(ok[who], p[who], -2.0).argmax(axis=1)
                 f = candidate_frame(features.iloc[who], k, h, j, cfg, m.customer_columns)
                 po = m.open.predict_proba(f)[:, 1]
-                f["cand_p_open"] = po.astype(np.float32)
+                with_open_estimate(f, po)
                 p_conv = m.conversion.predict_proba(f)[:, 1]
                 up = self._uplift(f, o, po, p_conv)
                 p_unsub = m.unsubscribe.predict_proba(f)[:, 1]

@@ -100,7 +100,7 @@ def evaluate_on_world(policy: DecisionPolicy, truth: Truth, log_: EventLog, popu
     pick = (rng.random(world.n) * (n_opts + 1)).astype(int)  # 0 = no message
     v_random = v_suppress.copy()
     has = pick > 0
-    cell = np.array([np.flatnonzero(flat[i])[pick[i] - 1] for i in np.flatnonzero(has)], dtype=np.int64)
+    cell = (np.cumsum(flat[has], axis=1) < pick[has, None]).sum(axis=1)  # index of the pick-th allowed cell
     kk, hh, oo = np.unravel_index(cell, (K, 24, O))
     v_random[has] = world.expected_profit(idx[has], kk, hh, oo)
     totals = {"policy": v_policy.sum(), "suppress": v_suppress.sum(),

@@ -9,11 +9,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from features.config import Config
 from training import registry
@@ -45,8 +45,6 @@ def _metric_name(*parts) -> str:
 def evaluate_and_report(res: TrainResult, config: Config, out_dir: Path, version: str) -> tuple[dict, Path]:
     """Evaluate the trained policy (held-out rows; the simulator's truth when present) and write
     the report into ``out_dir``; returns the metrics and the report path."""
-    import time
-
     t0 = time.perf_counter()
     metrics: dict[str, float] = {}
     responses, curves = response_metrics(res.policy, res.valid)
@@ -105,17 +103,16 @@ def run_training(data_dir: str | Path, config: Config, settings: TrainingSetting
             metrics, report = evaluate_and_report(res, config, Path(tmp) / "report", run.info.run_id)
             mlflow.log_metrics(metrics)
             mlflow.log_artifacts(str(report.parent), "report")
-            t0 = __import__("time").perf_counter()
+            t0 = time.perf_counter()
             artifacts = save_artifacts(res.policy, Path(tmp) / "policy", run.info.run_id)
             example = signature_example(res.valid.examples.set_index("customer_id"), res.policy)
-            from training.pyfunc import typed_features  # the output of a real call on the example
             wrapper = PolicyModel(res.policy)
             output = wrapper.predict(None, example, {"now": res.info["data_end"]})
             info = mlflow.pyfunc.log_model(
                 name="policy", python_model=PolicyModel(), artifacts=artifacts,
                 signature=infer_signature(example, output, params={"now": "", "horizon_hours": 24.0, "type": "marketing"}),
                 registered_model_name=registry.MODEL_NAME if register else None, pip_requirements=[])
-            res.timings["log_model"] = __import__("time").perf_counter() - t0
+            res.timings["log_model"] = time.perf_counter() - t0
         times = {f"time_{k}_s": v for k, v in res.timings.items()}
         mlflow.log_metrics(times)
         metrics.update(times)

@@ -39,7 +39,7 @@ from features.io import find_table, load_dataset, read_table
 from features.validate import check
 from training.candidates import candidate_frame, customer_columns
 from training.models import ResponseClassifier, ValueRegressor
-from training.policy import NO_MESSAGE, DecisionPolicy, PolicyModels
+from training.policy import NO_MESSAGE, DecisionPolicy, PolicyModels, with_open_estimate
 from training.settings import TrainingSettings
 from training.uplift import UpliftLearner
 
@@ -162,11 +162,11 @@ def fit_models(train: Split, valid: Split, config: Config, settings: TrainingSet
     Xs, Xv = train.X[train.send], valid.X[valid.send]
     ys, yv = train.examples[train.send], valid.examples[valid.send]
     fitted = {}
+    cols = [c for c in train.X.columns if not c.startswith("cand_")]
     with watch.stage("response_models"):
         for name, outcome in RESPONSES.items():
             fitted[name] = ResponseClassifier(params, es, seed).fit(
                 Xs, ys[outcome].to_numpy(), eval_set=(Xv, yv[outcome].to_numpy()), callbacks=callbacks)
-        cols = [c for c in train.X.columns if not c.startswith("cand_")]
         ordered = train.examples["converted"].to_numpy() & (train.examples["order_value"].to_numpy() > 0)
         ordered_v = valid.examples["converted"].to_numpy() & (valid.examples["order_value"].to_numpy() > 0)
         value = ValueRegressor(params, es, seed).fit(
@@ -181,7 +181,7 @@ def fit_models(train: Split, valid: Split, config: Config, settings: TrainingSet
             propensity=train.examples["propensity"].to_numpy(), groups=train.examples["customer_id"].to_numpy())
     return PolicyModels(open=fitted["open"], click=fitted["click"], conversion=fitted["conversion"],
                         unsubscribe=fitted["unsubscribe"], value=value, uplift=uplift,
-                        customer_columns=[c for c in train.X.columns if not c.startswith("cand_")])
+                        customer_columns=cols)
 
 
 def uplift_frame(split: Split, open_model: ResponseClassifier) -> pd.DataFrame:
@@ -190,8 +190,7 @@ def uplift_frame(split: Split, open_model: ResponseClassifier) -> pd.DataFrame:
     p = np.full(len(X), np.nan, dtype=np.float32)
     if split.send.any():
         p[split.send] = open_model.predict_proba(X[split.send])[:, 1]
-    X["cand_p_open"] = p
-    return X
+    return with_open_estimate(X, p)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from features.config import _deep_merge, default_config_dict, parse_config
+from features.eventlog import to_ms
 from features.history import engagement_history
 from features.localtime import local_hour_dow
 from training.policy import DecisionPolicy, Request
@@ -43,9 +44,8 @@ def test_decisions_never_break_consent_quiet_hours_or_caps(trained, snapshot, co
     # send_at is the local hour the decision names
     tz = snapshot["timezone"]
     s = d[sent]
-    hours, _ = local_hour_dow(s["send_at"].astype("int64").to_numpy() // 10**9 if s["send_at"].dtype.kind == "M"
-                              else pd.to_datetime(s["send_at"]).astype("int64").to_numpy() // 10**9,
-                              tz.cat.codes.to_numpy()[sent.to_numpy()], list(tz.cat.categories))
+    hours, _ = local_hour_dow(to_ms(s["send_at"]) // 1000, tz.cat.codes.to_numpy()[sent.to_numpy()],
+                              list(tz.cat.categories))
     assert (hours == s["local_hour"].to_numpy()).all()
     assert all(out.reasons[i] for i in range(len(d)))
 
