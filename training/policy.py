@@ -16,9 +16,13 @@ How a customer is scored
        - offer cost x P(order that redeems the offer)     (conversion model)
        - channel cost - unsubscribe cost x P(unsubscribe) (unsubscribe model)
 
-4. The best option wins if its value is positive; otherwise the customer is not contacted
-   ("don't send" is an action worth 0 on this scale). The choice is greedy here; exploration
-   (issue 4) fills in :meth:`DecisionPolicy._choose`.
+4. **Online correction**: the online learner (``training.online``) turns each option's scores
+   into a posterior over its reward; with no feedback yet it reproduces the offline values.
+5. **Choice**: "suppress" (worth 0 on this scale) and every allowed option get a probability
+   from the deployment's exploration method (``training.exploration``: greedy, epsilon-greedy,
+   softmax or Thompson sampling, capped by the exploration budget); one is drawn, and the
+   decision carries the exact probability of that action. Customers of the random control group
+   get no marketing.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ import pandas as pd
 from features.config import Config
 from features.localtime import utc_offsets
 from training.candidates import candidate_frame
+from training.exploration import Exploration, draw
 from training.models import ResponseClassifier, ValueRegressor
+from training.online import D, SUPPRESS, OnlineLearner, OnlineSettings, action_key
 from training.rules import ContactHistory, delay_to_hours, eligible
 from training.uplift import UpliftLearner
 
@@ -90,6 +96,8 @@ class Scores:
     uplift: np.ndarray       # (n, K, O) uplift in P(order)
     eligibility: object
     delay_hours: np.ndarray  # (n, 24)
+    baseline: np.ndarray     # (n,) expected profit of the day without a message
+    revenue: np.ndarray      # (n, K, O) margin x order value x uplift
 
 
 @dataclass
@@ -99,10 +107,12 @@ class Decisions:
     frame: pd.DataFrame
     scores: Scores
     reasons: list[list[str]] = field(default_factory=list)
+    action_dist: np.ndarray | None = None     # (n, 1 + K*O) probability of every option, column 0 = suppress
+    learner_inputs: np.ndarray | None = None  # (n, 1 + K*O, D) the online learner's context of every option
 
 
 class DecisionPolicy:
-    """Greedy expected-profit policy over (suppress | channel x local hour x offer).
+    """Expected-profit policy over (suppress | channel x local hour x offer) with exploration.
 
     Parameters
     ----------
@@ -110,15 +120,37 @@ class DecisionPolicy:
     models : PolicyModels
     version : str
         Written on every decision (the registered model version when served).
+    uplift_mode : str
+    exploration : Exploration, optional
+        Defaults to the config's ``exploration`` section.
     """
 
-    def __init__(self, config: Config, models: PolicyModels, version: str = "dev", uplift_mode: str = "learner"):
+    def __init__(self, config: Config, models: PolicyModels, version: str = "dev", uplift_mode: str = "learner",
+                 exploration: Exploration | None = None):
         if uplift_mode not in UPLIFT_MODES:
             raise ValueError(f"uplift_mode must be one of {UPLIFT_MODES}, got {uplift_mode!r}")
         self.config = config
         self.models = models
         self.version = version
         self.uplift_mode = uplift_mode
+        self.exploration = exploration or Exploration.from_config(config)
+        self.online = OnlineSettings.from_config(config)
+
+    def with_exploration(self, exploration: Exploration) -> "DecisionPolicy":
+        """The same models and rules with another exploration (e.g. greedy for evaluation)."""
+        out = object.__new__(DecisionPolicy)
+        out.__dict__.update(self.__dict__, exploration=exploration)
+        return out
+
+    def new_learner(self) -> OnlineLearner:
+        """An online learner with no feedback yet (its predictions equal the offline values)."""
+        return OnlineLearner(self.online)
+
+    @property
+    def action_keys(self) -> list[str]:
+        """The learner's name of each option column: suppress, then (channel, offer) pairs."""
+        cfg = self.config
+        return [SUPPRESS] + [action_key(c, o) for c in cfg.channel_names for o in cfg.offer_names]
 
     # ------------------------------------------------------------------ scoring
     def score(self, features: pd.DataFrame, contact: ContactHistory, request: Request) -> Scores:
@@ -136,10 +168,17 @@ class DecisionPolicy:
         best_hour = np.full((n, K, O), -1, dtype=np.int64)
         p_open_best = np.zeros((n, K, O))
         uplift = np.zeros((n, K, O))
-        if not allowed.any():
-            return Scores(value, best_hour, p_open_best, uplift, elig, delay)
-        ovalue = m.value.predict(features[m.value.feature_names_in_]) if n else np.zeros(0)
+        revenue = np.zeros((n, K, O))
+        if n == 0:
+            return Scores(value, best_hour, p_open_best, uplift, elig, delay, np.zeros(0), revenue)
         obj = cfg.objective
+        ovalue = m.value.predict(features[m.value.feature_names_in_])
+        base = candidate_frame(features, 0, np.full(n, 12), 0, cfg, m.customer_columns)
+        with_open_estimate(base, np.full(n, np.nan))
+        daily = m.uplift.predict_outcomes(base)[NO_MESSAGE].to_numpy() * 24.0 / obj.attribution_window_hours
+        baseline = obj.margin * ovalue * daily
+        if not allowed.any():
+            return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue)
         for k, c in enumerate(cfg.channel_names):
             any_hour = allowed[:, k].any(axis=2)  # (n, 24)
             rows, hours = np.nonzero(any_hour)
@@ -166,7 +205,20 @@ class DecisionPolicy:
                 best_hour[who, k, j] = h
                 p_open_best[who, k, j] = po
                 uplift[who, k, j] = up
-        return Scores(value, best_hour, p_open_best, uplift, elig, delay)
+                revenue[who, k, j] = obj.margin * v * up
+        return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue)
+
+    def learner_inputs(self, s: Scores) -> np.ndarray:
+        """The online learner's context of every option, (n, 1 + K*O, D) (see ``training.online``)."""
+        n = len(s.baseline)
+        A = 1 + s.value[0].size if n else 1 + len(self.config.channel_names) * len(self.config.offer_names)
+        X = np.zeros((n, A, D))
+        X[:, :, 0] = 1.0
+        X[:, :, 2] = s.baseline[:, None]
+        X[:, 1:, 1] = np.where(np.isfinite(s.value), s.value, 0.0).reshape(n, -1)
+        X[:, 1:, 3] = s.p_open.reshape(n, -1)
+        X[:, 1:, 4] = s.revenue.reshape(n, -1)
+        return X
 
     def _uplift(self, f: pd.DataFrame, offer: str, p_open: np.ndarray, p_conv: np.ndarray) -> np.ndarray:
         """Extra P(order) the candidate causes (see ``uplift_mode``)."""
@@ -179,22 +231,29 @@ class DecisionPolicy:
         return mediated if self.uplift_mode == "mediated" else 0.5 * (learner + mediated)
 
     # ------------------------------------------------------------------ choice
-    def _choose(self, values: np.ndarray, must_send: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-        """Pick an option per customer from ``values`` (n, 1 + K*O; column 0 = suppress, -inf =
-        not allowed). Returns ``(choice (n,), propensity (n,))``. Greedy: propensity 1."""
-        v = values.copy()
-        v[must_send, 0] = -np.inf
-        return v.argmax(axis=1), np.ones(len(v))
-
     def decide(self, features: pd.DataFrame, contact: ContactHistory, request: Request,
-               explain: bool = True, rng=None) -> Decisions:
-        """Decide for every row of ``features``; see the module docstring."""
+               explain: bool = True, rng=None, learner: OnlineLearner | None = None) -> Decisions:
+        """Decide for every row of ``features``; see the module docstring.
+
+        ``rng`` (numpy Generator) drives exploration: the same seed gives the same decisions.
+        ``learner`` is the online learner's current state (none: the offline values).
+        """
         cfg = self.config
         n, K, O = len(features), len(cfg.channel_names), len(cfg.offer_names)
+        rng = np.random.default_rng() if rng is None else rng
         s = self.score(features, contact, request)
-        flat = np.concatenate([np.zeros((n, 1)), s.value.reshape(n, K * O)], axis=1)
-        must_send = np.full(n, request.type == "transactional") & np.isfinite(flat[:, 1:]).any(axis=1)
-        choice, propensity = self._choose(flat, must_send, rng)
+        allowed = np.concatenate([np.ones((n, 1), dtype=bool), np.isfinite(s.value).reshape(n, K * O)], axis=1)
+        transactional = request.type == "transactional"
+        must_send = np.full(n, transactional) & allowed[:, 1:].any(axis=1)
+        allowed[must_send, 0] = False
+        control = np.zeros(n, dtype=bool) if transactional else self.exploration.in_control(features.index)
+        allowed[control, 1:] = False
+        X = self.learner_inputs(s)
+        reward, sd = (learner or self.new_learner()).predict(self.action_keys, X)
+        flat = reward - reward[:, :1]  # expected profit over sending nothing
+        probs, greedy = self.exploration.distribution(np.where(allowed, reward, -np.inf), sd, rng)
+        choice = draw(probs, rng)
+        propensity = probs[np.arange(n), choice]
         send = choice > 0
         k, j = np.divmod(np.maximum(choice - 1, 0), O)
         hour = np.where(send, s.hour[np.arange(n), k, j], -1)
@@ -212,14 +271,27 @@ class DecisionPolicy:
             "offer": pd.array(np.where(send, np.array(cfg.offer_names, dtype=object)[j], None), dtype="str"),
             "propensity": propensity,
             "expected_value": np.where(send, flat[np.arange(n), choice], 0.0),
+            "control": control,
+            "explored": choice != greedy,
+            "action_key": np.array(self.action_keys, dtype=object)[choice],
             "policy_version": self.version,
         })
-        reasons = [self._reasons(s, i, send[i], k[i], j[i]) for i in range(n)] if explain else []
-        return Decisions(frame, s, reasons)
+        values = np.where(allowed[:, 1:], flat[:, 1:], -np.inf).reshape(n, K, O)
+        reasons = [self._reasons(s, values[i], i, send[i], k[i], j[i], control[i], choice[i] != greedy[i],
+                                 propensity[i]) for i in range(n)] if explain else []
+        return Decisions(frame, s, reasons, probs, X)
 
-    def _reasons(self, s: Scores, i: int, send: bool, k: int, j: int) -> list[str]:
+    def _reasons(self, s: Scores, v: np.ndarray, i: int, send: bool, k: int, j: int, control: bool,
+                 explored: bool, propensity: float) -> list[str]:
+        """Plain words for decision ``i``; ``v`` (K, O) holds the (learner-corrected) values."""
         cfg = self.config
         out = s.eligibility.reasons(i)
+        if control:
+            return out + ["not contacted: the customer is in the random control group (no marketing), "
+                          "which measures what messages add"]
+        if explored:
+            out.append(f"exploring ({self.exploration.method}): this option was drawn with probability "
+                       f"{propensity:.1%} to learn its value; it is not the current best guess")
         v = s.value[i]
         if send:
             c, o = cfg.channel_names[k], cfg.offer_names[j]

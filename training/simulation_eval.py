@@ -64,7 +64,12 @@ def load_truth(data_dir: str | Path, customers: pd.DataFrame, config) -> Truth |
 
 def evaluate_on_world(policy: DecisionPolicy, truth: Truth, log_: EventLog, population: Population,
                       seed: int = 0) -> SimulationReport:
-    """Decide for every customer at the start of the day after the history; score on the truth."""
+    """Decide for every customer at the start of the day after the history; score on the truth.
+
+    The policy is evaluated greedy and without its control group (what it believes is best for
+    everyone); exploration and the control group are costs measured by the closed-loop benchmark.
+    """
+    policy = policy.with_exploration(policy.exploration.with_(method="greedy", control_share=0.0))
     cfg = policy.config
     world, day_start = truth.world, truth.end
     K, O = len(cfg.channel_names), len(cfg.offer_names)
