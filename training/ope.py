@@ -1,0 +1,259 @@
+"""Off-policy evaluation: the value of a candidate policy from data another policy logged.
+
+Vocabulary and shapes follow obp (Saito et al.): ``n`` logged rounds, ``A`` actions, optional
+``L`` positions (slots).
+
+- ``action`` (n,) int, ``reward`` (n,), ``propensity`` (n,): what the logging policy did, what
+  came back, and the probability with which it chose that action (at that position).
+- ``action_dist`` (n, A) or (n, A, L): the candidate's probability of each action per round.
+- ``estimated_rewards`` (n, A) or (n, A, L): a reward model's prediction per action (for DM/DR),
+  cross-fitted so that no round's prediction saw its own reward (:class:`CrossFitRewardModel`).
+
+Estimators (``w = pi_e(a_i | x_i) / propensity_i``):
+
+- IPS: ``mean(w r)``; unbiased when the logging policy gives every action the candidate
+  takes a positive probability.
+- SNIPS: ``sum(w r) / sum(w)``; biased but much steadier when the weights are large.
+- DR: ``mean(sum_a pi_e(a|x) q(x, a) + w (r - q(x, a_i)))``; unbiased like IPS and with less
+  variance where the reward model ``q`` is good.
+- DM: ``mean(sum_a pi_e(a|x) q(x, a))``; the reward model alone (biased, shown for reference).
+
+Confidence intervals are percentile bootstraps over rounds (the reward model is held fixed; it
+is cross-fitted, so its out-of-fold predictions behave like a fixed function). Diagnostics tell
+whether to trust any of it: the effective sample size of the weights ``(sum w)^2 / sum w^2`` and
+the share of logged rounds whose action the candidate would never take (``pi_e = 0``; those
+rounds carry no information for IPS), the largest weight, and the mean weight (about 1 when the
+propensities are right and the logging policy covers every action the candidate takes; well
+below 1 means part of the candidate's choices were never logged, and every estimator but DM is
+blind there).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+ESTIMATORS = ("ips", "snips", "dr", "dm")
+
+
+@dataclass
+class LoggedBandit:
+    """Logged bandit feedback, validated once (obp's ``bandit_feedback``)."""
+
+    action: np.ndarray
+    reward: np.ndarray
+    propensity: np.ndarray
+    n_actions: int
+    context: np.ndarray | pd.DataFrame | None = None
+    position: np.ndarray | None = None
+    action_context: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.action = np.asarray(self.action, dtype=np.int64)
+        self.reward = np.asarray(self.reward, dtype=float)
+        self.propensity = np.asarray(self.propensity, dtype=float)
+        n = len(self.action)
+        for name in ("reward", "propensity"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} rows, action has {n}")
+        if n == 0:
+            raise ValueError("no logged rounds")
+        if not np.isfinite(self.reward).all():
+            raise ValueError("reward has missing or infinite values")
+        if not ((self.propensity > 0) & (self.propensity <= 1)).all():
+            bad = int(np.flatnonzero(~((self.propensity > 0) & (self.propensity <= 1)))[0])
+            raise ValueError(f"propensity must be in (0, 1]; row {bad} has {self.propensity[bad]}")
+        if self.action.min() < 0 or self.action.max() >= self.n_actions:
+            raise ValueError(f"action must be in 0..{self.n_actions - 1}")
+        if self.position is not None:
+            self.position = np.asarray(self.position, dtype=np.int64)
+            if len(self.position) != n or self.position.min() < 0:
+                raise ValueError("position must have one non-negative entry per round")
+        if self.context is not None and len(self.context) != n:
+            raise ValueError(f"context has {len(self.context)} rows, action has {n}")
+
+    @property
+    def n(self) -> int:
+        return len(self.action)
+
+    def subset(self, rows: np.ndarray) -> "LoggedBandit":
+        ctx = None if self.context is None else (self.context.iloc[rows] if isinstance(self.context, pd.DataFrame)
+                                                 else self.context[rows])
+        return LoggedBandit(self.action[rows], self.reward[rows], self.propensity[rows], self.n_actions, ctx,
+                            None if self.position is None else self.position[rows], self.action_context)
+
+
+@dataclass
+class Estimate:
+    estimator: str
+    value: float
+    ci_low: float
+    ci_high: float
+    se: float
+
+
+@dataclass
+class Diagnostics:
+    n: int
+    ess: float                # effective sample size of the importance weights
+    unsupported_logged: float  # share of logged rounds the candidate would never take
+    max_weight: float
+    mean_weight: float        # ~1 when propensities are right and the candidate is supported
+
+
+@dataclass
+class OPEResult:
+    estimates: dict[str, Estimate]
+    diagnostics: Diagnostics
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame([vars(e) for e in self.estimates.values()]).set_index("estimator")
+
+    def __getitem__(self, name: str) -> Estimate:
+        return self.estimates[name]
+
+
+def _at(arr: np.ndarray, action: np.ndarray, position: np.ndarray | None) -> np.ndarray:
+    rows = np.arange(len(action))
+    if arr.ndim == 3:
+        if position is None:
+            raise ValueError("action_dist has positions but the feedback has none")
+        return arr[rows, action, position]
+    return arr[rows, action]
+
+
+def _expected(action_dist: np.ndarray, q: np.ndarray, position: np.ndarray | None) -> np.ndarray:
+    if action_dist.ndim == 3:
+        rows = np.arange(len(action_dist))
+        return (action_dist[rows, :, position] * q[rows, :, position]).sum(axis=1)
+    return (action_dist * q).sum(axis=1)
+
+
+def reduce(feedback: LoggedBandit, action_dist: np.ndarray, estimated_rewards: np.ndarray | None = None):
+    """The per-round quantities every estimator needs: ``(pi_logged, dm, q_logged)``, each (n,)."""
+    action_dist = np.asarray(action_dist, dtype=float)
+    if action_dist.shape[:2] != (feedback.n, feedback.n_actions):
+        raise ValueError(f"action_dist has shape {action_dist.shape}; expected ({feedback.n}, {feedback.n_actions}[, L])")
+    sums = action_dist.sum(axis=1)
+    if not np.allclose(sums, 1.0, atol=1e-6):
+        raise ValueError("action_dist must sum to one over actions (per round and position)")
+    pi = _at(action_dist, feedback.action, feedback.position)
+    if estimated_rewards is None:
+        return pi, None, None
+    q = np.asarray(estimated_rewards, dtype=float)
+    if q.shape != action_dist.shape:
+        raise ValueError(f"estimated_rewards has shape {q.shape}, action_dist {action_dist.shape}")
+    return pi, _expected(action_dist, q, feedback.position), _at(q, feedback.action, feedback.position)
+
+
+def estimate(feedback: LoggedBandit, action_dist: np.ndarray, estimated_rewards: np.ndarray | None = None,
+             estimators=None, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
+             clip: float | None = None) -> OPEResult:
+    """Estimate the candidate's value with every estimator its inputs allow."""
+    pi, dm, q_logged = reduce(feedback, action_dist, estimated_rewards)
+    return estimate_reduced(feedback.reward, feedback.propensity, pi, dm, q_logged, estimators, n_boot, alpha,
+                            seed, clip)
+
+
+def estimate_reduced(reward, propensity, pi_logged, dm=None, q_logged=None, estimators=None, n_boot: int = 1000,
+                     alpha: float = 0.05, seed: int = 0, clip: float | None = None) -> OPEResult:
+    """Like :func:`estimate`, from per-round arrays (see :func:`reduce`)."""
+    reward, propensity, pi = (np.asarray(a, dtype=float) for a in (reward, propensity, pi_logged))
+    w = pi / propensity
+    if clip is not None:
+        w = np.minimum(w, clip)
+    estimators = estimators or (ESTIMATORS if dm is not None else ("ips", "snips"))
+    n = len(w)
+    parts = {}
+    for name in estimators:
+        if name == "ips":
+            parts[name] = (w * reward, None)
+        elif name == "snips":
+            parts[name] = (w * reward, w)
+        elif name in ("dr", "dm"):
+            if dm is None:
+                raise ValueError(f"{name} needs estimated_rewards")
+            parts[name] = (dm + w * (reward - q_logged) if name == "dr" else dm, None)
+        else:
+            raise ValueError(f"unknown estimator {name!r}; known: {ESTIMATORS}")
+    rng = np.random.default_rng(seed)
+    out = {}
+    boots = {name: [] for name in parts}
+    for lo in range(0, n_boot, 50):
+        idx = rng.integers(0, n, (min(50, n_boot - lo), n))
+        for name, (num, den) in parts.items():
+            if den is None:
+                boots[name].append(num[idx].sum(axis=1) / n)
+            else:  # a resample without any weight has no self-normalized value
+                d = den[idx].sum(axis=1)
+                boots[name].append(np.where(d > 0, num[idx].sum(axis=1) / np.where(d > 0, d, 1.0), np.nan))
+    for name, (num, den) in parts.items():
+        b = np.concatenate(boots[name])
+        b = b[np.isfinite(b)]
+        value = num.sum() / (den.sum() if den is not None else n)
+        out[name] = Estimate(name, float(value), float(np.quantile(b, alpha / 2)),
+                             float(np.quantile(b, 1 - alpha / 2)), float(b.std(ddof=1)))
+    diag = Diagnostics(n=n, ess=float(w.sum() ** 2 / max((w ** 2).sum(), 1e-300)),
+                       unsupported_logged=float((pi == 0).mean()), max_weight=float(w.max()),
+                       mean_weight=float(w.mean()))
+    return OPEResult(out, diag)
+
+
+class CrossFitRewardModel:
+    """LightGBM reward model ``q(x, a)`` with out-of-fold predictions (cross-fitting).
+
+    Parameters
+    ----------
+    n_folds : int
+        Rounds are split into this many folds; each fold is predicted by a model fitted on the others.
+    params : dict, optional
+        LightGBM regressor parameters (L2 loss: a mean reward, which is a probability for 0/1 rewards).
+    groups : array (n,), optional
+        Rounds of one group (e.g. a customer) stay in one fold.
+    """
+
+    def __init__(self, n_folds: int = 2, params: dict | None = None, random_state: int = 0):
+        self.n_folds = n_folds
+        self.params = params
+        self.random_state = random_state
+
+    def fit_predict(self, X: pd.DataFrame | np.ndarray, reward: np.ndarray,
+                    X_eval: pd.DataFrame | np.ndarray, n_eval: int,
+                    groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Out-of-fold predictions for the logged rows and for ``n_eval`` alternative inputs.
+
+        ``X`` (n, p) describes each logged round with its logged action; ``X_eval``
+        (n_eval * n, p) describes every round with each alternative (an action, or an action at
+        a position), alternative-major: row ``j * n + i`` is round ``i`` with alternative ``j``.
+        Returns ``q_logged`` (n,) and ``q_eval`` (n, n_eval).
+        """
+        import lightgbm as lgb
+
+        n = len(reward)
+        rng = np.random.default_rng(self.random_state)
+        if groups is None:
+            fold = rng.integers(0, self.n_folds, n)
+        else:
+            uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+            fold = rng.integers(0, self.n_folds, len(uniq))[inv]
+        params = {"n_estimators": 200, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 50,
+                  "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8, "verbose": -1,
+                  "force_col_wise": True, "random_state": self.random_state, "n_jobs": 2,
+                  **(self.params or {})}
+        q_logged = np.zeros(n)
+        q_eval = np.zeros((n, n_eval))
+        take = (lambda M, rows: M.iloc[rows]) if isinstance(X, pd.DataFrame) else (lambda M, rows: M[rows])
+        for f in range(self.n_folds):
+            test, trn = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
+            if len(test) == 0:
+                continue
+            model = lgb.LGBMRegressor(**params).fit(take(X, trn), reward[trn])
+            q_logged[test] = model.predict(take(X, test))
+            alt_rows = (np.arange(n_eval)[:, None] * n + test[None, :]).ravel()
+            q_eval[test, :] = model.predict(take(X_eval, alt_rows)).reshape(n_eval, len(test)).T
+        return q_logged, q_eval
