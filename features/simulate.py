@@ -116,6 +116,66 @@ class _Events:
         })
 
 
+@dataclass
+class Responses:
+    """What happened on one simulated day (arrays over the sent messages, ``m``, or customers, ``n``)."""
+
+    opened: np.ndarray         # (m,) bool
+    clicked: np.ndarray        # (m,) bool
+    unsubscribed: np.ndarray   # (m,) bool
+    message_order: np.ndarray  # (m,) bool: an order after the opened message (redeems its offer)
+    message_value: np.ndarray  # (m,) its order value
+    organic: np.ndarray        # (n,) bool: an order without an opened message
+    organic_value: np.ndarray  # (n,)
+
+
+def respond(world: World, rng, events: "_Events", day: int, idx, ch, hour, off, msg, send_ts, midnight,
+            fatigue, propensity=None) -> Responses:
+    """Play one day: customers ``idx`` get messages (channel, local hour, offer codes) sent at
+    ``send_ts`` (s); draw every response from the world's truth, record the events in ``events``,
+    apply unsubscribes and count the sends in the fatigue ring. Everyone else may order organically."""
+    n, m = world.n, len(idx)
+    p = world.outcome_probs(idx, ch, hour, off, fatigue)
+    events.add(idx, send_ts, "sent", msg, ch, off, propensity=propensity)
+
+    def tag(sel):  # responses carry their message's channel and offer
+        return ch[sel], off[sel]
+
+    delivered = rng.random(m) < p["deliver"]
+    deliver_ts = send_ts + rng.integers(1, 120, m)
+    events.add(idx[delivered], deliver_ts[delivered], "delivered", msg[delivered], *tag(delivered))
+    events.add(idx[~delivered], deliver_ts[~delivered], "bounced", msg[~delivered], *tag(~delivered))
+    opened = delivered & (rng.random(m) < p["open"] / np.maximum(p["deliver"], 1e-12))
+    wait_pref = ((world.pref_hour[idx] - hour) % 24) * 3600 + rng.normal(0, 2700, m)
+    quick = rng.exponential(1200, m)
+    open_ts = deliver_ts + np.maximum(np.where(rng.random(m) < 0.5, quick, wait_pref), 30).astype(np.int64)
+    events.add(idx[opened], open_ts[opened], "opened", msg[opened], *tag(opened))
+    clicked = opened & (rng.random(m) < p["click"] / np.maximum(p["open"], 1e-12))
+    click_ts = open_ts + rng.exponential(180, m).astype(np.int64) + 5
+    events.add(idx[clicked], click_ts[clicked], "clicked", msg[clicked], *tag(clicked))
+    unsub = opened & (rng.random(m) < p["unsubscribe"] / np.maximum(p["open"], 1e-12))
+    events.add(idx[unsub], open_ts[unsub] + rng.integers(10, 600, m)[unsub], "unsubscribed", msg[unsub],
+               *tag(unsub))
+    world.unsubscribe(idx[unsub], ch[unsub])
+    # orders: after an opened message (attributed, redeems the offer) or organic
+    msg_order = opened & (rng.random(m) < p["order_given_open"])
+    t0 = np.maximum(open_ts, np.where(clicked, click_ts, open_ts))
+    order_ts = t0 + np.minimum(rng.exponential(5 * 3600, m), 47 * 3600).astype(np.int64) + 60
+    values = world.order_value[idx] * rng.lognormal(-0.045, 0.3, m)
+    events.add(idx[msg_order], order_ts[msg_order], "converted", msg[msg_order], *tag(msg_order),
+               value=values[msg_order])
+    not_opened = np.ones(n, dtype=bool)
+    not_opened[idx[opened]] = False
+    organic = not_opened & (rng.random(n) < world.p0)
+    oi = np.flatnonzero(organic)
+    organic_ts = midnight[oi] + rng.integers(7 * 3600, 23 * 3600, len(oi))
+    organic_value = np.zeros(n)
+    organic_value[oi] = world.order_value[oi] * rng.lognormal(-0.045, 0.3, len(oi))
+    events.add(oi, organic_ts, "converted", np.full(len(oi), -1), value=organic_value[oi])
+    world.record_sends(day, idx)
+    return Responses(opened, clicked, unsub, msg_order, np.where(msg_order, values, 0.0), organic, organic_value)
+
+
 def generate(n_customers: int, days: int, seed: int, config: Config | None = None,
              end: pd.Timestamp | None = None, policy: LoggingPolicy | None = None,
              progress: bool = True) -> SimulatedData:
@@ -184,42 +244,8 @@ def generate(n_customers: int, days: int, seed: int, config: Config | None = Non
         }))
         decisions[-1].loc[idx, "message"] = msg
         decisions[-1].loc[idx, "ts"] = send_ts
-        p = world.outcome_probs(idx, ch[idx], hour[idx], off[idx], fatigue[idx])
-        events.add(idx, send_ts, "sent", msg, ch[idx], off[idx], propensity=prop[idx])
-
-        def tag(sel, ch_sent=ch[idx], off_sent=off[idx]):  # responses carry their message's channel and offer
-            return ch_sent[sel], off_sent[sel]
-
-        delivered = rng.random(m) < p["deliver"]
-        deliver_ts = send_ts + rng.integers(1, 120, m)
-        events.add(idx[delivered], deliver_ts[delivered], "delivered", msg[delivered], *tag(delivered))
-        events.add(idx[~delivered], deliver_ts[~delivered], "bounced", msg[~delivered], *tag(~delivered))
-        opened = delivered & (rng.random(m) < p["open"] / np.maximum(p["deliver"], 1e-12))
-        wait_pref = ((world.pref_hour[idx] - hour[idx]) % 24) * 3600 + rng.normal(0, 2700, m)
-        quick = rng.exponential(1200, m)
-        open_ts = deliver_ts + np.maximum(np.where(rng.random(m) < 0.5, quick, wait_pref), 30).astype(np.int64)
-        events.add(idx[opened], open_ts[opened], "opened", msg[opened], *tag(opened))
-        clicked = opened & (rng.random(m) < p["click"] / np.maximum(p["open"], 1e-12))
-        click_ts = open_ts + rng.exponential(180, m).astype(np.int64) + 5
-        events.add(idx[clicked], click_ts[clicked], "clicked", msg[clicked], *tag(clicked))
-        unsub = opened & (rng.random(m) < p["unsubscribe"] / np.maximum(p["open"], 1e-12))
-        events.add(idx[unsub], open_ts[unsub] + rng.integers(10, 600, m)[unsub], "unsubscribed", msg[unsub],
-                   *tag(unsub))
-        world.unsubscribe(idx[unsub], ch[idx][unsub])
-        # orders: after an opened message (attributed, redeems the offer) or organic
-        msg_order = opened & (rng.random(m) < p["order_given_open"])
-        t0 = np.maximum(open_ts, np.where(clicked, click_ts, open_ts))
-        order_ts = t0 + np.minimum(rng.exponential(5 * 3600, m), 47 * 3600).astype(np.int64) + 60
-        values = world.order_value[idx] * rng.lognormal(-0.045, 0.3, m)
-        events.add(idx[msg_order], order_ts[msg_order], "converted", msg[msg_order], *tag(msg_order),
-                   value=values[msg_order])
-        not_opened = np.ones(n, dtype=bool)
-        not_opened[idx[opened]] = False
-        organic = not_opened & (rng.random(n) < world.p0)
-        oi = np.flatnonzero(organic)
-        events.add(oi, midnight[oi] + rng.integers(7 * 3600, 23 * 3600, len(oi)), "converted",
-                   np.full(len(oi), -1), value=world.order_value[oi] * rng.lognormal(-0.045, 0.3, len(oi)))
-        world.record_sends(day, idx)
+        respond(world, rng, events, day, idx, ch[idx], hour[idx], off[idx], msg, send_ts, midnight, fatigue[idx],
+                propensity=prop[idx])
         np.add.at(chan_ring[:, day % 7, :], (idx, ch[idx]), 1)
 
     cust_ids = world.customers["customer_id"].to_numpy(dtype=object)

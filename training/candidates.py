@@ -65,19 +65,84 @@ def candidate_frame(features: pd.DataFrame, channel, hour, offer, config: Config
                else features[c].array) for c in cols}
     ch = _codes(channel, config.channel_names, n)
     off = _codes(offer, config.offer_names, n)
-    h = np.broadcast_to(np.asarray(hour, dtype=float), (n,)).copy()
+    cand = candidate_arrays(CustomerArrays(features), np.arange(n), ch, hour, off, config)
+    out["cand_channel"] = pd.Categorical.from_codes(ch, categories=list(config.channel_names))
+    out["cand_offer"] = pd.Categorical.from_codes(np.where(ch >= 0, off, -1), categories=list(config.offer_names))
+    for c in CANDIDATE_COLUMNS[2:]:
+        out[c] = cand[c]
+    return pd.DataFrame(out, index=features.index)
+
+
+class CustomerArrays:
+    """Customer features as float arrays, converted once per column (the fast scoring path).
+
+    Categorical columns become the codes of the categories a model was fitted with (what
+    LightGBM reads, see ``training.models.to_matrix``); unseen values become NaN.
+    """
+
+    def __init__(self, features: pd.DataFrame):
+        self.features = features
+        self._cache: dict = {}
+        self._numeric: dict[str, int] | None = None
+
+    def _numeric_table(self) -> dict[str, int]:
+        """All numeric and boolean columns converted in one call (a column per feature is slow)."""
+        if self._numeric is None:
+            dtypes = self.features.dtypes
+            names = [c for c, d in dtypes.items() if not isinstance(d, pd.CategoricalDtype)
+                     and (pd.api.types.is_numeric_dtype(d) or pd.api.types.is_bool_dtype(d))]
+            self._table = self.features[names].to_numpy(dtype=np.float64, na_value=np.nan)
+            self._numeric = {c: i for i, c in enumerate(names)}
+        return self._numeric
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def get(self, name: str, categories: list | None = None) -> np.ndarray:
+        key = (name, None if categories is None else tuple(categories))
+        if categories is None and name in self._numeric_table():
+            return self._table[:, self._numeric[name]]
+        if key not in self._cache:
+            col = self.features[name]
+            if categories is None:
+                arr = (col.to_numpy(dtype=np.int8) if pd.api.types.is_bool_dtype(col)
+                       else col.to_numpy(dtype=np.float64, na_value=np.nan))
+            else:
+                if isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == list(categories):
+                    codes = col.cat.codes.to_numpy()
+                else:
+                    codes = pd.Categorical(np.asarray(col.astype(object)), categories=list(categories)).codes
+                arr = np.where(codes >= 0, codes, np.nan)
+            self._cache[key] = np.asarray(arr, dtype=np.float64)
+        return self._cache[key]
+
+    def table(self, names: list[str]) -> np.ndarray:
+        key = ("table", tuple(names))
+        if key not in self._cache:
+            self._cache[key] = np.column_stack([self.get(c) for c in names]) if names else np.zeros((len(self), 0))
+        return self._cache[key]
+
+
+def candidate_arrays(cust: CustomerArrays, rows: np.ndarray, channel: np.ndarray, hour, offer: np.ndarray,
+                     config: Config) -> dict[str, np.ndarray]:
+    """The candidate columns (``CANDIDATE_COLUMNS``) for customers ``rows`` with channel and offer
+    codes (-1: no message) and local hours; float arrays (r,), channel/offer as codes."""
+    r = len(rows)
+    ch = np.broadcast_to(np.asarray(channel, dtype=np.int64), (r,))
+    off = np.broadcast_to(np.asarray(offer, dtype=np.int64), (r,))
+    h = np.broadcast_to(np.asarray(hour, dtype=float), (r,)).copy()
     send = ch >= 0
     h[~send] = np.nan
-    out["cand_channel"] = pd.Categorical.from_codes(ch, categories=list(config.channel_names))
-    out["cand_offer"] = pd.Categorical.from_codes(np.where(send, off, -1), categories=list(config.offer_names))
-    out["cand_hour"] = h.astype(np.float32)
-    top = features["top_open_hour"].to_numpy(dtype=float)
+    out = {"cand_channel": np.where(send, ch, np.nan).astype(np.float64),
+           "cand_offer": np.where(send & (off >= 0), off, np.nan).astype(np.float64),
+           "cand_hour": h.astype(np.float32)}
+    top = cust.get("top_open_hour")[rows]
     out["cand_hour_gap"] = (((h - top + 12) % 24) - 12).astype(np.float32)
-    share = features[[f"open_hour_share_{i:02d}" for i in range(24)]].to_numpy(dtype=np.float32)
+    share = cust.table([f"open_hour_share_{i:02d}" for i in range(24)])[rows].astype(np.float32)
     hi = np.where(send, np.nan_to_num(h, nan=0), 0).astype(np.int64)
-    rows = np.arange(n)
-    out["cand_hour_open_share"] = np.where(send, share[rows, hi], np.nan).astype(np.float32)
-    out["cand_next_hour_open_share"] = np.where(send, share[rows, (hi + 1) % 24], np.nan).astype(np.float32)
+    idx = np.arange(r)
+    out["cand_hour_open_share"] = np.where(send, share[idx, hi], np.nan).astype(np.float32)
+    out["cand_next_hour_open_share"] = np.where(send, share[idx, (hi + 1) % 24], np.nan).astype(np.float32)
     long = config.features.windows_days[-1]
     mid = config.features.windows_days[min(1, len(config.features.windows_days) - 1)]
     per_channel = {
@@ -88,10 +153,30 @@ def candidate_frame(features: pd.DataFrame, channel, hour, offer, config: Config
         "cand_channel_days_since_open": "{c}_days_since_open",
     }
     for name, pattern in per_channel.items():
-        out[name] = _pick(features, [pattern.format(c=c) for c in config.channel_names], ch)
+        out[name] = _pick(cust, [pattern.format(c=c) for c in config.channel_names], rows, ch)
     out["cand_offer_conversion_rate"] = _pick(
-        features, [f"offer_{o}_conversion_rate_{long}d" for o in config.offer_names], np.where(send, off, -1))
-    return pd.DataFrame(out, index=features.index)
+        cust, [f"offer_{o}_conversion_rate_{long}d" for o in config.offer_names], rows, np.where(send, off, -1))
+    return out
+
+
+def model_input(names: list[str], categories: dict, cust: CustomerArrays, rows: np.ndarray,
+                cand: dict[str, np.ndarray]) -> np.ndarray:
+    """The float matrix (r, len(names)) a fitted model reads, from customer arrays and candidate columns."""
+    numeric = cust._numeric_table()
+    plan_key = ("plan", tuple(names))
+    if plan_key not in cust._cache:  # which inputs come straight from the numeric table
+        direct = [(i, numeric[c]) for i, c in enumerate(names)
+                  if c not in categories and c in numeric and not c.startswith("cand_")]
+        cust._cache[plan_key] = (np.array([i for i, _ in direct], dtype=np.int64),
+                                 np.array([j for _, j in direct], dtype=np.int64))
+    dst, src = cust._cache[plan_key]
+    out = np.empty((len(rows), len(names)), dtype=np.float64)
+    out[:, dst] = cust._table[np.ix_(rows, src)]
+    done = set(dst.tolist())
+    for i, c in enumerate(names):
+        if i not in done:
+            out[:, i] = cand[c] if c in cand else cust.get(c, categories.get(c))[rows]
+    return out
 
 
 def _codes(values, names, n) -> np.ndarray:
@@ -106,8 +191,8 @@ def _codes(values, names, n) -> np.ndarray:
         raise ValueError(f"unknown name {exc}; configured: {list(names)}") from None
 
 
-def _pick(features: pd.DataFrame, columns: list[str], which: np.ndarray) -> np.ndarray:
-    """Per row, the value of ``columns[which]`` (NaN where ``which`` is -1)."""
-    table = features[columns].to_numpy(dtype=np.float32)
-    rows = np.arange(len(features))
-    return np.where(which >= 0, table[rows, np.maximum(which, 0)], np.nan).astype(np.float32)
+def _pick(cust: CustomerArrays, columns: list[str], rows: np.ndarray, which: np.ndarray) -> np.ndarray:
+    """Per candidate, the value of ``columns[which]`` for its customer (NaN where ``which`` is -1)."""
+    table = cust.table(columns)[rows].astype(np.float32)
+    idx = np.arange(len(rows))
+    return np.where(which >= 0, table[idx, np.maximum(which, 0)], np.nan).astype(np.float32)

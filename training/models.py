@@ -45,6 +45,32 @@ def _align_categories(X: pd.DataFrame, categories: dict) -> pd.DataFrame:
     return X
 
 
+def to_matrix(X: pd.DataFrame, columns: list[str], categories: dict) -> np.ndarray:
+    """The model input as a float matrix (n, len(columns)), categories as codes of the fitted ones.
+
+    LightGBM reads a categorical feature as the code of its value in the categories it was
+    fitted with; passing those codes directly skips pandas' per-call conversions (the fast path
+    for scoring; the result equals predicting on the aligned frame). Unseen values are missing.
+    """
+    missing = [c for c in columns if c not in X]
+    if missing:
+        raise ValueError(f"input lacks {len(missing)} model feature(s), e.g. {missing[:5]}")
+    out = np.empty((len(X), len(columns)), dtype=np.float64)
+    for i, c in enumerate(columns):
+        col = X[c]
+        cats = categories.get(c)
+        if cats is None:
+            out[:, i] = col.to_numpy(dtype=np.float64, na_value=np.nan) if not pd.api.types.is_bool_dtype(col) \
+                else col.to_numpy(dtype=np.int8)
+            continue
+        if isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == cats:
+            codes = col.cat.codes.to_numpy()
+        else:
+            codes = pd.Categorical(np.asarray(col.astype(object)), categories=cats).codes
+        out[:, i] = np.where(codes >= 0, codes, np.nan)
+    return out
+
+
 class _LGBMBase(BaseEstimator):
     _objective = "binary"
 
@@ -77,8 +103,10 @@ class _LGBMBase(BaseEstimator):
             raise ValueError(f"input lacks {len(missing)} model feature(s), e.g. {missing[:5]}")
         return _align_categories(_prepare(X, self.feature_names_in_), self.categories_)
 
-    def _raw(self, X: pd.DataFrame) -> np.ndarray:
-        return self.booster_.predict(self._frame(X), num_iteration=self.best_iteration_)
+    def _raw(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Raw booster output; ``X`` is a frame or the float matrix of ``to_matrix`` / ``candidates.model_input``."""
+        M = X if isinstance(X, np.ndarray) else to_matrix(X, self.feature_names_in_, self.categories_)
+        return self.booster_.predict(M, num_iteration=self.best_iteration_)
 
     def feature_importance(self) -> pd.Series:
         """Total gain per feature, largest first."""

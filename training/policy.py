@@ -35,7 +35,7 @@ import pandas as pd
 
 from features.config import Config
 from features.localtime import utc_offsets
-from training.candidates import candidate_frame
+from training.candidates import CustomerArrays, candidate_arrays, model_input
 from training.exploration import Exploration, draw
 from training.models import ResponseClassifier, ValueRegressor
 from training.online import D, SUPPRESS, OnlineLearner, OnlineSettings, action_key
@@ -154,6 +154,12 @@ class DecisionPolicy:
 
     # ------------------------------------------------------------------ scoring
     def score(self, features: pd.DataFrame, contact: ContactHistory, request: Request) -> Scores:
+        """Rules, best hour and value of every (channel, offer) for every customer.
+
+        Each model is called once per batch on a float matrix built from per-column customer
+        arrays (``training.candidates.CustomerArrays``), so one customer or fifty thousand cost
+        about the same number of calls.
+        """
         cfg, m = self.config, self.models
         n, K, O = len(features), len(cfg.channel_names), len(cfg.offer_names)
         now_s = int(request.now.timestamp())
@@ -172,41 +178,67 @@ class DecisionPolicy:
         if n == 0:
             return Scores(value, best_hour, p_open_best, uplift, elig, delay, np.zeros(0), revenue)
         obj = cfg.objective
-        ovalue = m.value.predict(features[m.value.feature_names_in_])
-        base = candidate_frame(features, 0, np.full(n, 12), 0, cfg, m.customer_columns)
-        with_open_estimate(base, np.full(n, np.nan))
+        cust = CustomerArrays(features)
+
+        def inputs(model, rows, ch, hour, off, p_open=None):
+            cand = candidate_arrays(cust, rows, ch, hour, off, cfg)
+            if p_open is not None:
+                cand[OPEN_ESTIMATE] = np.asarray(p_open, dtype=np.float32)
+            return model_input(model.feature_names_in_, model.categories_, cust, rows, cand)
+
+        everyone = np.arange(n)
+        ovalue = m.value.predict(model_input(m.value.feature_names_in_, m.value.categories_, cust, everyone, {}))
+        base = inputs(m.uplift, everyone, np.full(n, -1), np.full(n, -1), np.full(n, -1), np.full(n, np.nan))
         daily = m.uplift.predict_outcomes(base)[NO_MESSAGE].to_numpy() * 24.0 / obj.attribution_window_hours
         baseline = obj.margin * ovalue * daily
         if not allowed.any():
             return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue)
-        for k, c in enumerate(cfg.channel_names):
-            any_hour = allowed[:, k].any(axis=2)  # (n, 24)
-            rows, hours = np.nonzero(any_hour)
-            if len(rows) == 0:
-                continue
-            p = np.full((n, 24), -1.0)
-            frame = candidate_frame(features.iloc[rows], k, hours, 0, cfg, m.customer_columns)
-            p[rows, hours] = m.open.predict_proba(frame)[:, 1]
-            for j, o in enumerate(cfg.offer_names):
-                ok = allowed[:, k, :, j]
-                who = np.flatnonzero(ok.any(axis=1))
-                if len(who) == 0:
-                    continue
-                h = np.where(ok[who], p[who], -2.0).argmax(axis=1)
-                f = candidate_frame(features.iloc[who], k, h, j, cfg, m.customer_columns)
-                po = m.open.predict_proba(f)[:, 1]
-                with_open_estimate(f, po)
-                p_conv = m.conversion.predict_proba(f)[:, 1]
-                up = self._uplift(f, o, po, p_conv)
-                p_unsub = m.unsubscribe.predict_proba(f)[:, 1]
-                v = ovalue[who]
-                value[who, k, j] = (obj.margin * v * up - cfg.offers[o].cost(v) * p_conv
-                                    - cfg.channels[c].cost - obj.unsubscribe_cost * p_unsub)
-                best_hour[who, k, j] = h
-                p_open_best[who, k, j] = po
-                uplift[who, k, j] = up
-                revenue[who, k, j] = obj.margin * v * up
+        # send time: the open model over every allowed (channel, hour), one call
+        rows, ks, hours = np.nonzero(allowed.any(axis=3))
+        p = np.full((n, K, 24), -1.0)
+        p[rows, ks, hours] = m.open.predict_proba(inputs(m.open, rows, ks, hours, np.zeros(len(rows))))[:, 1]
+        # per (channel, offer): the allowed hour with the highest open probability
+        hour_of = np.where(allowed, p[:, :, :, None], -2.0).argmax(axis=2)       # (n, K, O)
+        rows, ks, js = np.nonzero(allowed.any(axis=2))
+        h = hour_of[rows, ks, js]
+        X = inputs(m.open, rows, ks, h, js)
+        po = m.open.predict_proba(X)[:, 1]
+        Xc = inputs(m.conversion, rows, ks, h, js, po)
+        p_conv = m.conversion.predict_proba(Xc)[:, 1]
+        p_unsub = m.unsubscribe.predict_proba(inputs(m.unsubscribe, rows, ks, h, js, po))[:, 1]
+        up = self._uplift(inputs(m.uplift, rows, ks, h, js, po), js, po, p_conv)
+        v = ovalue[rows]
+        offer_cost = np.empty(len(rows))
+        channel_cost = np.array([cfg.channels[c].cost for c in cfg.channel_names])[ks]
+        for j, o in enumerate(cfg.offer_names):
+            sel = js == j
+            if sel.any():
+                offer_cost[sel] = cfg.offers[o].cost(v[sel])
+        value[rows, ks, js] = (obj.margin * v * up - offer_cost * p_conv - channel_cost
+                               - obj.unsubscribe_cost * p_unsub)
+        best_hour[rows, ks, js] = h
+        p_open_best[rows, ks, js] = po
+        uplift[rows, ks, js] = up
+        revenue[rows, ks, js] = obj.margin * v * up
         return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue)
+
+    def _uplift(self, X: np.ndarray, offer: np.ndarray, p_open: np.ndarray, p_conv: np.ndarray) -> np.ndarray:
+        """Extra P(order) each candidate causes (see ``uplift_mode``); ``offer`` codes (r,)."""
+        m = self.models
+        names = np.array(self.config.offer_names, dtype=object)[offer]
+        if self.uplift_mode != "mediated":
+            effects = m.uplift.predict(X)
+            learner = np.zeros(len(offer))
+            for o in np.unique(names):
+                sel = names == o
+                learner[sel] = effects[o].to_numpy()[sel]
+        else:
+            learner = 0.0
+        if self.uplift_mode == "learner":
+            return learner
+        daily = m.uplift.predict_outcomes(X)[NO_MESSAGE].to_numpy() * 24.0 / self.config.objective.attribution_window_hours
+        mediated = p_conv - p_open * daily
+        return mediated if self.uplift_mode == "mediated" else 0.5 * (learner + mediated)
 
     def learner_inputs(self, s: Scores) -> np.ndarray:
         """The online learner's context of every option, (n, 1 + K*O, D) (see ``training.online``)."""
@@ -219,16 +251,6 @@ class DecisionPolicy:
         X[:, 1:, 3] = s.p_open.reshape(n, -1)
         X[:, 1:, 4] = s.revenue.reshape(n, -1)
         return X
-
-    def _uplift(self, f: pd.DataFrame, offer: str, p_open: np.ndarray, p_conv: np.ndarray) -> np.ndarray:
-        """Extra P(order) the candidate causes (see ``uplift_mode``)."""
-        m = self.models
-        learner = m.uplift.predict(f)[offer].to_numpy() if self.uplift_mode != "mediated" else 0.0
-        if self.uplift_mode == "learner":
-            return learner
-        daily = m.uplift.predict_outcomes(f)[NO_MESSAGE].to_numpy() * 24.0 / self.config.objective.attribution_window_hours
-        mediated = p_conv - p_open * daily
-        return mediated if self.uplift_mode == "mediated" else 0.5 * (learner + mediated)
 
     # ------------------------------------------------------------------ choice
     def decide(self, features: pd.DataFrame, contact: ContactHistory, request: Request,

@@ -99,15 +99,7 @@ def evaluate_on_world(policy: DecisionPolicy, truth: Truth, log_: EventLog, popu
             v[who] = world.expected_profit(idx[who], k, h, none)
             if v.sum() > best_single:
                 best_single, best_label = v.sum(), f"{c} at {h:02d}:00, no offer"
-    rng = np.random.default_rng(seed)
-    flat = ok.reshape(world.n, -1)
-    n_opts = flat.sum(axis=1)
-    pick = (rng.random(world.n) * (n_opts + 1)).astype(int)  # 0 = no message
-    v_random = v_suppress.copy()
-    has = pick > 0
-    cell = (np.cumsum(flat[has], axis=1) < pick[has, None]).sum(axis=1)  # index of the pick-th allowed cell
-    kk, hh, oo = np.unravel_index(cell, (K, 24, O))
-    v_random[has] = world.expected_profit(idx[has], kk, hh, oo)
+    v_random = random_policy_value(world, ok, v_suppress, np.random.default_rng(seed))
     totals = {"policy": v_policy.sum(), "suppress": v_suppress.sum(),
               "best_single_channel": best_single, "random": v_random.sum(),
               "oracle": oracle["expected_profit"].sum()}
@@ -125,6 +117,20 @@ def evaluate_on_world(policy: DecisionPolicy, truth: Truth, log_: EventLog, popu
              values.loc["policy", "normalized"], values.loc["best_single_channel", "normalized"],
              values.loc["random", "normalized"])
     return SimulationReport(values, send_time, frame)
+
+
+def random_policy_value(world: World, ok: np.ndarray, v_suppress: np.ndarray, rng) -> np.ndarray:
+    """True expected profit per customer of a uniformly random allowed action ("no message" included);
+    ``ok`` (n, K, 24, O) are the allowed cells."""
+    n, K, _, O = ok.shape
+    flat = ok.reshape(n, -1)
+    pick = (rng.random(n) * (flat.sum(axis=1) + 1)).astype(int)  # 0 = no message
+    out = v_suppress.copy()
+    has = pick > 0
+    cell = (np.cumsum(flat[has], axis=1) < pick[has, None]).sum(axis=1)  # index of the pick-th allowed cell
+    kk, hh, oo = np.unravel_index(cell, (K, 24, O))
+    out[has] = world.expected_profit(np.arange(n)[has], kk, hh, oo)
+    return out
 
 
 def _send_time(scores, feats, ok, world: World, cfg) -> pd.DataFrame:

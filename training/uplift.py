@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from training.models import _prepare, _align_categories
+from training.models import _align_categories, _prepare, to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -176,25 +176,27 @@ class UpliftLearner(BaseEstimator):
             self.effect_models_[a] = model
 
     # ------------------------------------------------------------------ predict
-    def _frame(self, X):
-        X = pd.DataFrame(X)
-        missing = [c for c in self.feature_names_in_ if c not in X]
-        if missing:
-            raise ValueError(f"input lacks {len(missing)} feature(s) the learner was fitted on, e.g. {missing[:5]}")
-        return _align_categories(_prepare(X, self.feature_names_in_), self.categories_)
+    def _predict_outcome(self, model, M):
+        # the booster on the code matrix (see training.models.to_matrix); LightGBM's binary
+        # booster returns P(y = 1) directly
+        return model.booster_.predict(M, num_iteration=model.best_iteration_ or None)
 
-    def _predict_outcome(self, model, X):
-        return model.predict_proba(X)[:, 1] if self.binary_ else model.predict(X)
+    def _matrix(self, X) -> np.ndarray:
+        if isinstance(X, np.ndarray):  # already the model input (training.candidates.model_input)
+            return X
+        return to_matrix(pd.DataFrame(X), self.feature_names_in_, self.categories_)
 
     def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
         """Predicted outcome under each treatment, (n, T), columns in ``treatments_`` order."""
-        X = self._frame(X)
-        return pd.DataFrame({a: self._predict_outcome(m, X) for a, m in self.models_.items()}, index=X.index)
+        M = self._matrix(X)
+        return pd.DataFrame({a: self._predict_outcome(m, M) for a, m in self.models_.items()},
+                            index=getattr(X, "index", None))
 
     def predict(self, X: pd.DataFrame) -> pd.DataFrame:
         """Effect of each treatment versus the control, (n, T-1), columns ``treatments_[1:]``."""
         if self.method == "dr":
-            X = self._frame(X)
-            return pd.DataFrame({a: m.predict(X) for a, m in self.effect_models_.items()}, index=X.index)
+            M = self._matrix(X)
+            return pd.DataFrame({a: self._predict_outcome(m, M) for a, m in self.effect_models_.items()},
+                                index=getattr(X, "index", None))
         mu = self.predict_outcomes(X)
         return mu[self.treatments_[1:]].sub(mu[self.control], axis=0)
