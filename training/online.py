@@ -1,27 +1,31 @@
-"""The online learner: a Bayesian linear head per action on top of the offline scores.
+"""The online learner: a Bayesian linear model of each action's extra reward on top of the offline scores.
 
 The offline policy values every option (channel, offer at its best hour) as extra profit over
 sending nothing. Those scores go stale (a channel falls out of favour, an offer stops working),
 and for an option the logs rarely show they are guesses. The learner corrects them from the
-feedback that comes back, one small linear model per action:
+feedback that comes back. One joint Bayesian linear regression of each decision's realized
+profit ``r``::
 
-    reward of action a for a customer  ~  theta_a . x_a + noise
+    r = theta_0 . (1, baseline)                                  shared by every action
+      + theta_a . (1, offline value, P(open), extra revenue)     action a's own head (0 for suppress)
+      + noise
 
-with a compact context ``x_a`` (:data:`FEATURES`): an intercept, the offline extra-profit value of
-``a``, the customer's baseline profit without a message, the predicted open probability of ``a``
-and its predicted extra revenue (margin x order value x uplift). "Suppress" is an action too
-(its ``x`` has value, open and revenue 0), so the learner also learns what not sending is worth.
+The shared part is what the customer brings anyway (``baseline``: the offline estimate of the
+day's profit without a message); it is the same for every action, so it cancels when actions are
+compared and its noise is estimated once from all decisions instead of once per action. Each
+action's head describes its *extra* profit: ``theta_a . x_a`` is what the policy ranks.
 
-The prior ``theta_a ~ N(mu0, sigma^2 / prior_strength I)`` with ``mu0 = (0, 1, 1, 0, 0)`` says
-"reward = offline extra profit + baseline", i.e. before any feedback the learner reproduces the
-offline policy exactly. A new action (a new offer) starts from that prior and is explored
-through the posterior's width.
+The prior ``theta_0 ~ N((0, 1), .)``, ``theta_a ~ N((0, 1, 0, 0), .)`` (variance
+``sigma^2 / prior_strength``) says "extra profit = the offline value": before any feedback the
+learner reproduces the offline policy exactly. A new action (a new offer) starts from that prior
+and is explored through the posterior's width.
 
-State = sufficient statistics per action (count ``n``, ``X'X``, ``X'r``, ``r'r``). They add up:
-two workers' statistics merged with :meth:`LearnerState.merge` equal one worker that saw all the
-feedback, which is how several serving workers share one learner without lost updates (the
-store adds the deltas atomically). Single updates are rank-one (Sherman-Morrison on the cached
-posterior covariance); batches recompute it.
+State = sufficient statistics per action (count ``n``, ``X'X``, ``X'r``, ``r'r`` of the full
+input vector, :data:`FEATURES`). They add up: two workers' statistics merged with
+:meth:`LearnerState.merge` equal one worker that saw all the feedback, which is how several
+serving workers share one learner without lost updates (the store adds the deltas atomically).
+The joint posterior is assembled from them on demand (a few dozen dimensions); single updates
+are rank-one (Sherman-Morrison on the cached inverse precision).
 
 Rewards arrive late and in steps (delivered, opened, clicked, converted with value,
 unsubscribed): :class:`RewardAssembler` keeps each decision's running reward; a decision enters
@@ -39,9 +43,14 @@ import numpy as np
 
 from features.config import Config, ConfigError
 
-FEATURES = ("intercept", "offline_value", "baseline", "p_open", "extra_revenue")
+FEATURES = ("intercept", "baseline", "action_intercept", "offline_value", "p_open", "extra_revenue")
 D = len(FEATURES)
-PRIOR_MEAN = np.array([0.0, 1.0, 1.0, 0.0, 0.0])
+SHARED = slice(0, 2)       # the shared baseline part of the input
+OWN = slice(2, D)          # the action's own part (zero for suppress)
+D_OWN = D - 2
+PRIOR_SHARED = np.array([0.0, 1.0])
+PRIOR_OWN = np.array([0.0, 1.0, 0.0, 0.0])
+PRIOR_MEAN = np.r_[PRIOR_SHARED, PRIOR_OWN]
 SUPPRESS = "suppress"
 
 
@@ -111,7 +120,7 @@ class LearnerState:
 
 
 class OnlineLearner:
-    """Posterior over each action's linear head; see the module docstring.
+    """Posterior of the joint model; see the module docstring.
 
     Parameters
     ----------
@@ -123,78 +132,138 @@ class OnlineLearner:
     def __init__(self, settings: OnlineSettings, state: LearnerState | None = None):
         self.settings = settings
         self.state = state or LearnerState()
-        self._post: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._post = None  # (keys, offsets, mean, inverse precision)
 
     # ------------------------------------------------------------------ posterior
+    def _assemble(self, extra_keys=()) -> tuple:
+        keys = sorted({k for k in self.state.stats if k != SUPPRESS} | {k for k in extra_keys if k != SUPPRESS})
+        if self._post is not None and self._post[0] == keys:
+            return self._post
+        lam = self.settings.prior_strength
+        dim = 2 + D_OWN * len(keys)
+        P = lam * np.eye(dim)
+        b = np.zeros(dim)
+        b[:2] = lam * PRIOR_SHARED
+        offsets = {k: 2 + D_OWN * i for i, k in enumerate(keys)}
+        for i, k in enumerate(keys):
+            o = offsets[k]
+            b[o:o + D_OWN] = lam * PRIOR_OWN
+        for k, st in self.state.stats.items():
+            P[:2, :2] += st.xx[SHARED, SHARED]
+            b[:2] += st.xr[SHARED]
+            if k == SUPPRESS:
+                continue
+            o = offsets[k]
+            P[o:o + D_OWN, o:o + D_OWN] += st.xx[OWN, OWN]
+            P[o:o + D_OWN, :2] += st.xx[OWN, SHARED]
+            P[:2, o:o + D_OWN] += st.xx[SHARED, OWN]
+            b[o:o + D_OWN] += st.xr[OWN]
+        inv = np.linalg.inv(P)
+        self._post = (keys, offsets, inv @ b, inv)
+        return self._post
+
+    def _embed(self, key: str, x: np.ndarray, offsets: dict, dim: int) -> np.ndarray:
+        z = np.zeros(dim)
+        z[:2] = x[SHARED]
+        if key != SUPPRESS:
+            z[offsets[key]:offsets[key] + D_OWN] = x[OWN]
+        return z
+
     @property
     def noise_var(self) -> float:
-        """Pooled residual variance, shrunk to ``noise_sd**2`` with weight ``prior_strength``."""
+        """Residual variance of the joint model, shrunk to ``noise_sd**2`` with weight ``prior_strength``."""
         s0, k = self.settings.noise_sd ** 2, self.settings.prior_strength
-        sse, n = 0.0, 0.0
+        n = self.state.n
+        if n == 0:
+            return s0
+        keys, offsets, mu, _ = self._assemble()
+        sse = 0.0
         for key, st in self.state.stats.items():
             if st.n <= 0:
                 continue
-            mu = self.posterior(key)[0]
-            sse += max(st.rr - 2 * mu @ st.xr + mu @ st.xx @ mu, 0.0)
-            n += st.n
+            th = np.r_[mu[:2], mu[offsets[key]:offsets[key] + D_OWN] if key != SUPPRESS else np.zeros(D_OWN)]
+            sse += max(st.rr - 2 * th @ st.xr + th @ st.xx @ th, 0.0)
         return (s0 * k + sse) / (k + n)
 
     def posterior(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """``(mean (D,), inverse precision (D, D))``; covariance = ``noise_var`` x inverse precision."""
-        if key not in self._post:
-            lam = self.settings.prior_strength
-            st = self.state.stats.get(key, ActionStats())
-            inv = np.linalg.inv(lam * np.eye(D) + st.xx)
-            self._post[key] = (inv @ (lam * PRIOR_MEAN + st.xr), inv)
-        return self._post[key]
+        """Mean (D,) of ``(theta_0, theta_key)`` and the inverse precision (D_OWN, D_OWN) of ``theta_key``
+        (covariance = ``noise_var`` x inverse precision); suppress has no own part (zeros)."""
+        keys, offsets, mu, inv = self._assemble([key])
+        if key == SUPPRESS:
+            return np.r_[mu[:2], np.zeros(D_OWN)], np.zeros((D_OWN, D_OWN))
+        o = offsets[key]
+        return np.r_[mu[:2], mu[o:o + D_OWN]], inv[o:o + D_OWN, o:o + D_OWN]
 
     # ------------------------------------------------------------------ updates
     def update(self, key: str, x: np.ndarray, reward: float) -> None:
         """One observation (rank-one: Sherman-Morrison on the cached inverse precision)."""
         x = np.asarray(x, float)
+        new_key = key != SUPPRESS and key not in self.state.stats
         st = self.state.stats.setdefault(key, ActionStats())
-        mean, inv = self.posterior(key)
         st.n += 1
         st.xx += np.outer(x, x)
         st.xr += reward * x
         st.rr += reward * reward
-        ix = inv @ x
-        inv = inv - np.outer(ix, ix) / (1.0 + x @ ix)
+        if self._post is None or new_key:
+            self._post = None
+            return
+        keys, offsets, _, inv = self._post
+        z = self._embed(key, x, offsets, len(inv))
+        iz = inv @ z
+        inv = inv - np.outer(iz, iz) / (1.0 + z @ iz)
+        b = self._rhs(keys, offsets, len(inv))
+        self._post = (keys, offsets, inv @ b, inv)
+
+    def _rhs(self, keys, offsets, dim) -> np.ndarray:
         lam = self.settings.prior_strength
-        self._post[key] = (inv @ (lam * PRIOR_MEAN + st.xr), inv)
+        b = np.zeros(dim)
+        b[:2] = lam * PRIOR_SHARED
+        for k in keys:
+            b[offsets[k]:offsets[k] + D_OWN] = lam * PRIOR_OWN
+        for k, st in self.state.stats.items():
+            b[:2] += st.xr[SHARED]
+            if k != SUPPRESS:
+                b[offsets[k]:offsets[k] + D_OWN] += st.xr[OWN]
+        return b
 
     def partial_fit(self, keys, X: np.ndarray, reward: np.ndarray) -> "OnlineLearner":
         """Many observations: ``keys`` (m,), ``X`` (m, D), ``reward`` (m,)."""
         keys = np.asarray(keys, dtype=object)
         X, reward = np.asarray(X, float), np.asarray(reward, float)
-        self.state = self.state.merge(statistics(keys, X, reward))
-        self._post.clear()
-        return self
+        return self.merge(statistics(keys, X, reward))
 
     def add_reward(self, key: str, x: np.ndarray, delta: float, reward_before: float) -> None:
         """A late increment ``delta`` to the reward of a decision already in the statistics."""
         st = self.state.stats.setdefault(key, ActionStats())
         st.xr += delta * np.asarray(x, float)
         st.rr += 2.0 * reward_before * delta + delta * delta
-        self._post.pop(key, None)
+        self._post = None
 
     def merge(self, other: LearnerState) -> "OnlineLearner":
         self.state = self.state.merge(other)
-        self._post.clear()
+        self._post = None
         return self
 
     # ------------------------------------------------------------------ prediction
     def predict(self, keys: list[str], X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Posterior ``(mean, sd)`` of each action's reward: ``X`` (n, A, D) -> two (n, A) arrays.
+        """Posterior ``(mean, sd)`` of each action's extra reward over suppress: ``X`` (n, A, D) -> (n, A).
 
-        With ``theta_a`` drawn afresh for every decision, a draw of the reward of ``a`` is the
-        normal ``mean + sd z``; Thompson sampling needs nothing more.
+        Only the action's own part is returned (the shared baseline is the same for every
+        action and cancels in any comparison); suppress is 0 with sd 0. With ``theta_a`` drawn
+        afresh for every decision, a draw of action ``a``'s value is the normal ``mean + sd z``:
+        Thompson sampling needs nothing more.
         """
-        post = [self.posterior(k) for k in keys]
-        theta = np.stack([p[0] for p in post])                           # (A, D)
-        inv = np.stack([p[1] for p in post])                             # (A, D, D)
-        mean = np.einsum("nad,ad->na", X, theta)
-        var = np.einsum("nad,ade,nae->na", X, inv, X) * self.noise_var
+        _, offsets, mu, inv = self._assemble(keys)
+        n, A, _ = X.shape
+        mean, var = np.zeros((n, A)), np.zeros((n, A))
+        s2 = self.noise_var
+        for i, k in enumerate(keys):
+            if k == SUPPRESS:
+                continue
+            o = offsets[k]
+            x = X[:, i, OWN]
+            mean[:, i] = x @ mu[o:o + D_OWN]
+            var[:, i] = np.einsum("nd,de,ne->n", x, inv[o:o + D_OWN, o:o + D_OWN], x) * s2
         return mean, np.sqrt(np.maximum(var, 0.0))
 
 

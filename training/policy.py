@@ -241,15 +241,18 @@ class DecisionPolicy:
         return mediated if self.uplift_mode == "mediated" else 0.5 * (learner + mediated)
 
     def learner_inputs(self, s: Scores) -> np.ndarray:
-        """The online learner's context of every option, (n, 1 + K*O, D) (see ``training.online``)."""
+        """The online learner's input for every option, (n, 1 + K*O, D) (see ``training.online``):
+        the shared part (1, baseline) and the option's own (1, value, P(open), extra revenue),
+        zero for suppress."""
         n = len(s.baseline)
-        A = 1 + s.value[0].size if n else 1 + len(self.config.channel_names) * len(self.config.offer_names)
+        A = 1 + len(self.config.channel_names) * len(self.config.offer_names)
         X = np.zeros((n, A, D))
         X[:, :, 0] = 1.0
-        X[:, :, 2] = s.baseline[:, None]
-        X[:, 1:, 1] = np.where(np.isfinite(s.value), s.value, 0.0).reshape(n, -1)
-        X[:, 1:, 3] = s.p_open.reshape(n, -1)
-        X[:, 1:, 4] = s.revenue.reshape(n, -1)
+        X[:, :, 1] = s.baseline[:, None]
+        X[:, 1:, 2] = 1.0
+        X[:, 1:, 3] = np.where(np.isfinite(s.value), s.value, 0.0).reshape(n, -1)
+        X[:, 1:, 4] = s.p_open.reshape(n, -1)
+        X[:, 1:, 5] = s.revenue.reshape(n, -1)
         return X
 
     # ------------------------------------------------------------------ choice
@@ -271,9 +274,8 @@ class DecisionPolicy:
         control = np.zeros(n, dtype=bool) if transactional else self.exploration.in_control(features.index)
         allowed[control, 1:] = False
         X = self.learner_inputs(s)
-        reward, sd = (learner or self.new_learner()).predict(self.action_keys, X)
-        flat = reward - reward[:, :1]  # expected profit over sending nothing
-        probs, greedy = self.exploration.distribution(np.where(allowed, reward, -np.inf), sd, rng)
+        flat, sd = (learner or self.new_learner()).predict(self.action_keys, X)  # extra profit over suppress
+        probs, greedy = self.exploration.distribution(np.where(allowed, flat, -np.inf), sd, rng)
         choice = draw(probs, rng)
         propensity = probs[np.arange(n), choice]
         send = choice > 0

@@ -5,7 +5,10 @@ import pytest
 
 from features.config import load_config
 from training.exploration import Exploration
-from training.online import D, PRIOR_MEAN, LearnerState, OnlineLearner, OnlineSettings, RewardAssembler, statistics
+from training.online import (D, D_OWN, PRIOR_OWN, PRIOR_SHARED, SUPPRESS, LearnerState, OnlineLearner,
+                             OnlineSettings, RewardAssembler, statistics)
+
+KEYS = ["email/none", "sms/pct10"]
 
 
 @pytest.fixture
@@ -13,29 +16,49 @@ def settings():
     return OnlineSettings.from_config(load_config())
 
 
-def data(n, seed, theta=(0.1, 0.8, 1.0, 0.5, 0.3)):
+def data(n, seed, own=((0.05, 0.8, 0.5, 0.3), (-0.05, 1.2, 0.0, 0.6)), shared=(0.1, 1.0)):
+    """Decisions for two send actions and suppress with a known linear extra reward."""
     rng = np.random.default_rng(seed)
-    X = np.column_stack([np.ones(n), rng.normal(0, 1, (n, D - 1))])
-    keys = rng.choice(["email/none", "sms/pct10", "suppress"], n)
-    r = X @ np.asarray(theta) + rng.normal(0, 0.5, n)
-    return keys, X, r
+    keys = rng.choice(KEYS + [SUPPRESS], n)
+    X = np.zeros((n, D))
+    X[:, 0], X[:, 1] = 1.0, rng.gamma(2.0, 0.3, n)
+    send = keys != SUPPRESS
+    X[send, 2] = 1.0
+    X[send, 3:] = rng.normal(0, 1, (send.sum(), 3))
+    r = X[:, :2] @ np.asarray(shared)
+    for k, th in zip(KEYS, own):
+        sel = keys == k
+        r[sel] += X[sel, 2:] @ np.asarray(th)
+    return keys, X, r + rng.normal(0, 0.5, n)
+
+
+def joint_design(keys, X):
+    Z = np.zeros((len(keys), 2 + D_OWN * len(KEYS)))
+    Z[:, :2] = X[:, :2]
+    for i, k in enumerate(sorted(KEYS)):
+        sel = keys == k
+        Z[sel, 2 + D_OWN * i: 2 + D_OWN * (i + 1)] = X[sel, 2:]
+    return Z
 
 
 def test_prior_reproduces_the_offline_values(settings):
-    learner = OnlineLearner(settings)
     X = np.random.default_rng(0).normal(size=(4, 3, D))
-    mean, sd = learner.predict(["a", "b", "suppress"], X)
-    assert np.allclose(mean, X @ PRIOR_MEAN) and (sd > 0).all()
+    X[:, 2, 2:] = 0.0
+    mean, sd = OnlineLearner(settings).predict(["a", "b", SUPPRESS], X)
+    assert np.allclose(mean[:, :2], X[:, :2, 3]) and (mean[:, 2] == 0).all()   # extra profit = offline value
+    assert (sd[:, :2] > 0).all() and (sd[:, 2] == 0).all()
 
 
-def test_posterior_is_the_closed_form_ridge_toward_the_prior(settings):
-    keys, X, r = data(3000, 1)
+def test_posterior_is_the_closed_form_joint_ridge_toward_the_prior(settings):
+    keys, X, r = data(4000, 1)
     learner = OnlineLearner(settings).partial_fit(keys, X, r)
-    sel = keys == "email/none"
+    Z = joint_design(keys, X)
     lam = settings.prior_strength
-    expected = np.linalg.solve(lam * np.eye(D) + X[sel].T @ X[sel], lam * PRIOR_MEAN + X[sel].T @ r[sel])
-    assert np.allclose(learner.posterior("email/none")[0], expected)
-    assert np.allclose(expected, [0.1, 0.8, 1.0, 0.5, 0.3], atol=0.1)  # and it learns the truth
+    mu0 = np.r_[PRIOR_SHARED, PRIOR_OWN, PRIOR_OWN]
+    expected = np.linalg.solve(lam * np.eye(Z.shape[1]) + Z.T @ Z, lam * mu0 + Z.T @ r)
+    assert np.allclose(learner.posterior("email/none")[0], np.r_[expected[:2], expected[2:6]])
+    assert np.allclose(learner.posterior("sms/pct10")[0], np.r_[expected[:2], expected[6:10]])
+    assert np.allclose(expected, [0.1, 1.0, 0.05, 0.8, 0.5, 0.3, -0.05, 1.2, 0.0, 0.6], atol=0.1)  # learns the truth
 
 
 def test_rank_one_updates_equal_the_batch_posterior(settings):
@@ -44,7 +67,7 @@ def test_rank_one_updates_equal_the_batch_posterior(settings):
     for k, x, y in zip(keys, X, r):
         one.update(k, x, y)
     batch = OnlineLearner(settings).partial_fit(keys, X, r)
-    for k in set(keys):
+    for k in KEYS:
         m1, inv1 = one.posterior(k)
         m2, inv2 = batch.posterior(k)
         assert np.allclose(m1, m2) and np.allclose(inv1, inv2)
@@ -59,13 +82,14 @@ def test_two_workers_merged_equal_one_worker_that_saw_everything(settings):
         w2.update(k, x, y)
     merged = OnlineLearner(settings, w1.state.merge(w2.state))
     single = OnlineLearner(settings).partial_fit(keys, X, r)
-    for k in set(keys):
+    for k in KEYS + [SUPPRESS]:
         s1, s2 = merged.state.stats[k], single.state.stats[k]
         assert s1.n == s2.n and np.allclose(s1.xx, s2.xx) and np.allclose(s1.xr, s2.xr) and np.isclose(s1.rr, s2.rr)
         assert np.allclose(merged.posterior(k)[0], single.posterior(k)[0])
     assert np.isclose(merged.noise_var, single.noise_var)
-    # and the state survives a round trip through JSON (how the store keeps it)
-    again = LearnerState.from_json(merged.state.to_json())
+    k, s0 = settings.prior_strength, settings.noise_sd ** 2   # the residual variance (0.5^2) is learned,
+    assert merged.noise_var == pytest.approx((s0 * k + 0.25 * 4000) / (k + 4000), rel=0.05)  # shrunk to the prior
+    again = LearnerState.from_json(merged.state.to_json())  # how the store keeps it
     assert np.allclose(again.stats["sms/pct10"].xx, merged.state.stats["sms/pct10"].xx)
 
 
@@ -75,7 +99,7 @@ def test_late_stepwise_rewards_end_in_the_same_statistics(settings):
     asm = RewardAssembler(learner, window_hours=72)
     final = {}
     for i in range(50):
-        x = np.r_[1.0, rng.normal(size=D - 1)]
+        x = np.r_[1.0, rng.gamma(2, 0.3), 1.0, rng.normal(size=D - 3)]
         asm.register(f"d{i}", "email/none", x, t=0.0, immediate_reward=-0.002)
         final[f"d{i}"] = (x, -0.002)
     steps = [(f"d{i}", ev, t, v) for i in range(50)
@@ -96,14 +120,18 @@ def test_late_stepwise_rewards_end_in_the_same_statistics(settings):
     want = statistics(np.array(["email/none"] * 50, dtype=object), X, r).stats["email/none"]
     got = learner.state.stats["email/none"]
     assert got.n == want.n and np.allclose(got.xr, want.xr) and np.isclose(got.rr, want.rr)
+    assert np.allclose(learner.posterior("email/none")[0], OnlineLearner(settings).partial_fit(
+        np.array(["email/none"] * 50, dtype=object), X, r).posterior("email/none")[0])
 
 
 def test_a_new_action_starts_from_the_prior_and_is_explored(settings):
-    keys, X, r = data(20000, 5, theta=PRIOR_MEAN)  # the offline scores are right for the known actions
+    keys, X, r = data(20000, 5, own=(PRIOR_OWN, PRIOR_OWN))  # the offline scores are right for known actions
     learner = OnlineLearner(settings).partial_fit(keys, X, r)
     ex = Exploration.from_config(load_config()).with_(method="thompson", budget=1.0, samples=256)
-    ctx = np.tile(np.r_[1.0, 0.2, 0.5, 0.3, 0.1], (200, 4, 1))
-    mean, sd = learner.predict(["email/none", "sms/pct10", "push/brand_new", "suppress"], ctx)
+    ctx = np.tile(np.r_[1.0, 0.5, 1.0, 0.2, 0.3, 0.1], (200, 4, 1))
+    ctx[:, 3, 2:] = 0.0
+    mean, sd = learner.predict(["email/none", "sms/pct10", "push/brand_new", SUPPRESS], ctx)
+    assert np.allclose(mean[:, 2], 0.2)               # prior: the offline value
     assert sd[:, 2].min() > 3 * sd[:, 0].max()        # the new action is the uncertain one
     probs, _ = ex.distribution(mean, sd, np.random.default_rng(0))
     assert probs[:, 2].mean() > 0.3                   # and Thompson sampling tries it more than the others
