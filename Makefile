@@ -28,7 +28,7 @@ test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 bench: setup
-	$(BIN)/python benchmarks/features.py
+	$(BIN)/python benchmarks/feature_pipeline.py
 
 # Re-resolve the pinned set (needs the registries): writes constraints.txt from a scratch venv.
 lock:

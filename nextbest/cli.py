@@ -184,6 +184,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, ValidationError, FileNotFoundError, ValueError, LookupError) as exc:
+    except (ConfigError, ValidationError, FileNotFoundError, ValueError, LookupError, PermissionError) as exc:
         sys.stderr.write(f"nextbest: {exc}\n")
         return 2

@@ -53,7 +53,8 @@ def cmd_train(args) -> int:
     _out(f"MLflow run {summary['run_id']}" + (f", registered as {registry.MODEL_NAME} version {summary['version']}"
                                                if summary["version"] else ""))
     if args.promote and summary["version"]:
-        _out(f"champion: version {summary['version']}")
+        _out(f"champion: version {summary['version']}" if summary.get("promoted")
+             else f"not promoted: {summary.get('promotion')}")
     _out(f"uplift report: {summary['report']}")
     _out(f"MLflow UI: {registry.ui_hint()}")
     return 0
@@ -87,9 +88,31 @@ def cmd_report(args) -> int:
 
 def cmd_promote(args) -> int:
     from training import registry
+    from training.ope_tracking import promotion_check
 
-    entry = registry.promote(args.version, note=args.note or "")
+    ok, reason = promotion_check(args.version)
+    if not ok and not args.force:
+        raise PermissionError(f"not promoted: {reason}")
+    note = args.note or ""
+    if not ok:
+        note = f"forced past the off-policy gate ({reason}) {note}".strip()
+        log.warning("promoting version %s although %s", args.version, reason)
+    entry = registry.promote(args.version, note=note)
     _out(f"champion: version {entry['version']} (was {entry['previous'] or 'none'}) since {entry['since']}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from features.config import load_config
+    from training.ope_tracking import evaluate_version, summary_table
+
+    cfg = load_config(args.config)
+    res = evaluate_version(args.data_dir, cfg, args.version, args.against, days=args.days,
+                           max_rounds=args.max_rounds, n_boot=args.n_boot, seed=args.seed)
+    _out(f"{res['rounds']} logged decisions; values are profit per decision")
+    _out(summary_table(res["table"]))
+    _out(res["message"])
+    _out(f"MLflow run {res['run_id']}")
     return 0
 
 
@@ -118,7 +141,8 @@ def add_commands(top) -> None:
                                     "from `nextbest tune`, if any)")
     t.add_argument("--no-tuned", action="store_true", help="ignore tuned parameters; use the config's")
     t.add_argument("--no-register", action="store_true", help="log the run but do not register a version")
-    t.add_argument("--promote", action="store_true", help="make the new version the champion")
+    t.add_argument("--promote", action="store_true", help="make the new version the champion (if there is none "
+                                                          "yet; otherwise use `nextbest evaluate` and `promote`)")
     t.set_defaults(func=cmd_train)
 
     u = top.add_parser("tune", help="search LightGBM parameters with Optuna (nested MLflow runs)")
@@ -137,9 +161,22 @@ def add_commands(top) -> None:
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(func=cmd_report)
 
-    p = top.add_parser("promote", help="move the `champion` alias to a registered version")
+    e = top.add_parser("evaluate", help="off-policy evaluation of a registered version against the champion "
+                                         "on a data directory's logged decisions (logged to MLflow)")
+    e.add_argument("data_dir")
+    e.add_argument("--version", required=True, help="the candidate version")
+    e.add_argument("--against", help="the version to compare with (default: the champion)")
+    e.add_argument("--days", type=int, default=7, help="the last N logged days with a complete reward window")
+    e.add_argument("--max-rounds", type=int, default=20000, help="sample at most this many logged decisions")
+    e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_evaluate)
+
+    p = top.add_parser("promote", help="move the `champion` alias to a registered version (needs a passing "
+                                        "`nextbest evaluate` against the current champion, or --force)")
     p.add_argument("version")
     p.add_argument("--note", help="why (kept in the champion history)")
+    p.add_argument("--force", action="store_true", help="promote even if the off-policy gate fails or is missing")
     p.set_defaults(func=cmd_promote)
 
     m = top.add_parser("models", help="registered versions and the champion history")

@@ -121,7 +121,15 @@ def run_training(data_dir: str | Path, config: Config, settings: TrainingSetting
         summary = {"run_id": run.info.run_id, "version": version, "timings": res.timings, "metrics": metrics,
                    "report": f"{run.info.artifact_uri}/report/index.html"}
     if promote and version is not None:
-        registry.promote(version, note=f"trained on {data_dir}")
+        from training.ope_tracking import promotion_check
+
+        ok, reason = promotion_check(version)  # a first version passes; later ones need `nextbest evaluate`
+        summary["promoted"] = ok
+        summary["promotion"] = reason
+        if ok:
+            registry.promote(version, note=f"trained on {data_dir}")
+        else:
+            log.warning("version %s not promoted: %s", version, reason)
     return summary
 
 

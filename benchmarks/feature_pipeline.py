@@ -1,7 +1,7 @@
 """Feature pipeline benchmark: snapshot and training examples vs a DuckDB reference, same data, same run.
 
-    .venv/bin/python benchmarks/features.py                 # 100,000 customers, ~10M events
-    .venv/bin/python benchmarks/features.py --customers 20000 --days 60   # quicker
+    .venv/bin/python benchmarks/feature_pipeline.py                 # 100,000 customers, ~10M events
+    .venv/bin/python benchmarks/feature_pipeline.py --customers 20000 --days 60   # quicker
 
 1. Generates the data once (Parquet under benchmarks/out/, reused when it exists).
 2. Runs each stage in a fresh process (the fast stages 3 times; the median is reported) that loads the same Parquet files into pandas first, so
