@@ -132,7 +132,8 @@ class OnlineLearner:
     def __init__(self, settings: OnlineSettings, state: LearnerState | None = None):
         self.settings = settings
         self.state = state or LearnerState()
-        self._post = None  # (keys, offsets, mean, inverse precision)
+        self._post = None  # (keys, offsets, mean, inverse precision[, stacked per-key view])
+        self._noise = None
 
     # ------------------------------------------------------------------ posterior
     def _assemble(self, extra_keys=()) -> tuple:
@@ -176,19 +177,22 @@ class OnlineLearner:
         n = self.state.n
         if n == 0:
             return s0
-        keys, offsets, mu, _ = self._assemble()
+        if self._noise is not None:
+            return self._noise
+        keys, offsets, mu, _ = self._assemble()[:4]
         sse = 0.0
         for key, st in self.state.stats.items():
             if st.n <= 0:
                 continue
             th = np.r_[mu[:2], mu[offsets[key]:offsets[key] + D_OWN] if key != SUPPRESS else np.zeros(D_OWN)]
             sse += max(st.rr - 2 * th @ st.xr + th @ st.xx @ th, 0.0)
-        return (s0 * k + sse) / (k + n)
+        self._noise = (s0 * k + sse) / (k + n)
+        return self._noise
 
     def posterior(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Mean (D,) of ``(theta_0, theta_key)`` and the inverse precision (D_OWN, D_OWN) of ``theta_key``
         (covariance = ``noise_var`` x inverse precision); suppress has no own part (zeros)."""
-        keys, offsets, mu, inv = self._assemble([key])
+        keys, offsets, mu, inv = self._assemble([key])[:4]
         if key == SUPPRESS:
             return np.r_[mu[:2], np.zeros(D_OWN)], np.zeros((D_OWN, D_OWN))
         o = offsets[key]
@@ -205,14 +209,15 @@ class OnlineLearner:
         st.xr += reward * x
         st.rr += reward * reward
         if self._post is None or new_key:
-            self._post = None
+            self._post = self._noise = None
             return
-        keys, offsets, _, inv = self._post
+        keys, offsets, _, inv = self._post[:4]
         z = self._embed(key, x, offsets, len(inv))
         iz = inv @ z
         inv = inv - np.outer(iz, iz) / (1.0 + z @ iz)
         b = self._rhs(keys, offsets, len(inv))
         self._post = (keys, offsets, inv @ b, inv)
+        self._noise = None
 
     def _rhs(self, keys, offsets, dim) -> np.ndarray:
         lam = self.settings.prior_strength
@@ -237,14 +242,29 @@ class OnlineLearner:
         st = self.state.stats.setdefault(key, ActionStats())
         st.xr += delta * np.asarray(x, float)
         st.rr += 2.0 * reward_before * delta + delta * delta
-        self._post = None
+        self._post = self._noise = None
 
     def merge(self, other: LearnerState) -> "OnlineLearner":
         self.state = self.state.merge(other)
-        self._post = None
+        self._post = self._noise = None
         return self
 
     # ------------------------------------------------------------------ prediction
+    def _stacked(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Own-part posterior means (A, D_OWN) and inverse precisions (A, D_OWN, D_OWN); zeros for suppress."""
+        post = self._assemble(keys)
+        cache = post[4] if len(post) > 4 else None
+        if cache is not None and cache[0] == tuple(keys):
+            return cache[1], cache[2]
+        _, offsets, mu, inv = post[:4]
+        MU, INV = np.zeros((len(keys), D_OWN)), np.zeros((len(keys), D_OWN, D_OWN))
+        for i, k in enumerate(keys):
+            if k != SUPPRESS:
+                o = offsets[k]
+                MU[i], INV[i] = mu[o:o + D_OWN], inv[o:o + D_OWN, o:o + D_OWN]
+        self._post = post[:4] + ((tuple(keys), MU, INV),)
+        return MU, INV
+
     def predict(self, keys: list[str], X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior ``(mean, sd)`` of each action's extra reward over suppress: ``X`` (n, A, D) -> (n, A).
 
@@ -253,17 +273,10 @@ class OnlineLearner:
         afresh for every decision, a draw of action ``a``'s value is the normal ``mean + sd z``:
         Thompson sampling needs nothing more.
         """
-        _, offsets, mu, inv = self._assemble(keys)
-        n, A, _ = X.shape
-        mean, var = np.zeros((n, A)), np.zeros((n, A))
-        s2 = self.noise_var
-        for i, k in enumerate(keys):
-            if k == SUPPRESS:
-                continue
-            o = offsets[k]
-            x = X[:, i, OWN]
-            mean[:, i] = x @ mu[o:o + D_OWN]
-            var[:, i] = np.einsum("nd,de,ne->n", x, inv[o:o + D_OWN, o:o + D_OWN], x) * s2
+        MU, INV = self._stacked(keys)
+        x = X[:, :, OWN]
+        mean = np.einsum("nad,ad->na", x, MU)
+        var = np.einsum("nad,ade,nae->na", x, INV, x) * self.noise_var
         return mean, np.sqrt(np.maximum(var, 0.0))
 
 

@@ -1,0 +1,108 @@
+"""Decision time in-process: exploration and the online learner on top of scoring.
+
+    .venv/bin/python benchmarks/decision_latency.py [--customers 5000] [--repeats 300]
+
+A policy is trained on a small simulated history; an online learner is fed one day of feedback
+for every customer. Measured, one customer per call (p50/p99 over ``--repeats`` calls):
+
+- ``decide``: the whole ``DecisionPolicy.decide`` (rules, scoring with every model, learner,
+  exploration, reasons) with Thompson sampling, 512 Monte Carlo draws;
+- ``explore+learn``: only what this issue adds per decision (the learner's posterior for every
+  option and the exploration draw), the part the 2 ms target is about;
+- the baseline in the same run: ``decide`` greedy without a learner (the offline policy).
+
+And per decision in batches of 1,000 customers (how ``/v1/decide/batch`` and the simulator call it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+
+from features.config import load_config
+from features.history import engagement_history
+from features.simulate import generate, write
+from training.exploration import draw
+from training.policy import Request
+from training.rules import ContactHistory
+from training.train import train
+
+log = logging.getLogger("benchmarks.decision_latency")
+
+
+def timed(fn, repeats):
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return np.array(out) * 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--customers", type=int, default=5000)
+    ap.add_argument("--repeats", type=int, default=300)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    cfg = load_config()
+    import tempfile
+
+    tmp = tempfile.mkdtemp()
+    sim = generate(args.customers, 30, 8, cfg, progress=False)
+    res = train(write(sim, tmp, seed=8), cfg, seed=0)
+    policy = res.policy.with_exploration(res.policy.exploration.with_(method="thompson"))
+    greedy = res.policy.with_exploration(res.policy.exploration.with_(method="greedy", control_share=0.0))
+    ids = sim.world.customers["customer_id"].astype(str).to_numpy()
+    feats = engagement_history(res.log, ids, sim.end, res.population)
+    contact = ContactHistory.from_features(feats, cfg)
+    request = Request(now=sim.end)
+    rng = np.random.default_rng(0)
+    learner = policy.new_learner()
+    day = policy.decide(feats, contact, request, explain=False, rng=rng, learner=learner)
+    choice = np.array([policy.action_keys.index(k) for k in day.frame["action_key"]])
+    learner.partial_fit(day.frame["action_key"].to_numpy(), day.learner_inputs[np.arange(len(choice)), choice],
+                        rng.normal(0.4, 4.0, len(choice)))
+    one = [(feats.iloc[[i]], ContactHistory.from_features(feats.iloc[[i]], cfg)) for i in range(50)]
+    X_one = [day.learner_inputs[[i]] for i in range(50)]
+    allowed_one = [np.isfinite(np.r_[0.0, day.scores.value[i].ravel()])[None, :] for i in range(50)]
+    i = iter(range(10**9))
+
+    def decide_one():
+        k = next(i) % 50
+        policy.decide(one[k][0], one[k][1], request, rng=rng, learner=learner)
+
+    def greedy_one():
+        k = next(i) % 50
+        greedy.decide(one[k][0], one[k][1], request, rng=rng)
+
+    def explore_learn_one():
+        k = next(i) % 50
+        mean, sd = learner.predict(policy.action_keys, X_one[k])
+        probs, _ = policy.exploration.distribution(np.where(allowed_one[k], mean, -np.inf), sd, rng)
+        draw(probs, rng)
+
+    for fn in (decide_one, greedy_one, explore_learn_one):
+        timed(fn, 20)  # warm up
+    rows = {}
+    for name, fn in (("decide (thompson + learner)", decide_one), ("decide greedy, no learner (baseline)", greedy_one),
+                     ("explore+learn only", explore_learn_one)):
+        t = timed(fn, args.repeats)
+        rows[name] = {"p50_ms": np.median(t), "p99_ms": np.quantile(t, 0.99), "mean_ms": t.mean()}
+    batch = feats.iloc[:1000]
+    bc = ContactHistory.from_features(batch, cfg)
+    t = timed(lambda: policy.decide(batch, bc, request, explain=False, rng=rng, learner=learner), 5) / 1000
+    rows["decide batch of 1,000, per decision"] = {"p50_ms": np.median(t), "p99_ms": np.quantile(t, 0.99),
+                                                   "mean_ms": t.mean()}
+    out = pd.DataFrame(rows).T
+    print(out.round(3).to_string())
+    print(f"learner statistics: {learner.state.n:.0f} observations, {len(learner.state.stats)} actions; "
+          f"Thompson draws per decision: {policy.exploration.samples}")
+
+
+if __name__ == "__main__":
+    main()
