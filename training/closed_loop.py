@@ -164,6 +164,7 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
                        world.fatigue(idx), propensity=frame["propensity"].to_numpy()[idx])
         reward = _realized_profit(policy, world, frame, idx, ch, off, resp)
         if learn:
+            learner.decay(1.0)
             choice = np.array([policy.action_keys.index(k) for k in frame["action_key"]])
             learner.partial_fit(frame["action_key"].to_numpy(), dec.learner_inputs[idx_all, choice], reward)
         row.update(explored=float(frame["explored"].mean()), sent=float(send.mean()),

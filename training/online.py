@@ -20,6 +20,9 @@ The prior ``theta_0 ~ N((0, 1), .)``, ``theta_a ~ N((0, 1, 0, 0), .)`` (variance
 learner reproduces the offline policy exactly. A new action (a new offer) starts from that prior
 and is explored through the posterior's width.
 
+Customers change: the statistics decay (``half_life_days``, :meth:`OnlineLearner.decay`), so
+old feedback fades and the posterior widens again where nothing new arrives.
+
 State = sufficient statistics per action (count ``n``, ``X'X``, ``X'r``, ``r'r`` of the full
 input vector, :data:`FEATURES`). They add up: two workers' statistics merged with
 :meth:`LearnerState.merge` equal one worker that saw all the feedback, which is how several
@@ -64,6 +67,7 @@ class OnlineSettings:
     prior_strength: float
     noise_sd: float
     learn_after_hours: float
+    half_life_days: float
 
     @classmethod
     def from_config(cls, config: Config) -> "OnlineSettings":
@@ -71,11 +75,13 @@ class OnlineSettings:
         if not isinstance(raw, dict):
             raise ConfigError("online: missing section")
         try:
-            out = cls(float(raw["prior_strength"]), float(raw["noise_sd"]), float(raw["learn_after_hours"]))
+            out = cls(float(raw["prior_strength"]), float(raw["noise_sd"]), float(raw["learn_after_hours"]),
+                      float(raw["half_life_days"]))
         except KeyError as exc:
             raise ConfigError(f"missing config key online.{exc.args[0]}") from None
-        if out.prior_strength <= 0 or out.noise_sd <= 0 or out.learn_after_hours < 0:
-            raise ConfigError("online: prior_strength and noise_sd must be positive, learn_after_hours >= 0")
+        if out.prior_strength <= 0 or out.noise_sd <= 0 or out.learn_after_hours < 0 or out.half_life_days < 0:
+            raise ConfigError("online: prior_strength and noise_sd must be positive, learn_after_hours and "
+                              "half_life_days >= 0")
         return out
 
 
@@ -90,6 +96,9 @@ class ActionStats:
 
     def __add__(self, other: "ActionStats") -> "ActionStats":
         return ActionStats(self.n + other.n, self.xx + other.xx, self.xr + other.xr, self.rr + other.rr)
+
+    def scaled(self, factor: float) -> "ActionStats":
+        return ActionStats(self.n * factor, self.xx * factor, self.xr * factor, self.rr * factor)
 
 
 class LearnerState:
@@ -117,6 +126,11 @@ class LearnerState:
     @property
     def n(self) -> float:
         return sum(s.n for s in self.stats.values())
+
+    def scaled(self, factor: float) -> "LearnerState":
+        """Every statistic times ``factor`` (forgetting). Scaling commutes with merging, so workers
+        stay consistent as long as the shared state is decayed once per period (the store's job)."""
+        return LearnerState({k: s.scaled(factor) for k, s in self.stats.items()})
 
 
 class OnlineLearner:
@@ -243,6 +257,13 @@ class OnlineLearner:
         st.xr += delta * np.asarray(x, float)
         st.rr += 2.0 * reward_before * delta + delta * delta
         self._post = self._noise = None
+
+    def decay(self, days: float) -> "OnlineLearner":
+        """Forget: older feedback loses half its weight every ``half_life_days`` (none if 0)."""
+        if self.settings.half_life_days > 0 and days > 0:
+            self.state = self.state.scaled(0.5 ** (days / self.settings.half_life_days))
+            self._post = self._noise = None
+        return self
 
     def merge(self, other: LearnerState) -> "OnlineLearner":
         self.state = self.state.merge(other)

@@ -135,3 +135,21 @@ def test_a_new_action_starts_from_the_prior_and_is_explored(settings):
     assert sd[:, 2].min() > 3 * sd[:, 0].max()        # the new action is the uncertain one
     probs, _ = ex.distribution(mean, sd, np.random.default_rng(0))
     assert probs[:, 2].mean() > 0.3                   # and Thompson sampling tries it more than the others
+
+
+def test_decay_forgets_old_feedback_and_follows_a_change(settings):
+    keys, X, r = data(20000, 6)
+    learner = OnlineLearner(settings).partial_fit(keys, X, r)
+    before = learner.posterior("email/none")[0][2:]
+    learner.decay(settings.half_life_days)
+    assert learner.state.n == pytest.approx(10000)            # half the weight after one half-life
+    assert np.allclose(learner.posterior("email/none")[0][2:], before, atol=0.02)  # same fit, less certain
+    # the action's effect changes; with forgetting the learner follows, without it lags behind
+    keys2, X2, r2 = data(20000, 7, own=((-0.5, 0.8, 0.5, 0.3), (-0.05, 1.2, 0.0, 0.6)))
+    forgetful, stubborn = learner, OnlineLearner(settings).partial_fit(keys, X, r)
+    for day in range(5):
+        part = slice(day * 4000, (day + 1) * 4000)
+        forgetful.decay(1.0).partial_fit(keys2[part], X2[part], r2[part])
+        stubborn.partial_fit(keys2[part], X2[part], r2[part])
+    err = lambda m: abs(m.posterior("email/none")[0][2] - (-0.5))
+    assert err(forgetful) < err(stubborn)
