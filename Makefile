@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: setup demo test bench lock clean
+.PHONY: setup demo test bench bench-bandits lock clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,13 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/feature_pipeline.py
+
+# exploration, online learning and off-policy evaluation (about 40 minutes on 2 cores)
+bench-bandits: setup
+	$(BIN)/python benchmarks/decision_latency.py
+	$(BIN)/python benchmarks/obd.py
+	$(BIN)/python benchmarks/ope_simulator.py
+	$(BIN)/python benchmarks/closed_loop.py
 
 # Re-resolve the pinned set (needs the registries): writes constraints.txt from a scratch venv.
 lock:

@@ -134,6 +134,33 @@ class Config:
         return tuple(self.offers)
 
 
+def section(config: Config, name: str):
+    """Read the ``name`` section of ``config`` as a dataclass-building context: yields the raw dict and
+    turns a missing key or a bad value into a ConfigError naming ``name.key``.
+
+    Usage: ``with section(config, "online") as raw: return Settings(float(raw["x"]), ...)``
+    """
+    return _Section(config, name)
+
+
+class _Section:
+    def __init__(self, config: Config, name: str):
+        self.name = name
+        self.raw = config.raw.get(name)
+
+    def __enter__(self) -> dict:
+        if not isinstance(self.raw, dict):
+            raise ConfigError(f"{self.name}: missing section")
+        return self.raw
+
+    def __exit__(self, kind, exc, tb):
+        if isinstance(exc, KeyError):
+            raise ConfigError(f"missing config key {self.name}.{exc.args[0]}") from None
+        if isinstance(exc, (TypeError, ValueError)) and not isinstance(exc, ConfigError):
+            raise ConfigError(f"{self.name}: {exc}") from None
+        return False
+
+
 def _deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():

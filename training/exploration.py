@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from features.config import Config, ConfigError
+from features.config import Config, ConfigError, section
 
 METHODS = ("greedy", "epsilon_greedy", "softmax", "thompson")
 
@@ -80,16 +80,9 @@ class Exploration:
 
     @classmethod
     def from_config(cls, config: Config) -> "Exploration":
-        raw = config.raw.get("exploration")
-        if not isinstance(raw, dict):
-            raise ConfigError("exploration: missing section")
-        try:
+        with section(config, "exploration") as raw:
             return cls(str(raw["method"]), float(raw["epsilon"]), float(raw["temperature"]), int(raw["samples"]),
                        float(raw["budget"]), float(raw["control_share"]), str(raw["control_salt"]))
-        except KeyError as exc:
-            raise ConfigError(f"missing config key exploration.{exc.args[0]}") from None
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"exploration: {exc}") from None
 
     def with_(self, **changes) -> "Exploration":
         return replace(self, **changes)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.config import Config, ConfigError
+from features.config import Config, ConfigError, section
 
 FEATURES = ("intercept", "baseline", "action_intercept", "offline_value", "p_open", "extra_revenue")
 D = len(FEATURES)
@@ -71,14 +71,9 @@ class OnlineSettings:
 
     @classmethod
     def from_config(cls, config: Config) -> "OnlineSettings":
-        raw = config.raw.get("online")
-        if not isinstance(raw, dict):
-            raise ConfigError("online: missing section")
-        try:
+        with section(config, "online") as raw:
             out = cls(float(raw["prior_strength"]), float(raw["noise_sd"]), float(raw["learn_after_hours"]),
                       float(raw["half_life_days"]))
-        except KeyError as exc:
-            raise ConfigError(f"missing config key online.{exc.args[0]}") from None
         if out.prior_strength <= 0 or out.noise_sd <= 0 or out.learn_after_hours < 0 or out.half_life_days < 0:
             raise ConfigError("online: prior_strength and noise_sd must be positive, learn_after_hours and "
                               "half_life_days >= 0")

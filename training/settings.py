@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from features.config import Config, ConfigError
+from features.config import Config, ConfigError, section
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +28,9 @@ class TrainingSettings:
 
     @classmethod
     def from_config(cls, config: Config) -> "TrainingSettings":
-        raw = config.raw.get("training")
-        if not isinstance(raw, dict):
-            raise ConfigError("training: missing section")
-        try:
+        with section(config, "training") as raw:
             out = cls(int(raw["warmup_days"]), int(raw["validation_days"]), int(raw["max_rows_per_model"]),
                       int(raw["early_stopping_rounds"]), str(raw["uplift_mode"]), dict(raw["lightgbm"]))
-        except KeyError as exc:
-            raise ConfigError(f"missing config key training.{exc.args[0]}") from None
         return out.with_lightgbm({})
 
     def with_lightgbm(self, params: dict) -> "TrainingSettings":
