@@ -307,6 +307,31 @@ def statistics(keys, X: np.ndarray, reward: np.ndarray) -> LearnerState:
     return LearnerState(out)
 
 
+FEEDBACK_EVENTS = ("delivered", "bounced", "opened", "clicked", "converted", "unsubscribed")
+
+
+def event_reward(config: Config, offer: str | None, event: str, value: float | None = None,
+                 redeems: bool = True) -> float:
+    """The profit a feedback event adds to its decision's reward (the business objective, step by step).
+
+    ``converted`` adds margin x order value, minus the offer's cost if the order ``redeems`` the
+    message's offer; ``unsubscribed`` subtracts the unsubscribe cost; delivery, opens and clicks
+    add nothing by themselves (their value arrives with the order). The channel cost is the
+    decision's immediate reward (:meth:`RewardAssembler.register`).
+    """
+    if event not in FEEDBACK_EVENTS:
+        raise ValueError(f"unknown feedback event {event!r}; expected one of {FEEDBACK_EVENTS}")
+    obj = config.objective
+    if event == "converted":
+        if value is None or not np.isfinite(value) or value < 0:
+            raise ValueError(f"a conversion needs a non-negative order value, got {value!r}")
+        cost = config.offers[offer].cost(np.array([value]))[0] if (offer and redeems) else 0.0
+        return float(obj.margin * value - cost)
+    if event == "unsubscribed":
+        return -float(obj.unsubscribe_cost)
+    return 0.0
+
+
 class RewardAssembler:
     """Running reward per decision from stepwise feedback, fed to the learner.
 
@@ -316,6 +341,11 @@ class RewardAssembler:
     after a decision's attribution window is ignored; feedback for a matured decision adds its
     increment to the learner directly.
     """
+
+    @classmethod
+    def for_config(cls, learner: OnlineLearner, config: Config) -> "RewardAssembler":
+        """Attribution window from the business objective."""
+        return cls(learner, config.objective.attribution_window_hours)
 
     def __init__(self, learner: OnlineLearner, window_hours: float):
         self.learner = learner

@@ -153,3 +153,20 @@ def test_decay_forgets_old_feedback_and_follows_a_change(settings):
         stubborn.partial_fit(keys2[part], X2[part], r2[part])
     err = lambda m: abs(m.posterior("email/none")[0][2] - (-0.5))
     assert err(forgetful) < err(stubborn)
+
+
+def test_feedback_events_carry_the_business_objective():
+    from training.online import event_reward
+
+    cfg = load_config()
+    m = cfg.objective.margin
+    assert event_reward(cfg, "pct10", "converted", 50.0) == pytest.approx(m * 50 - 0.10 * 50)
+    assert event_reward(cfg, "free_shipping", "converted", 50.0) == pytest.approx(m * 50 - 6.0)
+    assert event_reward(cfg, "pct10", "converted", 50.0, redeems=False) == pytest.approx(m * 50)
+    assert event_reward(cfg, None, "converted", 50.0) == pytest.approx(m * 50)  # an order after "suppress"
+    assert event_reward(cfg, "none", "unsubscribed") == -cfg.objective.unsubscribe_cost
+    assert event_reward(cfg, "none", "opened") == 0.0
+    with pytest.raises(ValueError, match="unknown feedback event"):
+        event_reward(cfg, "none", "liked")
+    with pytest.raises(ValueError, match="order value"):
+        event_reward(cfg, "none", "converted", None)
