@@ -131,7 +131,7 @@ def test_30_day_counts_agree_with_an_independent_sql_implementation(small_world,
     import importlib.util
 
     import duckdb  # a dev dependency: installed by `make test`
-    path = __import__("pathlib").Path(__file__).parents[2] / "benchmarks" / "features.py"
+    path = __import__("pathlib").Path(__file__).parents[2] / "benchmarks" / "feature_pipeline.py"
     spec = importlib.util.spec_from_file_location("bench_features", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
