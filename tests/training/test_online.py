@@ -13,7 +13,11 @@ KEYS = ["email/none", "sms/pct10"]
 
 @pytest.fixture
 def settings():
-    return OnlineSettings.from_config(load_config())
+    """Fixed settings, so that these tests check the mechanics whatever the defaults are."""
+    import dataclasses
+
+    return dataclasses.replace(OnlineSettings.from_config(load_config()), prior_strength=200.0, noise_sd=5.0,
+                               half_life_days=7.0)
 
 
 def data(n, seed, own=((0.05, 0.8, 0.5, 0.3), (-0.05, 1.2, 0.0, 0.6)), shared=(0.1, 1.0)):
