@@ -37,7 +37,7 @@ def test_evaluate_logs_to_mlflow_and_promote_refuses_without_a_passing_gate(tmp_
     ope = [r for r in runs if r.data.tags.get("kind") == "off-policy evaluation"]
     assert len(ope) == 1 and "ope_candidate_dr_ci_low" in ope[0].data.metrics
     assert ope[0].data.tags["gate"] == ("passed" if passed else "failed")
-    version = mlflow.MlflowClient().get_model_version("nextbest", "2")
+    version = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("nextbest", "2")
     assert version.tags["ope_champion_version"] == "1"
     low, champ = float(version.tags["ope_dr_low"]), float(version.tags["ope_champion_dr_value"])
     assert passed == (low >= champ)
