@@ -71,6 +71,16 @@ def to_matrix(X: pd.DataFrame, columns: list[str], categories: dict) -> np.ndarr
     return out
 
 
+SMALL_BATCH = 2000  # rows below which one thread predicts faster than a pool (thread start-up dominates)
+
+
+def booster_predict(booster, M: np.ndarray, num_iteration=None) -> np.ndarray:
+    """``booster.predict`` on a float matrix; single-threaded for small batches (a single decision
+    scores a few dozen rows, where starting the OpenMP pool costs more than the trees)."""
+    extra = {"num_threads": 1} if len(M) < SMALL_BATCH else {}
+    return booster.predict(M, num_iteration=num_iteration, **extra)
+
+
 class _LGBMBase(BaseEstimator):
     _objective = "binary"
 
@@ -106,7 +116,7 @@ class _LGBMBase(BaseEstimator):
     def _raw(self, X: pd.DataFrame | np.ndarray) -> np.ndarray:
         """Raw booster output; ``X`` is a frame or the float matrix of ``to_matrix`` / ``candidates.model_input``."""
         M = X if isinstance(X, np.ndarray) else to_matrix(X, self.feature_names_in_, self.categories_)
-        return self.booster_.predict(M, num_iteration=self.best_iteration_)
+        return booster_predict(self.booster_, M, self.best_iteration_)
 
     def feature_importance(self) -> pd.Series:
         """Total gain per feature, largest first."""

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from training.models import _align_categories, _prepare, to_matrix
+from training.models import _align_categories, _prepare, booster_predict, to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class UpliftLearner(BaseEstimator):
     def _predict_outcome(self, model, M):
         # the booster on the code matrix (see training.models.to_matrix); LightGBM's binary
         # booster returns P(y = 1) directly
-        return model.booster_.predict(M, num_iteration=model.best_iteration_ or None)
+        return booster_predict(model.booster_, M, model.best_iteration_ or None)
 
     def _matrix(self, X) -> np.ndarray:
         if isinstance(X, np.ndarray):  # already the model input (training.candidates.model_input)
