@@ -1,6 +1,6 @@
 # Two commands on a fresh machine with only python3 and make:
 #   make demo   set up, generate demo data, validate it, build features, train the policy,
-#               register it in MLflow (./mlflow.db) and promote it to champion
+#               register it in MLflow (./mlflow.db), promote it to champion and show decisions
 #   make test   set up and run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -23,6 +23,7 @@ demo: setup
 	$(BIN)/nextbest data validate $(DEMO)/data
 	$(BIN)/nextbest features build $(DEMO)/data --out $(DEMO)/features.parquet
 	$(BIN)/nextbest -q train $(DEMO)/data --promote
+	$(BIN)/nextbest -q decide $(DEMO)/data --customers 5
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile

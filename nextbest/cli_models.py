@@ -116,6 +116,39 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_decide(args) -> int:
+    """Decisions of the champion for a few customers of a data directory, as the service will give them."""
+    import numpy as np
+    import pandas as pd
+
+    from features.eventlog import EventLog
+    from features.history import Population, engagement_history
+    from features.io import load_dataset
+    from training import registry
+    from training.policy import Request
+    from training.rules import ContactHistory
+
+    policy = registry.load_champion()
+    customers, events = load_dataset(args.data_dir)
+    now = pd.Timestamp(args.now, tz="UTC") if args.now else events["ts"].max().ceil("D")
+    log_ = EventLog.build(customers, events[events["ts"] < now], policy.config)
+    ids = customers["customer_id"].astype(str).to_numpy()[: args.customers]
+    feats = engagement_history(log_, ids, now, Population.from_log(log_))
+    out = policy.decide(feats, ContactHistory.from_features(feats, policy.config), Request(now=now),
+                        rng=np.random.default_rng(args.seed))
+    cols = ["customer_id", "action", "channel", "send_at", "offer", "propensity", "expected_value", "explored",
+            "control"]
+    _out(f"decisions of {policy.version} at {now:%Y-%m-%d %H:%M} UTC "
+         f"(exploration: {policy.exploration.method}, budget {policy.exploration.budget:g}):")
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
+        _out(out.frame[cols].to_string(index=False))
+    for cid, reasons in zip(out.frame["customer_id"], out.reasons):
+        _out(f"\n{cid}:")
+        for r in reasons:
+            _out(f"  - {r}")
+    return 0
+
+
 def cmd_models(args) -> int:
     import pandas as pd
 
@@ -178,6 +211,14 @@ def add_commands(top) -> None:
     p.add_argument("--note", help="why (kept in the champion history)")
     p.add_argument("--force", action="store_true", help="promote even if the off-policy gate fails or is missing")
     p.set_defaults(func=cmd_promote)
+
+    d = top.add_parser("decide", help="the champion's decisions (with propensities and reasons) for the first "
+                                       "customers of a data directory")
+    d.add_argument("data_dir")
+    d.add_argument("--customers", type=int, default=5, help="how many customers")
+    d.add_argument("--now", help="decision time (UTC; default: the day after the last event)")
+    d.add_argument("--seed", type=int, default=0, help="exploration seed")
+    d.set_defaults(func=cmd_decide)
 
     m = top.add_parser("models", help="registered versions and the champion history")
     m.set_defaults(func=cmd_models)

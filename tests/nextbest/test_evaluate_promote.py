@@ -22,6 +22,10 @@ def test_evaluate_logs_to_mlflow_and_promote_refuses_without_a_passing_gate(tmp_
     assert nb("data", "generate", "--customers", "1500", "--days", "30", "--seed", "4", "--out", str(data)).returncode == 0
     first = nb("-q", "train", str(data), "--promote")
     assert first.returncode == 0 and "champion: version 1" in first.stdout, first.stderr[-2000:]
+    shown = nb("-q", "decide", str(data), "--customers", "3")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "decisions of nextbest/1" in shown.stdout and "propensity" in shown.stdout
+    assert shown.stdout.count("\nc000000") == 3 and "  - " in shown.stdout   # every customer with its reasons
     second = nb("-q", "train", str(data), "--seed", "1", "--no-tuned", "--promote")
     assert second.returncode == 0 and "not promoted" in second.stdout     # a champion exists: the gate applies
     refused = nb("promote", "2")
