@@ -15,7 +15,8 @@ service writes both, the simulator too. Each logged decision is a round:
 A policy's probability of the exact logged action is its probability of the (channel, offer)
 times 1 if its send hour for that pair is the logged hour (else 0): nextbest sends each pair at
 one hour. The same code (``DecisionPolicy.decide``) that serves computes these probabilities:
-what is evaluated is what is served, exploration and control group included.
+what is evaluated is what is served, exploration and control group included (and the online
+learner's corrections when its state is passed in).
 """
 
 from __future__ import annotations
@@ -154,14 +155,20 @@ def _reward_frame(inputs: np.ndarray, rows: np.ndarray, action: np.ndarray, hour
 
 
 def evaluate_policies(rounds: LoggedRounds, policies: dict[str, DecisionPolicy], n_boot: int = 1000,
-                      seed: int = 0, progress: bool = False) -> pd.DataFrame:
+                      seed: int = 0, progress: bool = False, learners: dict | None = None) -> pd.DataFrame:
     """IPS, SNIPS, DR and DM value of each policy on the rounds, one row per (policy, estimator).
+
+    ``learners`` (policy name -> ``OnlineLearner``) replays a policy with its online learner's
+    state; without one a policy is evaluated on its offline values (``nextbest evaluate`` does
+    that: a registered version carries no learner state).
 
     The DR/DM reward model (cross-fitted LightGBM, folds by customer) reads the first policy's
     scores of the option (baseline, value, P(open), extra revenue), the option and its hour.
     """
     names = list(policies)
-    replays = {name: replay(policies[name], rounds, seed) for name in tqdm(names, desc="replaying", disable=not progress)}
+    learners = learners or {}
+    replays = {name: replay(policies[name], rounds, seed, learners.get(name))
+               for name in tqdm(names, desc="replaying", disable=not progress)}
     ref = replays[names[0]]
     n, A = ref.dist.shape
     rows = np.arange(n)

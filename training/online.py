@@ -34,7 +34,8 @@ Rewards arrive late and in steps (delivered, opened, clicked, converted with val
 unsubscribed): :class:`RewardAssembler` keeps each decision's running reward; a decision enters
 the statistics ``learn_after_hours`` after it was taken with the reward so far, and feedback that
 arrives later (inside the attribution window) adds its increment to ``X'r`` (and ``r'r``), which
-keeps the statistics exactly those of the final rewards.
+keeps the statistics exactly those of the final rewards (with forgetting on, a late increment
+enters at full weight while the rest of its decision has decayed: a small, documented skew).
 """
 
 from __future__ import annotations
@@ -103,9 +104,10 @@ class LearnerState:
         self.stats: dict[str, ActionStats] = dict(stats or {})
 
     def merge(self, other: "LearnerState") -> "LearnerState":
-        out = dict(self.stats)
+        """A new state with both sets of statistics added (neither input is shared or changed)."""
+        out = {k: s.scaled(1.0) for k, s in self.stats.items()}
         for key, s in other.stats.items():
-            out[key] = out[key] + s if key in out else s
+            out[key] = out[key] + s if key in out else s.scaled(1.0)
         return LearnerState(out)
 
     def to_json(self) -> str:
@@ -188,7 +190,8 @@ class OnlineLearner:
             return s0
         if self._noise is not None:
             return self._noise
-        keys, offsets, mu, _ = self._assemble()[:4]
+        # any assembled posterior covers every action with statistics; do not drop a cached one
+        keys, offsets, mu, _ = (self._post if self._post is not None else self._assemble())[:4]
         sse = 0.0
         for key, st in self.state.stats.items():
             if st.n <= 0:
@@ -285,9 +288,10 @@ class OnlineLearner:
         """Posterior ``(mean, sd)`` of each action's extra reward over suppress: ``X`` (n, A, D) -> (n, A).
 
         Only the action's own part is returned (the shared baseline is the same for every
-        action and cancels in any comparison); suppress is 0 with sd 0. With ``theta_a`` drawn
-        afresh for every decision, a draw of action ``a``'s value is the normal ``mean + sd z``:
-        Thompson sampling needs nothing more.
+        action and cancels in any comparison); suppress is 0 with sd 0. Thompson sampling draws
+        each action's value from its own marginal ``mean + sd z``, independently across actions:
+        an approximation, since the heads are correlated in the joint posterior through the
+        shared baseline (the logged propensities stay exact either way).
         """
         MU, INV = self._stacked(keys)
         x = X[:, :, OWN]

@@ -236,11 +236,11 @@ class CrossFitRewardModel:
 
         n = len(reward)
         rng = np.random.default_rng(self.random_state)
-        if groups is None:
-            fold = rng.integers(0, self.n_folds, n)
-        else:
-            uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
-            fold = rng.integers(0, self.n_folds, len(uniq))[inv]
+        uniq, inv = (np.arange(n), np.arange(n)) if groups is None else np.unique(np.asarray(groups),
+                                                                                  return_inverse=True)
+        if len(uniq) < self.n_folds:
+            raise ValueError(f"cross-fitting needs at least {self.n_folds} rounds (or groups), got {len(uniq)}")
+        fold = (rng.permutation(len(uniq)) % self.n_folds)[inv]  # balanced: no fold is empty
         params = {"n_estimators": 200, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 50,
                   "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8, "verbose": -1,
                   "force_col_wise": True, "random_state": self.random_state, "n_jobs": 2,

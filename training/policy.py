@@ -7,8 +7,10 @@ whoever calls it fetches the features and the contact history and passes them in
 How a customer is scored
 ------------------------
 1. The rules (``training.rules``) leave a grid of allowed (channel, local hour, offer).
-2. **Send time**: the open model scores every allowed (channel, hour); per channel and offer
-   the best allowed hour is the one with the highest predicted open probability.
+2. **Send time**: the open model scores every allowed (channel, hour) for a message without an
+   offer; per channel and offer the best hour is the allowed one with the highest of these open
+   probabilities (an approximation when an offer shifts the best hour: the open model is called
+   once per channel and hour, not once per offer too); P(open) is then re-scored with the offer.
 3. **Value** of each (channel, offer) at its best hour, as incremental profit over sending
    nothing (the configured objective, ``features.objective``)::
 
@@ -316,7 +318,6 @@ class DecisionPolicy:
         if explored:
             out.append(f"exploring ({self.exploration.method}): this option was drawn with probability "
                        f"{propensity:.1%} to learn its value; it is not the current best guess")
-        v = s.value[i]
         if send:
             c, o = cfg.channel_names[k], cfg.offer_names[j]
             offer = "no offer" if o == "none" else f"offer {o}"
@@ -330,8 +331,13 @@ class DecisionPolicy:
                            f"({runner[kk, jj]:+.3f})")
         elif np.isfinite(v).any():
             kk, jj = np.unravel_index(v.argmax(), v.shape)
-            out.append(f"not contacted: the best message ({cfg.channel_names[kk]} with {cfg.offer_names[jj]}) "
-                       f"is expected to lose {-v[kk, jj]:.3f} against sending nothing")
+            best = f"({cfg.channel_names[kk]} with {cfg.offer_names[jj]})"
+            if v[kk, jj] <= 0:
+                out.append(f"not contacted: the best message {best} is expected to lose {-v[kk, jj]:.3f} "
+                           "against sending nothing")
+            else:
+                out.append(f"not contacted this time although the best message {best} is expected to add "
+                           f"{v[kk, jj]:+.3f}: exploration also tries sending nothing")
         else:
             out.append("not contacted: the rules leave no channel, hour and offer")
         return out

@@ -154,3 +154,26 @@ def test_explored_decisions_say_so(trained, snapshot, config):
                         rng=np.random.default_rng(0))
     i = int(np.flatnonzero(out.frame["explored"].to_numpy())[0])
     assert any("exploring" in r for r in out.reasons[i])
+
+
+def test_reasons_use_the_learners_corrected_values(trained, snapshot, config):
+    from training.online import D, statistics
+
+    p = trained.policy.with_exploration(trained.policy.exploration.with_(method="greedy", control_share=0.0))
+    keys = np.repeat(p.action_keys, 400)               # feedback: every message lost 5, suppressing 0
+    X = np.zeros((len(keys), D))
+    X[:, 0] = 1.0
+    X[keys != "suppress", 2] = 1.0
+    learner = p.new_learner().merge(statistics(keys, X, np.where(keys == "suppress", 0.0, -5.0)))
+    f = snapshot.iloc[:50]
+    out = p.decide(f, ContactHistory.from_features(f, config), Request(now=pd.Timestamp("2026-10-01 07:00", tz="UTC")),
+                   rng=np.random.default_rng(0), learner=learner)
+    assert (out.frame["action"] == "suppress").all()     # every message now looks like a loss
+    i = int(np.flatnonzero(np.isfinite(out.scores.value.reshape(50, -1)).any(axis=1))[0])
+    text = " ".join(out.reasons[i])
+    assert "is expected to lose" in text
+    loss = float(text.split("is expected to lose ")[1].split(" ")[0])
+    corrected, _ = learner.predict(p.action_keys, out.learner_inputs[[i]])
+    allowed = np.isfinite(out.scores.value[i].ravel())
+    assert loss == pytest.approx(-corrected[0, 1:][allowed].max(), abs=1e-3)   # the corrected value
+    assert loss != pytest.approx(-out.scores.value[i].ravel()[allowed].max(), abs=1e-3)  # not the offline one

@@ -174,3 +174,13 @@ def test_feedback_events_carry_the_business_objective():
         event_reward(cfg, "none", "liked")
     with pytest.raises(ValueError, match="order value"):
         event_reward(cfg, "none", "converted", None)
+
+
+def test_merging_never_shares_statistics_with_its_inputs(settings):
+    keys, X, r = data(30, 8)
+    delta = statistics(keys, X, r)
+    n_before = {k: s.n for k, s in delta.stats.items()}
+    learner = OnlineLearner(settings).merge(delta)
+    learner.update(keys[0], X[0], r[0])                 # in place on the learner's own copy
+    learner.add_reward(keys[1], X[1], 1.0, r[1])
+    assert {k: s.n for k, s in delta.stats.items()} == n_before  # the merged-in delta is untouched
