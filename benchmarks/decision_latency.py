@@ -64,9 +64,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     learner = policy.new_learner()
     day = policy.decide(feats, contact, request, explain=False, rng=rng, learner=learner)
-    choice = np.array([policy.action_keys.index(k) for k in day.frame["action_key"]])
-    learner.partial_fit(day.frame["action_key"].to_numpy(), day.learner_inputs[np.arange(len(choice)), choice],
-                        rng.normal(0.4, 4.0, len(choice)))
+    learner.partial_fit(day.frame["action_key"].to_numpy(), day.learner_inputs[np.arange(len(day.choice)), day.choice],
+                        rng.normal(0.4, 4.0, len(day.choice)))
     one = [(feats.iloc[[i]], ContactHistory.from_features(feats.iloc[[i]], cfg)) for i in range(50)]
     X_one = [day.learner_inputs[[i]] for i in range(50)]
     allowed_one = [np.isfinite(np.r_[0.0, day.scores.value[i].ravel()])[None, :] for i in range(50)]

@@ -15,6 +15,25 @@ import numpy as np
 from features.config import Config
 
 
+def channel_costs(config: Config) -> np.ndarray:
+    """Cost per message of each channel, in ``config.channel_names`` order, shape (K,)."""
+    return np.array([config.channels[c].cost for c in config.channel_names], dtype=float)
+
+
+def offer_costs(config: Config, offer_code, order_value) -> np.ndarray:
+    """Cost of the offer (codes into ``config.offer_names``) on orders of ``order_value``; arrays (n,)."""
+    offer_code = np.asarray(offer_code)
+    order_value = np.asarray(order_value, dtype=float)
+    out = np.zeros(np.broadcast_shapes(offer_code.shape, order_value.shape))
+    value = np.broadcast_to(order_value, out.shape)
+    code = np.broadcast_to(offer_code, out.shape)
+    for j, name in enumerate(config.offer_names):
+        sel = code == j
+        if sel.any():
+            out[sel] = config.offers[name].cost(value[sel])
+    return out
+
+
 def expected_profit(config: Config, channel: str | None, offer: str, p_order, order_value,
                     p_unsubscribe=0.0, p_redeem=None):
     """Expected profit of one action; arrays broadcast.

@@ -36,12 +36,13 @@ from tqdm.auto import tqdm
 from features.eventlog import EventLog
 from features.history import Population, engagement_history
 from features.localtime import local_midnight_utc
+from features.objective import channel_costs, offer_costs
 from features.simulate import SimulatedData, _Events, respond
 from features.world import TIMEZONES
 from training.online import OnlineLearner
 from training.policy import DecisionPolicy, Request
 from training.rules import ContactHistory
-from training.simulation_eval import random_policy_value
+from training.simulation_eval import random_policy_value, true_profit
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +91,14 @@ def normalized(profit: pd.Series) -> pd.Series:
     return pd.Series({a: (profit[f"profit_{a}"] - s) / (o - s) for a in ARMS})
 
 
-def _realized_profit(policy: DecisionPolicy, world, decisions: pd.DataFrame, idx, ch, off, resp) -> np.ndarray:
-    """Each customer's realized profit of the day (the feedback the learner gets)."""
-    cfg = policy.config
+def _realized_profit(cfg, idx, ch, off, resp) -> np.ndarray:
+    """Each customer's realized profit of the day (the feedback the learner gets); ``idx``, ``ch``,
+    ``off``: the customers messaged, with their channel and offer codes."""
     obj = cfg.objective
     profit = obj.margin * resp.organic_value
-    offer_names = np.array(cfg.offer_names, dtype=object)
-    ch_cost = np.array([cfg.channels[c].cost for c in cfg.channel_names])
     value = resp.message_value
-    offer_cost = np.zeros(len(idx))
-    for j, o in enumerate(offer_names):
-        sel = off == j
-        if sel.any():
-            offer_cost[sel] = cfg.offers[o].cost(value[sel])
-    profit[idx] += (obj.margin * value - np.where(resp.message_order, offer_cost, 0.0) - ch_cost[ch]
-                    - obj.unsubscribe_cost * resp.unsubscribed)
+    profit[idx] += (obj.margin * value - np.where(resp.message_order, offer_costs(cfg, off, value), 0.0)
+                    - channel_costs(cfg)[ch] - obj.unsubscribe_cost * resp.unsubscribed)
     return profit
 
 
@@ -135,9 +129,9 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
         contact = ContactHistory.from_features(feats, cfg)
         request = Request(now=day_start)
         dec = policy.decide(feats, contact, request, explain=False, rng=rng, learner=learner)
-        base = frozen.decide(feats, contact, request, explain=False, rng=rng).frame
+        base = frozen.decide(feats, contact, request, explain=False, rng=rng)
         allowed = dec.scores.eligibility.allowed
-        v = {name: _true_profit(world, frame, cfg) for name, frame in (("policy", dec.frame), ("frozen", base))}
+        v = {"policy": true_profit(world, dec), "frozen": true_profit(world, base)}
         v["suppress"] = world.expected_profit(idx_all, -1, 0, 0)
         v["oracle"] = world.oracle(idx_all, allowed=allowed)["expected_profit"].to_numpy()
         v["random"] = random_policy_value(world, world.allowed(idx_all) & allowed, v["suppress"], rng)
@@ -150,10 +144,9 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
         row["profit_policy_treated"] = row["profit_suppress"] + gain * (row["profit_oracle"] - row["profit_suppress"])
         # play the learning policy's decisions and learn from what comes back
         frame = dec.frame
-        send = (frame["action"] == "send").to_numpy()
+        send = dec.choice > 0
         idx = np.flatnonzero(send)
-        ch = pd.Index(cfg.channel_names).get_indexer(frame["channel"].to_numpy()[idx])
-        off = pd.Index(cfg.offer_names).get_indexer(frame["offer"].to_numpy()[idx])
+        ch, off = np.divmod(dec.choice[idx] - 1, len(cfg.offer_names))
         hour = frame["local_hour"].to_numpy()[idx]
         send_ts = (frame["send_at"].iloc[idx].astype("int64").to_numpy() // 10**9
                    + rng.integers(0, 600, len(idx)))
@@ -162,11 +155,10 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
         midnight = local_midnight_utc(day_s, world.tz_code, TIMEZONES)
         resp = respond(world, rng, events, history_days + d, idx, ch, hour, off, msg, send_ts, midnight,
                        world.fatigue(idx), propensity=frame["propensity"].to_numpy()[idx])
-        reward = _realized_profit(policy, world, frame, idx, ch, off, resp)
+        reward = _realized_profit(cfg, idx, ch, off, resp)
         if learn:
             learner.decay(1.0)
-            choice = np.array([policy.action_keys.index(k) for k in frame["action_key"]])
-            learner.partial_fit(frame["action_key"].to_numpy(), dec.learner_inputs[idx_all, choice], reward)
+            learner.partial_fit(frame["action_key"].to_numpy(), dec.learner_inputs[idx_all, dec.choice], reward)
         row.update(explored=float(frame["explored"].mean()), sent=float(send.mean()),
                    realized_profit=float(reward.mean()), learner_n=learner.state.n)
         rows.append(row)
@@ -175,12 +167,4 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
         daily[f"normalized_{arm}"] = ((daily[f"profit_{arm}"] - daily["profit_suppress"])
                                       / (daily["profit_oracle"] - daily["profit_suppress"]))
     return ClosedLoopResult(daily, shift, learner)
-
-
-def _true_profit(world, frame: pd.DataFrame, cfg) -> np.ndarray:
-    send = (frame["action"] == "send").to_numpy()
-    ch = np.where(send, pd.Index(cfg.channel_names).get_indexer(frame["channel"].fillna("")), -1)
-    off = np.where(send, pd.Index(cfg.offer_names).get_indexer(frame["offer"].fillna("")), 0)
-    hour = np.where(send, frame["local_hour"].to_numpy(), 0)
-    return world.expected_profit(np.arange(world.n), ch, hour, off)
 

@@ -49,26 +49,16 @@ def to_matrix(X: pd.DataFrame, columns: list[str], categories: dict) -> np.ndarr
     """The model input as a float matrix (n, len(columns)), categories as codes of the fitted ones.
 
     LightGBM reads a categorical feature as the code of its value in the categories it was
-    fitted with; passing those codes directly skips pandas' per-call conversions (the fast path
-    for scoring; the result equals predicting on the aligned frame). Unseen values are missing.
+    fitted with; passing those codes directly skips pandas' per-call conversions (the result
+    equals predicting on the aligned frame). Unseen values are missing. The conversion is
+    ``training.candidates``' (the scoring path), applied to a whole frame.
     """
+    from training.candidates import CustomerArrays, model_input
+
     missing = [c for c in columns if c not in X]
     if missing:
         raise ValueError(f"input lacks {len(missing)} model feature(s), e.g. {missing[:5]}")
-    out = np.empty((len(X), len(columns)), dtype=np.float64)
-    for i, c in enumerate(columns):
-        col = X[c]
-        cats = categories.get(c)
-        if cats is None:
-            out[:, i] = col.to_numpy(dtype=np.float64, na_value=np.nan) if not pd.api.types.is_bool_dtype(col) \
-                else col.to_numpy(dtype=np.int8)
-            continue
-        if isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == cats:
-            codes = col.cat.codes.to_numpy()
-        else:
-            codes = pd.Categorical(np.asarray(col.astype(object)), categories=cats).codes
-        out[:, i] = np.where(codes >= 0, codes, np.nan)
-    return out
+    return model_input(columns, categories, CustomerArrays(X), np.arange(len(X)), {})
 
 
 SMALL_BATCH = 2000  # rows below which one thread predicts faster than a pool (thread start-up dominates)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from features.config import Config
 from features.eventlog import EventLog
 from features.history import Population, engagement_history
+from features.objective import channel_costs, offer_costs
 from training.ope import CrossFitRewardModel, estimate_reduced
 from training.policy import DecisionPolicy, Request
 from training.rules import ContactHistory
@@ -86,12 +87,14 @@ def logged_rounds(data_dir: str | Path, config: Config, days: int = 7, max_round
     hour = dec["local_hour"].to_numpy() if "local_hour" in dec else None
     if hour is None:
         raise ValueError("logging_decisions needs `local_hour` (the send's local hour) for off-policy evaluation")
-    reward = _rewards(dec, ds.events, config, reward_window_hours, send)
+    reward = _rewards(dec, ds.events, config, reward_window_hours, send, k, j)
     return LoggedRounds(features, dec["day"].to_numpy(), action, np.where(send, hour, -1),
                         dec["propensity"].to_numpy(float), reward)
 
 
-def _rewards(dec: pd.DataFrame, events: pd.DataFrame, config: Config, window_hours: float, send: np.ndarray):
+def _rewards(dec: pd.DataFrame, events: pd.DataFrame, config: Config, window_hours: float, send: np.ndarray,
+             channel: np.ndarray, offer: np.ndarray):
+    """Each round's profit in its window; ``channel``/``offer`` codes of the sends (-1 elsewhere)."""
     obj = config.objective
     ev = events[["customer_id", "ts", "event", "message_id", "value"]]
     orders = ev[ev["event"] == "converted"]
@@ -104,17 +107,12 @@ def _rewards(dec: pd.DataFrame, events: pd.DataFrame, config: Config, window_hou
     revenue = np.bincount(m["row"], weights=obj.margin * m["value"].to_numpy(float), minlength=len(dec))
     order_msg = m["message_id"].astype(object).where(m["message_id"].notna(), "-").to_numpy()
     redeem = m[order_msg == m["msg"].to_numpy()]
-    offer_cost = np.zeros(len(dec))
-    offers = dec["offer"].astype(object).to_numpy()
-    for o in config.offer_names:
-        r = redeem[offers[redeem["row"].to_numpy()] == o]
-        if len(r):
-            np.add.at(offer_cost, r["row"].to_numpy(), config.offers[o].cost(r["value"].to_numpy(float)))
-    unsub_msgs = set(ev.loc[ev["event"] == "unsubscribed", "message_id"].astype(object))
-    unsub = np.array([m_ in unsub_msgs for m_ in key["msg"]]) & send
-    ch_cost = dec["channel"].astype(object).map({c: config.channels[c].cost for c in config.channel_names})
-    ch_cost = np.where(send, ch_cost.to_numpy(float, na_value=0.0), 0.0)
-    return revenue - offer_cost - ch_cost - obj.unsubscribe_cost * unsub
+    rows = redeem["row"].to_numpy()
+    offer_cost = np.bincount(rows, weights=offer_costs(config, offer[rows], redeem["value"].to_numpy(float)),
+                             minlength=len(dec))
+    unsub = key["msg"].isin(ev.loc[ev["event"] == "unsubscribed", "message_id"].dropna().astype(object)).to_numpy()
+    ch_cost = np.where(send, channel_costs(config)[np.maximum(channel, 0)], 0.0)
+    return revenue - offer_cost - ch_cost - obj.unsubscribe_cost * (unsub & send)
 
 
 @dataclass

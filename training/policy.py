@@ -37,6 +37,7 @@ import pandas as pd
 
 from features.config import Config
 from features.localtime import utc_offsets
+from features.objective import channel_costs, offer_costs
 from training.candidates import CustomerArrays, candidate_arrays, model_input
 from training.exploration import Exploration, draw
 from training.models import ResponseClassifier, ValueRegressor
@@ -110,6 +111,7 @@ class Decisions:
     scores: Scores
     reasons: list[list[str]] = field(default_factory=list)
     action_dist: np.ndarray | None = None     # (n, 1 + K*O) probability of every option, column 0 = suppress
+    choice: np.ndarray | None = None          # (n,) the chosen option's column
     learner_inputs: np.ndarray | None = None  # (n, 1 + K*O, D) the online learner's context of every option
 
 
@@ -210,13 +212,7 @@ class DecisionPolicy:
         p_unsub = m.unsubscribe.predict_proba(inputs(m.unsubscribe, rows, ks, h, js, po))[:, 1]
         up = self._uplift(inputs(m.uplift, rows, ks, h, js, po), js, po, p_conv)
         v = ovalue[rows]
-        offer_cost = np.empty(len(rows))
-        channel_cost = np.array([cfg.channels[c].cost for c in cfg.channel_names])[ks]
-        for j, o in enumerate(cfg.offer_names):
-            sel = js == j
-            if sel.any():
-                offer_cost[sel] = cfg.offers[o].cost(v[sel])
-        value[rows, ks, js] = (obj.margin * v * up - offer_cost * p_conv - channel_cost
+        value[rows, ks, js] = (obj.margin * v * up - offer_costs(cfg, js, v) * p_conv - channel_costs(cfg)[ks]
                                - obj.unsubscribe_cost * p_unsub)
         best_hour[rows, ks, js] = h
         p_open_best[rows, ks, js] = po
@@ -305,7 +301,7 @@ class DecisionPolicy:
         values = np.where(allowed[:, 1:], flat[:, 1:], -np.inf).reshape(n, K, O)
         reasons = [self._reasons(s, values[i], i, send[i], k[i], j[i], control[i], choice[i] != greedy[i],
                                  propensity[i]) for i in range(n)] if explain else []
-        return Decisions(frame, s, reasons, probs, X)
+        return Decisions(frame, s, reasons, probs, choice, X)
 
     def _reasons(self, s: Scores, v: np.ndarray, i: int, send: bool, k: int, j: int, control: bool,
                  explored: bool, propensity: float) -> list[str]:

@@ -80,11 +80,7 @@ def evaluate_on_world(policy: DecisionPolicy, truth: Truth, log_: EventLog, popu
     dec = policy.decide(feats, contact, Request(now=day_start), explain=False)
     allowed = dec.scores.eligibility.allowed  # (n, K, 24, O): the business rules of this day
     idx = np.arange(world.n)
-    send = (dec.frame["action"] == "send").to_numpy()
-    ch = np.where(send, pd.Index(cfg.channel_names).get_indexer(dec.frame["channel"].fillna("")), -1)
-    off = np.where(send, pd.Index(cfg.offer_names).get_indexer(dec.frame["offer"].fillna("")), 0)
-    hour = np.where(send, dec.frame["local_hour"].to_numpy(), 0)
-    v_policy = world.expected_profit(idx, ch, hour, off)
+    v_policy = true_profit(world, dec)
     v_suppress = world.expected_profit(idx, -1, 0, 0)
     ok = world.allowed(idx) & allowed
     oracle = world.oracle(idx, allowed=allowed)
@@ -117,6 +113,16 @@ def evaluate_on_world(policy: DecisionPolicy, truth: Truth, log_: EventLog, popu
              values.loc["policy", "normalized"], values.loc["best_single_channel", "normalized"],
              values.loc["random", "normalized"])
     return SimulationReport(values, send_time, frame)
+
+
+def true_profit(world: World, decisions) -> np.ndarray:
+    """True expected profit of each customer's decision (``training.policy.Decisions`` for every
+    customer of ``world``, in its order), shape (n,)."""
+    O = len(world.config.offer_names)
+    send = decisions.choice > 0
+    k, j = np.divmod(np.maximum(decisions.choice - 1, 0), O)
+    hour = np.where(send, decisions.frame["local_hour"].to_numpy(), 0)
+    return world.expected_profit(np.arange(world.n), np.where(send, k, -1), hour, j)
 
 
 def random_policy_value(world: World, ok: np.ndarray, v_suppress: np.ndarray, rng) -> np.ndarray:

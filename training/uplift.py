@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from training.models import _align_categories, _prepare, booster_predict, to_matrix
+from training.models import _prepare, booster_predict, to_matrix
 
 log = logging.getLogger(__name__)
 
