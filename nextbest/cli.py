@@ -162,9 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "examples' outcomes alike; default: the end of the last event's day")
     b.add_argument("--examples", help="also write training examples (one row per send) to this Parquet file")
     b.set_defaults(func=cmd_features_build)
-    from nextbest.cli_models import add_commands
+    from nextbest import cli_models, cli_serve
 
-    add_commands(top)
+    cli_models.add_commands(top)
+    cli_serve.add_commands(top)
     return p
 
 

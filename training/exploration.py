@@ -159,6 +159,36 @@ class Exploration:
         return q / M
 
 
+class KeyedRandom:
+    """Random numbers drawn row by row from each row's own key (e.g. a request id).
+
+    With a numpy Generator a row's draws depend on its position in the batch; with this, a
+    decision depends only on its key, so a request decided alone or inside a batch of 10,000 gets
+    the same answer. Stands in for the Generator in :meth:`Exploration.distribution` and
+    :func:`draw`: ``standard_normal`` serves consecutive row chunks in order (as ``_thompson``
+    asks for them), ``random`` one number per row.
+    """
+
+    def __init__(self, keys):
+        self.seeds = [int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), "big") for k in keys]
+        self._row = 0
+
+    def standard_normal(self, shape) -> np.ndarray:
+        rows, lo = shape[0], self._row
+        if lo + rows > len(self.seeds):
+            raise ValueError(f"asked for rows {lo}..{lo + rows} of {len(self.seeds)} keys")
+        self._row += rows
+        out = np.empty(shape)
+        for i, seed in enumerate(self.seeds[lo:lo + rows]):
+            out[i] = np.random.default_rng([seed, 1]).standard_normal(shape[1:])
+        return out
+
+    def random(self, n: int) -> np.ndarray:
+        if n != len(self.seeds):
+            raise ValueError(f"asked for {n} numbers from {len(self.seeds)} keys")
+        return np.array([np.random.default_rng([seed, 2]).random() for seed in self.seeds])
+
+
 def draw(probs: np.ndarray, rng) -> np.ndarray:
     """One option per row of ``probs`` (n, A), by inverse-CDF sampling; int (n,)."""
     cum = np.cumsum(probs, axis=1)

@@ -71,22 +71,39 @@ def with_open_estimate(frame: pd.DataFrame, p_open: np.ndarray) -> pd.DataFrame:
 
 @dataclass
 class Request:
-    """What the caller asks (one for the whole batch, or per-customer contexts)."""
+    """What the caller asks: one for the whole batch, with per-customer contexts; ``now`` and
+    ``horizon_hours`` are one value for the batch or one per customer (the service batches
+    requests that arrived at different times)."""
 
-    now: pd.Timestamp
+    now: pd.Timestamp | pd.DatetimeIndex
     contexts: list[dict] | None = None
     channels: list[str] | None = None
     offers: list[str] | None = None
-    horizon_hours: float = 24.0
+    horizon_hours: float | np.ndarray = 24.0
     type: str = "marketing"
 
     def __post_init__(self):
         if self.type not in ("marketing", "transactional"):
             raise ValueError(f"type must be 'marketing' or 'transactional', got {self.type!r}")
-        if not self.horizon_hours > 0:
+        if not np.all(np.asarray(self.horizon_hours) > 0):
             raise ValueError(f"horizon_hours must be positive, got {self.horizon_hours}")
-        ts = pd.Timestamp(self.now)
-        self.now = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        if np.ndim(self.now) == 0:
+            ts = pd.Timestamp(self.now).as_unit("ns")
+            self.now = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        else:
+            ts = pd.DatetimeIndex(self.now).as_unit("ns")
+            self.now = ts.tz_localize("UTC") if ts.tz is None else ts.tz_convert("UTC")
+
+    def now_ns(self, n: int) -> np.ndarray:
+        """Decision time per customer, int64 nanoseconds since the epoch (n,)."""
+        if isinstance(self.now, pd.DatetimeIndex):
+            if len(self.now) != n:
+                raise ValueError(f"now has {len(self.now)} times for {n} customers")
+            return self.now.asi8.astype(np.int64)
+        return np.full(n, self.now.value, dtype=np.int64)
+
+    def horizons(self, n: int) -> np.ndarray:
+        return np.broadcast_to(np.asarray(self.horizon_hours, dtype=float), (n,))
 
 
 @dataclass
@@ -113,6 +130,7 @@ class Decisions:
     action_dist: np.ndarray | None = None     # (n, 1 + K*O) probability of every option, column 0 = suppress
     choice: np.ndarray | None = None          # (n,) the chosen option's column
     learner_inputs: np.ndarray | None = None  # (n, 1 + K*O, D) the online learner's context of every option
+    values: np.ndarray | None = None          # (n, 1 + K*O) learner-corrected extra profit, -inf where not allowed
 
 
 class DecisionPolicy:
@@ -166,12 +184,12 @@ class DecisionPolicy:
         """
         cfg, m = self.config, self.models
         n, K, O = len(features), len(cfg.channel_names), len(cfg.offer_names)
-        now_s = int(request.now.timestamp())
+        now_s = request.now_ns(n) // 10**9
         tz_names = list(features["timezone"].cat.categories)
         tz_code = features["timezone"].cat.codes.to_numpy()
-        local = now_s + utc_offsets(np.full(n, now_s), tz_code, tz_names)
+        local = now_s + utc_offsets(now_s, tz_code, tz_names)
         delay = delay_to_hours((local // 3600) % 24, (local % 3600) // 60)
-        elig = eligible(features, contact, cfg, delay, request.contexts, request.horizon_hours,
+        elig = eligible(features, contact, cfg, delay, request.contexts, request.horizons(n),
                         request.type == "transactional", request.channels, request.offers)
         allowed = elig.allowed
         value = np.full((n, K, O), -np.inf)
@@ -258,7 +276,8 @@ class DecisionPolicy:
                explain: bool = True, rng=None, learner: OnlineLearner | None = None) -> Decisions:
         """Decide for every row of ``features``; see the module docstring.
 
-        ``rng`` (numpy Generator) drives exploration: the same seed gives the same decisions.
+        ``rng`` (numpy Generator, or ``training.exploration.KeyedRandom`` for draws that depend
+        only on each row's own key) drives exploration: the same seed gives the same decisions.
         ``learner`` is the online learner's current state (none: the offline values).
         """
         cfg = self.config
@@ -273,15 +292,17 @@ class DecisionPolicy:
         allowed[control, 1:] = False
         X = self.learner_inputs(s)
         flat, sd = (learner or self.new_learner()).predict(self.action_keys, X)  # extra profit over suppress
-        probs, greedy = self.exploration.distribution(np.where(allowed, flat, -np.inf), sd, rng)
+        if transactional:  # a service message is not an experiment: the best channel, no exploration
+            probs, greedy = self.exploration.with_(method="greedy").distribution(np.where(allowed, flat, -np.inf))
+        else:
+            probs, greedy = self.exploration.distribution(np.where(allowed, flat, -np.inf), sd, rng)
         choice = draw(probs, rng)
         propensity = probs[np.arange(n), choice]
         send = choice > 0
         k, j = np.divmod(np.maximum(choice - 1, 0), O)
         hour = np.where(send, s.hour[np.arange(n), k, j], -1)
         delay = np.where(send, s.delay_hours[np.arange(n), np.maximum(hour, 0)], 0.0)
-        now = request.now
-        send_at = pd.to_datetime(now.value + np.round(delay * 3600).astype(np.int64) * 10**9, utc=True)
+        send_at = pd.to_datetime(request.now_ns(n) + np.round(delay * 3600).astype(np.int64) * 10**9, utc=True)
         send_at = send_at.where(send, pd.NaT)
         frame = pd.DataFrame({
             "customer_id": features.index.astype(str),
@@ -301,7 +322,7 @@ class DecisionPolicy:
         values = np.where(allowed[:, 1:], flat[:, 1:], -np.inf).reshape(n, K, O)
         reasons = [self._reasons(s, values[i], i, send[i], k[i], j[i], control[i], choice[i] != greedy[i],
                                  propensity[i]) for i in range(n)] if explain else []
-        return Decisions(frame, s, reasons, probs, choice, X)
+        return Decisions(frame, s, reasons, probs, choice, X, np.where(allowed, flat, -np.inf))
 
     def _reasons(self, s: Scores, v: np.ndarray, i: int, send: bool, k: int, j: int, control: bool,
                  explored: bool, propensity: float) -> list[str]:

@@ -128,11 +128,17 @@ def champion_uri() -> str:
 
 def load_champion():
     """The champion's :class:`training.policy.DecisionPolicy` (raises if there is none)."""
+    version = champion_version()
+    if version is None:
+        raise LookupError(f"no version of model {MODEL_NAME!r} is the {CHAMPION!r}; run `nextbest promote VERSION`")
+    return load_version(version)
+
+
+def load_version(version: str):
+    """The :class:`training.policy.DecisionPolicy` of a registered version (pinned, not an alias)."""
     import mlflow
 
     setup()
-    if champion_version() is None:
-        raise LookupError(f"no version of model {MODEL_NAME!r} is the {CHAMPION!r}; run `nextbest promote VERSION`")
-    policy = mlflow.pyfunc.load_model(champion_uri()).unwrap_python_model().policy
-    policy.version = f"{MODEL_NAME}/{champion_version()}"
+    policy = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}").unwrap_python_model().policy
+    policy.version = f"{MODEL_NAME}/{version}"
     return policy

@@ -20,7 +20,7 @@ fallback            after ``fallback_after_unanswered`` unanswered messages on a
 ==================  ==================================================================
 
 Transactional requests skip the marketing rules (caps, collision, quiet hours, offers: the
-message goes out without an offer) but keep consent and the request's candidates.
+message goes out now, without an offer) but keep consent and the request's candidates.
 
 Caps count messages in rolling windows before the decision (24 hours and 7 days), not calendar
 days: a calendar day differs per time zone and the rolling window is the stricter reading.
@@ -91,23 +91,34 @@ class Eligibility:
         """What removed which options for customer ``i``, in marketers' words."""
         cfg = self.config
         out = []
-        shape = self.allowed.shape[1:]
-        for rule in RULES:
-            if rule not in self.removed:
+        for rule, (anything, chans, offers) in self._summary().items():
+            row = lambda a: a[i] if a.shape[0] > 1 else a[0]  # noqa: E731 - rules shared by all rows have n = 1
+            if not row(anything):
                 continue
-            r = np.broadcast_to(self.removed[rule][i] if self.removed[rule].shape[0] > 1 else self.removed[rule][0],
-                                shape)
-            if not r.any():
-                continue
-            chans = [c for k, c in enumerate(cfg.channel_names) if r[k].all()]
-            offers = [o for j, o in enumerate(cfg.offer_names) if r[:, :, j].all() and o != "none"]
-            if chans:
-                out.append(f"{_RULE_WORDS[rule]}: no {', '.join(chans)}")
-            elif offers:
-                out.append(f"{_RULE_WORDS[rule]}: no offer {', '.join(offers)}")
+            ch = [c for c, hit in zip(cfg.channel_names, row(chans)) if hit]
+            off = [o for o, hit in zip(cfg.offer_names, row(offers)) if hit and o != "none"]
+            if ch:
+                out.append(f"{_RULE_WORDS[rule]}: no {', '.join(ch)}")
+            elif off:
+                out.append(f"{_RULE_WORDS[rule]}: no offer {', '.join(off)}")
             else:
                 out.append(f"{_RULE_WORDS[rule]}: some send hours or offers removed")
         return out
+
+    def _summary(self) -> dict:
+        """Per rule, computed once for all rows: removed anything (m,), every option of a channel
+        (m, K), every option of an offer (m, O); m is n, or 1 for a rule that is the same for all."""
+        cached = getattr(self, "_cache", None)
+        if cached is None:
+            shape = self.allowed.shape[1:]
+            cached = {}
+            for rule in RULES:
+                if rule in self.removed:
+                    r = self.removed[rule]
+                    r = np.broadcast_to(r, (r.shape[0],) + shape)
+                    cached[rule] = (r.any(axis=(1, 2, 3)), r.all(axis=(2, 3)), r.all(axis=(1, 2)))
+            self._cache = cached
+        return cached
 
 
 _RULE_WORDS = {
@@ -147,7 +158,7 @@ def condition_holds(cond: Condition, features: pd.DataFrame, contexts: list[dict
 
 
 def eligible(features: pd.DataFrame, contact: ContactHistory, config: Config, delay_hours: np.ndarray,
-             contexts: list[dict] | None = None, horizon_hours: float = 24.0, transactional: bool = False,
+             contexts: list[dict] | None = None, horizon_hours: float | np.ndarray = 24.0, transactional: bool = False,
              channels: list[str] | None = None, offers: list[str] | None = None) -> Eligibility:
     """Apply every rule; see the module docstring for the list and order.
 
@@ -186,7 +197,9 @@ def eligible(features: pd.DataFrame, contact: ContactHistory, config: Config, de
         removed["collision"] = (delay_hours < wait[:, None])[:, None, :, None]
         quiet = np.stack([cfg.channels[c].quiet_hours.contains(HOURS) for c in cfg.channel_names])  # (K, 24)
         removed["quiet_hours"] = quiet[None, :, :, None]
-    removed["horizon"] = (delay_hours >= horizon_hours)[:, None, :, None]
+    horizon = np.asarray(horizon_hours, dtype=float).reshape(-1, 1)  # one for all, or one per customer
+    # a transactional message goes out now: only the current local hour (delay 0) is allowed
+    removed["horizon"] = ((delay_hours > 0) if transactional else (delay_hours >= horizon))[:, None, :, None]
     if not transactional:
         on_channel = np.array([[c in cfg.offers[o].channels for o in cfg.offer_names] for c in cfg.channel_names])
         removed["offer_channel"] = ~on_channel[None, :, None, :]

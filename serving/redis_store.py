@@ -1,0 +1,111 @@
+"""The Redis backend of ``serving.store.Store`` (several workers and replicas share one server).
+
+Compare-and-set runs as one Lua script per batch (Redis runs a script atomically); statistics
+are hash fields ``"{action}|{i}"`` changed with HINCRBYFLOAT inside MULTI; the learner queue is
+a sorted set by due time, and ZREM tells exactly one claimer that it removed an id.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import redis
+
+from serving.store import Store
+
+ABSENT = "<absent>"  # values are JSON, so this can never be one
+_CAS = """
+local ttl = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  local expected = ARGV[2 * i]
+  if (cur == false and expected == '<absent>') or cur == expected then
+    if ttl > 0 then redis.call('SET', key, ARGV[2 * i + 1], 'PX', ttl) else redis.call('SET', key, ARGV[2 * i + 1]) end
+    out[i] = 1
+  else
+    out[i] = 0
+  end
+end
+return out
+"""
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, prefix: str = "nextbest"):
+        self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=30)
+        self.r.ping()  # fail at start, with the URL, rather than at the first request
+        self.p = prefix
+        self._cas = self.r.register_script(_CAS)
+
+    def _k(self, ns, key):
+        return f"{self.p}:{ns}:{key}"
+
+    def get_many(self, ns, keys):
+        return self.r.mget([self._k(ns, k) for k in keys]) if keys else []
+
+    def cas_many(self, ns, items, ttl_s=None):
+        if not items:
+            return []
+        args = [int(ttl_s * 1000) if ttl_s else 0]
+        for _, expected, new in items:
+            args += [ABSENT if expected is None else expected, new]
+        return [bool(x) for x in self._cas(keys=[self._k(ns, k) for k, _, _ in items], args=args)]
+
+    def put_new(self, ns, key, value, ttl_s=None):
+        return bool(self.r.set(self._k(ns, key), value, nx=True, px=int(ttl_s * 1000) if ttl_s else None))
+
+    def put(self, ns, key, value, ttl_s=None):
+        self.r.set(self._k(ns, key), value, px=int(ttl_s * 1000) if ttl_s else None)
+
+    def delete(self, ns, keys):
+        if keys:
+            self.r.delete(*[self._k(ns, k) for k in keys])
+
+    def add_stats(self, deltas):
+        if not deltas:
+            return
+        pipe = self.r.pipeline(transaction=True)
+        for action, delta in deltas.items():
+            for i, v in enumerate(np.asarray(delta, np.float64)):
+                if v != 0.0:
+                    pipe.hincrbyfloat(f"{self.p}:stats", f"{action}|{i}", float(v))
+            pipe.hsetnx(f"{self.p}:stats", f"{action}|size", len(delta))
+        pipe.incr(f"{self.p}:stats_version")
+        pipe.execute()
+
+    def stats(self):
+        pipe = self.r.pipeline(transaction=True)
+        pipe.get(f"{self.p}:stats_version")
+        pipe.hgetall(f"{self.p}:stats")
+        version, raw = pipe.execute()
+        sizes = {f[:-5]: int(v) for f, v in raw.items() if f.endswith("|size")}
+        out = {a: np.zeros(n) for a, n in sizes.items()}
+        for f, v in raw.items():
+            action, _, i = f.rpartition("|")
+            if i != "size" and action in out:
+                out[action][int(i)] = float(v)
+        return int(version or 0), out
+
+    def stats_version(self):
+        return int(self.r.get(f"{self.p}:stats_version") or 0)
+
+    def enqueue(self, items):
+        if items:
+            self.r.zadd(f"{self.p}:queue", {i: t for i, t in items}, nx=True)
+
+    def due(self, before_s, limit=1000):
+        return self.r.zrangebyscore(f"{self.p}:queue", "-inf", before_s, start=0, num=limit)
+
+    def claim(self, ids):
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.zrem(f"{self.p}:queue", i)
+        return [i for i, removed in zip(ids, pipe.execute()) if removed]
+
+    def prune(self) -> int:
+        return 0  # Redis expires keys itself
+
+    def close(self):
+        self.r.close()

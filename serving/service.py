@@ -1,0 +1,120 @@
+"""The BentoML service: thin routes over ``serving.engine.Engine``.
+
+Routes: ``POST /v1/decide``, ``POST /v1/decide/batch``, ``POST /v1/feedback``; BentoML's own
+``GET /healthz`` (alive), ``GET /readyz`` (the champion and features are loaded: ``__is_ready__``),
+``GET /metrics`` (Prometheus, the metrics below plus BentoML's request metrics) and the OpenAPI
+schema at ``GET /docs.json``. Bodies are the pydantic models of ``serving.schemas`` themselves
+(positional-only parameters). Start it with ``nextbest serve DATA_DIR``.
+
+Errors are JSON ``{"error": ..., "field": ...}``: 400 for a request the config rejects
+(pydantic's own 400 names the field for shape errors), 404 for feedback on an unknown decision,
+409 for a request id still being decided.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import bentoml
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.responses import Response
+
+from serving.batcher import MicroBatcher
+from serving.engine import Conflict, Engine, InvalidInput, UnknownDecision
+from serving.schemas import BatchRequest, BatchResponse, DecideRequest, DecideResponse, FeedbackRequest, FeedbackResponse
+from serving.settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+# Prometheus metrics live at module level: BentoML aggregates them across worker processes.
+DECISIONS = Counter("nextbest_decisions", "Decisions by action and channel", ["action", "channel", "policy_version"])
+LATENCY = Histogram("nextbest_decide_seconds", "Time to answer, by endpoint", ["endpoint"],
+                    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+FEEDBACK = Counter("nextbest_feedback", "Feedback events by event and whether they counted", ["event", "accepted"])
+POLICY = Gauge("nextbest_policy_version", "1 for the policy version a worker serves", ["version"],
+               multiprocess_mode="livemax")
+
+
+def _json(body, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status_code=status, media_type="application/json")
+
+
+def _error(exc: Exception) -> Response:
+    if isinstance(exc, InvalidInput):
+        return _json({"error": exc.message, "field": exc.field}, 400)
+    if isinstance(exc, UnknownDecision):
+        return _json({"error": str(exc), "field": "decision_id"}, 404)
+    if isinstance(exc, Conflict):
+        return _json({"error": str(exc)}, 409)
+    raise exc
+
+
+def _count(decisions: list[dict]) -> None:
+    for d in decisions:
+        DECISIONS.labels(d["action"], d["channel"] or "none", d["policy_version"]).inc()
+
+
+@bentoml.service(name="nextbest", workers=1, threads=4, traffic={"timeout": 120})
+class DecisionService:
+    """One engine per worker process; the store and the decision log are shared."""
+
+    def __init__(self):
+        settings = ServeSettings.from_env()
+        self.engine = Engine(settings)
+        self.engine.start_background()
+        self.batcher = MicroBatcher(self.engine.decide_each, settings.micro_batch_ms, settings.micro_batch_max)
+        self._version = None
+        self._note_version()
+
+    def _note_version(self) -> None:
+        v = self.engine.policy.version
+        if v != self._version:
+            if self._version is not None:
+                POLICY.labels(self._version).set(0)
+            POLICY.labels(v).set(1)
+            self._version = v
+
+    def __is_ready__(self) -> bool:
+        return self.engine is not None
+
+    @bentoml.on_shutdown
+    def _shutdown(self):
+        self.batcher.close()
+        self.engine.stop()
+
+    @bentoml.api(route="/v1/decide")
+    async def decide(self, request: DecideRequest, /) -> DecideResponse:
+        """Whether to send, on which channel, when and with which offer, for one customer."""
+        t = time.perf_counter()
+        try:
+            out = await self.batcher.submit(request)
+        except (InvalidInput, Conflict) as exc:
+            return _error(exc)
+        self._note_version()
+        _count([out])
+        LATENCY.labels("decide").observe(time.perf_counter() - t)
+        return _json(out)
+
+    @bentoml.api(route="/v1/decide/batch")
+    def decide_batch(self, request: BatchRequest, /) -> BatchResponse:
+        """Up to 10,000 decisions in one call, the same answers as one by one; all or nothing."""
+        t = time.perf_counter()
+        try:
+            out = self.engine.decide(request.requests, prefix="requests")
+        except (InvalidInput, Conflict) as exc:
+            return _error(exc)
+        _count(out)
+        LATENCY.labels("decide_batch").observe(time.perf_counter() - t)
+        return _json({"decisions": out})
+
+    @bentoml.api(route="/v1/feedback")
+    def feedback(self, request: FeedbackRequest, /) -> FeedbackResponse:
+        """What happened to a decision's message; the same event twice counts once."""
+        try:
+            out = self.engine.feedback(request)
+        except (InvalidInput, UnknownDecision, Conflict) as exc:
+            return _error(exc)
+        FEEDBACK.labels(out["event"], str(out["accepted"]).lower()).inc()
+        return _json(out)

@@ -1,0 +1,59 @@
+"""Serving settings: the config's ``serving`` section, overridden by environment variables.
+
+``nextbest serve`` sets the variables for the BentoML worker processes it starts:
+``NEXTBEST_DATA_DIR`` (customers and events the features come from, required),
+``NEXTBEST_CONFIG`` (the deployment's YAML, optional), ``NEXTBEST_STORE_URL``,
+``NEXTBEST_LOG_DIR`` and ``NEXTBEST_HOME`` (where relative paths and the MLflow store live).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from features.config import ConfigError, load_config, section
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    data_dir: str
+    store_url: str
+    log_dir: str
+    log_fsync: bool
+    reload_seconds: float
+    learner_sync_seconds: float
+    micro_batch_ms: float
+    micro_batch_max: int
+    workers: int
+
+    @classmethod
+    def from_env(cls, env=None) -> "ServeSettings":
+        env = os.environ if env is None else env
+        cfg = load_config(env.get("NEXTBEST_CONFIG") or None)
+        home = Path(env.get("NEXTBEST_HOME", ".")).resolve()
+        with section(cfg, "serving") as raw:
+            store = env.get("NEXTBEST_STORE_URL") or str(raw["store_url"])
+            if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_absolute():
+                store = f"sqlite:///{home / store[len('sqlite:///'):]}"
+            out = cls(
+                data_dir=env.get("NEXTBEST_DATA_DIR", ""),
+                store_url=store,
+                log_dir=str(home / (env.get("NEXTBEST_LOG_DIR") or str(raw["log_dir"]))),
+                log_fsync=bool(raw["log_fsync"]),
+                reload_seconds=float(raw["reload_seconds"]),
+                learner_sync_seconds=float(raw["learner_sync_seconds"]),
+                micro_batch_ms=float(raw["micro_batch_ms"]),
+                micro_batch_max=int(raw["micro_batch_max"]),
+                workers=int(env.get("NEXTBEST_WORKERS") or raw["workers"]),
+            )
+        if not out.data_dir:
+            raise ConfigError("NEXTBEST_DATA_DIR must name the data directory the service takes customers "
+                              "and their histories from (`nextbest serve DATA_DIR` sets it)")
+        if out.reload_seconds <= 0 or out.learner_sync_seconds <= 0 or out.micro_batch_max < 1 or out.workers < 1:
+            raise ConfigError("serving: reload_seconds and learner_sync_seconds must be positive, "
+                              "micro_batch_max and workers at least 1")
+        return out
+
+    def with_(self, **changes) -> "ServeSettings":
+        return replace(self, **changes)

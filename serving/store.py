@@ -1,0 +1,224 @@
+"""The service's shared state behind one small interface, with SQLite and Redis backends.
+
+What it holds (namespaces of string keys with JSON values):
+
+- ``contact``: each customer's contact state (``serving.contact``), changed only by
+  compare-and-set, so a decision is recorded only if it was taken on the state that is current
+  when it is recorded. That is what keeps caps and collision rules exact when many workers
+  decide for the same customer at once: a loser of the race decides again on the new state.
+- ``decision``: what feedback needs of each decision (customer, action, learner input, running
+  reward), kept for the attribution window.
+- ``request`` and ``feedback``: idempotency keys.
+- the online learner's sufficient statistics, one vector per action, changed only by atomic adds
+  (``add_stats``), so workers' updates never overwrite each other; and a queue of decisions
+  waiting to enter the learner (``enqueue`` / ``due`` / ``claim``).
+
+Backends: ``sqlite:///path/state.db`` (the embedded default; WAL mode, so several worker
+processes on one machine share it) and ``redis://host:port/db`` (several workers and replicas).
+``open_store(url)`` picks one; the URL comes from ``NEXTBEST_STORE_URL`` or ``serve --store``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+
+class Store(ABC):
+    """The interface; every method is atomic on its own."""
+
+    @abstractmethod
+    def get_many(self, ns: str, keys: list[str]) -> list[str | None]:
+        """Values (None where absent or expired)."""
+
+    @abstractmethod
+    def cas_many(self, ns: str, items: list[tuple[str, str | None, str]], ttl_s: float | None = None) -> list[bool]:
+        """For each ``(key, expected, new)``: set ``new`` if the current value equals ``expected``
+        (None: absent); returns which were set. Each item is atomic on its own."""
+
+    @abstractmethod
+    def put_new(self, ns: str, key: str, value: str, ttl_s: float | None = None) -> bool:
+        """Set if absent; False if the key exists."""
+
+    @abstractmethod
+    def put(self, ns: str, key: str, value: str, ttl_s: float | None = None) -> None:
+        """Set (overwrite)."""
+
+    @abstractmethod
+    def add_stats(self, deltas: dict[str, np.ndarray]) -> None:
+        """Atomically add each action's statistics vector."""
+
+    @abstractmethod
+    def stats(self) -> tuple[int, dict[str, np.ndarray]]:
+        """(version, every action's statistics); the version changes with every add."""
+
+    @abstractmethod
+    def stats_version(self) -> int:
+        """Cheap check whether the statistics changed."""
+
+    @abstractmethod
+    def enqueue(self, items: list[tuple[str, float]]) -> None:
+        """Decisions ``(id, due time in seconds)`` waiting to enter the learner."""
+
+    @abstractmethod
+    def due(self, before_s: float, limit: int = 1000) -> list[str]:
+        """Ids due before a time (not yet claimed)."""
+
+    @abstractmethod
+    def claim(self, ids: list[str]) -> list[str]:
+        """Remove ids from the queue; returns those this caller removed (each id goes to one caller)."""
+
+    @abstractmethod
+    def delete(self, ns: str, keys: list[str]) -> None:
+        """Remove keys (absent ones are ignored)."""
+
+    def get(self, ns: str, key: str) -> str | None:
+        return self.get_many(ns, [key])[0]
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+
+def open_store(url: str) -> Store:
+    """A store from its URL (``sqlite:///path`` or ``redis://...``)."""
+    if url.startswith("sqlite:///"):
+        return SQLiteStore(url[len("sqlite:///"):])
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from serving.redis_store import RedisStore
+
+        return RedisStore(url)
+    raise ValueError(f"store URL must start with sqlite:/// or redis://, got {url!r}")
+
+
+class SQLiteStore(Store):
+    """One SQLite file; safe for several threads and processes (WAL, IMMEDIATE transactions)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._db().executescript("""
+                CREATE TABLE IF NOT EXISTS kv (ns TEXT, key TEXT, value TEXT, expires REAL,
+                                               PRIMARY KEY (ns, key)) WITHOUT ROWID;
+                CREATE TABLE IF NOT EXISTS stats (action TEXT PRIMARY KEY, value BLOB);
+                CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER);
+                CREATE TABLE IF NOT EXISTS queue (id TEXT PRIMARY KEY, due REAL);
+                CREATE INDEX IF NOT EXISTS queue_due ON queue (due);
+                INSERT OR IGNORE INTO meta VALUES ('stats_version', 0);
+        """)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process; WAL fsyncs at checkpoints
+            self._local.db = db
+        return db
+
+    class _Tx:
+        def __init__(self, db):
+            self.db = db
+
+        def __enter__(self):
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db
+
+        def __exit__(self, exc_type, *_):
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self):
+        return self._Tx(self._db())
+
+    def get_many(self, ns, keys):
+        if not keys:
+            return []
+        now, out = time.time(), {}
+        db = self._db()
+        for lo in range(0, len(keys), 900):
+            chunk = keys[lo:lo + 900]
+            q = f"SELECT key, value, expires FROM kv WHERE ns = ? AND key IN ({','.join('?' * len(chunk))})"
+            for k, v, exp in db.execute(q, [ns, *chunk]):
+                if exp is None or exp > now:
+                    out[k] = v
+        return [out.get(k) for k in keys]
+
+    def cas_many(self, ns, items, ttl_s=None):
+        now = time.time()
+        exp = now + ttl_s if ttl_s else None
+        done = []
+        with self._tx() as db:
+            for key, expected, new in items:
+                row = db.execute("SELECT value, expires FROM kv WHERE ns = ? AND key = ?", (ns, key)).fetchone()
+                current = row[0] if row and (row[1] is None or row[1] > now) else None
+                ok = current == expected
+                if ok:
+                    db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)", (ns, key, new, exp))
+                done.append(ok)
+        return done
+
+    def put_new(self, ns, key, value, ttl_s=None):
+        return self.cas_many(ns, [(key, None, value)], ttl_s)[0]
+
+    def put(self, ns, key, value, ttl_s=None):
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)",
+                       (ns, key, value, time.time() + ttl_s if ttl_s else None))
+
+    def delete(self, ns, keys):
+        if keys:
+            with self._tx() as db:
+                db.executemany("DELETE FROM kv WHERE ns = ? AND key = ?", [(ns, k) for k in keys])
+
+    def add_stats(self, deltas):
+        if not deltas:
+            return
+        with self._tx() as db:
+            for action, delta in deltas.items():
+                row = db.execute("SELECT value FROM stats WHERE action = ?", (action,)).fetchone()
+                cur = np.frombuffer(row[0], dtype=np.float64) if row else 0.0
+                db.execute("INSERT OR REPLACE INTO stats VALUES (?, ?)",
+                           (action, (cur + np.asarray(delta, np.float64)).tobytes()))
+            db.execute("UPDATE meta SET value = value + 1 WHERE name = 'stats_version'")
+
+    def stats(self):
+        with self._tx() as db:  # one snapshot of version and values
+            version = db.execute("SELECT value FROM meta WHERE name = 'stats_version'").fetchone()[0]
+            rows = db.execute("SELECT action, value FROM stats").fetchall()
+        return int(version), {a: np.frombuffer(v, dtype=np.float64).copy() for a, v in rows}
+
+    def stats_version(self):
+        return int(self._db().execute("SELECT value FROM meta WHERE name = 'stats_version'").fetchone()[0])
+
+    def enqueue(self, items):
+        if items:
+            with self._tx() as db:
+                db.executemany("INSERT OR IGNORE INTO queue VALUES (?, ?)", items)
+
+    def due(self, before_s, limit=1000):
+        q = "SELECT id FROM queue WHERE due <= ? ORDER BY due LIMIT ?"
+        return [r[0] for r in self._db().execute(q, (before_s, limit))]
+
+    def claim(self, ids):
+        out = []
+        with self._tx() as db:
+            for i in ids:
+                if db.execute("DELETE FROM queue WHERE id = ?", (i,)).rowcount:
+                    out.append(i)
+        return out
+
+    def prune(self) -> int:
+        """Drop expired keys (idempotency keys and decisions past their window)."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (time.time(),)).rowcount
+
+    def close(self):
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
