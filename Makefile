@@ -8,9 +8,23 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: setup demo test bench bench-bandits lock clean
+.PHONY: setup system-deps demo test bench bench-bandits bench-serving lock clean
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+# System packages the tests and benchmarks use: a real Redis server and the wrk load generator
+# (Debian/Ubuntu; apt-get as root, or through sudo). Skipped when they are already installed.
+SYSTEM_PACKAGES := redis-server wrk
+system-deps:
+	@missing=""; for c in $(SYSTEM_PACKAGES); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing with apt-get"; \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $$sudo apt-get install -y -q $$missing >/dev/null 2>&1 || \
+	    { $$sudo apt-get update -q >/dev/null && $$sudo apt-get install -y -q $$missing >/dev/null; } || \
+	    { echo "could not install$$missing: install them with your package manager"; exit 1; }; \
+	fi
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)

@@ -1,0 +1,171 @@
+"""Killing the server, swapping the champion under traffic, and two workers racing on Redis."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pandas as pd
+import pytest
+
+from features.config import load_config
+from features.objective import channel_costs
+from serving.decision_log import read_records
+from serving.store import open_store
+
+NOW = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
+
+
+class Traffic:
+    """Threads posting decisions (and feedback for the sends) until stopped; keeps what was acknowledged."""
+
+    def __init__(self, server, ids, threads=4, fixed_now=True, feedback=True):
+        self.server, self.ids, self.fixed_now, self.feedback = server, ids, fixed_now, feedback
+        self.decisions: list[dict] = []
+        self.feedbacks: list[tuple[str, str, str, float]] = []  # (decision_id, event, ts, reward) acknowledged
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(threads)]
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def _run(self, k):
+        # no keep-alive: every request is a new connection, so several workers share the load
+        client = httpx.Client(base_url=self.server.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            body = {"customer_id": self.ids[(k * 7919 + i) % len(self.ids)], "request_id": f"t{k}-{i}-{time.time_ns()}"}
+            if self.fixed_now:
+                body["now"] = NOW.isoformat()
+            try:
+                r = client.post("/v1/decide", json=body)
+            except httpx.HTTPError as exc:
+                self.failures.append(f"decide: {exc!r}")
+                continue
+            if r.status_code != 200:
+                self.failures.append(f"decide {r.status_code}: {r.text[:200]}")
+                continue
+            d = r.json()
+            with self._lock:
+                self.decisions.append(d)
+            if not (self.feedback and d["action"] == "send"):
+                continue
+            for event, value in (("opened", None), ("converted", 40.0)):
+                fb = {"decision_id": d["decision_id"], "event": event, "ts": (NOW + timedelta(hours=30)).isoformat(),
+                      "value": value}
+                try:
+                    r = client.post("/v1/feedback", json=fb)
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"feedback: {exc!r}")
+                    break
+                if r.status_code != 200:
+                    self.failures.append(f"feedback {r.status_code}: {r.text[:200]}")
+                    break
+                if r.json()["accepted"]:
+                    with self._lock:
+                        self.feedbacks.append((d["decision_id"], event, fb["ts"], r.json()["reward"]))
+
+
+def test_kill_9_loses_no_acknowledged_decision_or_feedback(server_factory, customers, tmp_path):
+    server = server_factory(workdir=tmp_path)
+    with Traffic(server, customers(300)) as traffic:
+        time.sleep(4)
+        server.kill()  # SIGKILL to the whole process group, mid-traffic
+    assert len(traffic.decisions) > 20 and traffic.feedbacks
+    logged = {r["decision_id"] for r in read_records(server.log_dir, "decisions")}
+    assert {d["decision_id"] for d in traffic.decisions} <= logged
+    logged_fb = {(r["decision_id"], r["event"], r["ts"]) for r in read_records(server.log_dir, "feedback")}
+    assert {f[:3] for f in traffic.feedbacks} <= {(d, e, datetime.fromisoformat(t).isoformat()) for d, e, t in logged_fb}
+
+    restarted = server_factory(workdir=tmp_path)  # same store and log
+    last = traffic.decisions[-1]
+    again = restarted.post("/v1/decide", {"customer_id": last["customer_id"], "request_id": last["request_id"]}).json()
+    assert again == last  # the idempotency key survived
+    d, event, ts, _ = traffic.feedbacks[-1]
+    assert restarted.post("/v1/feedback", {"decision_id": d, "event": event, "ts": ts,
+                                           "value": 40.0 if event == "converted" else None}).json()["accepted"] is False
+    sent = [x for x in traffic.decisions if x["action"] == "send"]
+    r = restarted.post("/v1/feedback", {"decision_id": sent[0]["decision_id"], "event": "clicked",
+                                        "ts": (NOW + timedelta(hours=31)).isoformat()})
+    assert r.status_code == 200 and r.json()["accepted"]
+
+
+def test_hot_swap_under_traffic_fails_no_request(server_factory, project, customers, tmp_path):
+    import subprocess
+    import sys
+
+    server = server_factory(workdir=tmp_path)
+    # a second version with the champion's artifacts (MLflow resolves them through its global URI,
+    # so register in a process with the project's environment)
+    script = ("from mlflow import MlflowClient; c = MlflowClient(); v = c.get_model_version_by_alias('nextbest', "
+              "'champion'); n = c.create_model_version('nextbest', source=v.source, run_id=v.run_id); "
+              "print(v.version, n.version)")
+    out = subprocess.run([sys.executable, "-c", script], env=project.env, capture_output=True, text=True, check=True)
+    old_v, new_v = out.stdout.split()[-2:]
+    champion, new = type("V", (), {"version": old_v}), type("V", (), {"version": new_v})
+    with Traffic(server, customers(500), threads=3, fixed_now=False, feedback=False) as traffic:
+        time.sleep(2)
+        project.run("promote", str(new.version), "--force", "--note", "hot swap test")
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(d["policy_version"] == f"nextbest/{new.version}"
+                                                 for d in traffic.decisions[-20:]):
+            time.sleep(0.5)
+        time.sleep(2)
+    try:
+        assert traffic.failures == []
+        versions = [d["policy_version"] for d in traffic.decisions]
+        old, swapped = f"nextbest/{champion.version}", f"nextbest/{new.version}"
+        assert versions[0] == old and versions[-1] == swapped
+        logged = {r["policy_version"] for r in read_records(server.log_dir, "decisions")}
+        assert {old, swapped} <= logged
+        assert f'nextbest_policy_version{{version="{swapped}"}} 1.0' in httpx.get(f"{server.url}/metrics").text
+    finally:
+        project.run("promote", str(champion.version), "--force", "--note", "back after the hot swap test")
+
+
+def test_two_workers_on_redis_keep_caps_and_lose_no_feedback(server_factory, redis_db, project, customers):
+    cfg = load_config()
+    people = pd.read_parquet(project.data / "customers.parquet")
+    full = people[people[[f"consent_{c}" for c in cfg.channel_names]].all(axis=1)]["customer_id"].astype(str).tolist()
+    ids = full[:6]
+    server = server_factory(store_url=redis_db, workers=2)
+    with Traffic(server, ids, threads=8) as traffic:
+        time.sleep(12)
+    assert traffic.failures == []
+    records = read_records(server.log_dir, "decisions")
+    assert len({r["decision_id"] for r in records}) == len(traffic.decisions) > 100
+    workers = {p.name.split("-")[1] for p in server.log_dir.glob("*/decisions-*.jsonl")}
+    assert len(workers) == 2, "both workers decided"
+    # every decision was at NOW with a 24 h horizon: each customer's sends all fall in one day
+    sends = pd.DataFrame([r for r in records if r["action"] == "send"])
+    rules = cfg.contact_rules
+    for cid, g in sends.groupby("customer_id"):
+        assert len(g) <= rules.max_per_day, g
+        for c, n in g["channel"].value_counts().items():
+            assert n <= cfg.channels[c].cap_per_day
+        at = pd.to_datetime(g["send_at"], format="ISO8601").sort_values()
+        assert (at.diff().dropna() >= pd.Timedelta(hours=rules.min_hours_between)).all()
+    # no lost feedback: every acknowledged event is logged and in its decision's reward
+    logged = {(r["decision_id"], r["event"]) for r in read_records(server.log_dir, "feedback")}
+    assert {(d, e) for d, e, _, _ in traffic.feedbacks} <= logged
+    store = open_store(redis_db)
+    costs = dict(zip(cfg.channel_names, channel_costs(cfg)))
+    by_decision: dict[str, float] = {}
+    for d, _, _, reward in traffic.feedbacks:
+        by_decision[d] = by_decision.get(d, 0.0) + reward
+    for d in (x for x in traffic.decisions if x["action"] == "send"):
+        rec = json.loads(store.get("decision", d["decision_id"]))
+        assert rec["r"] == pytest.approx(-costs[d["channel"]] + by_decision.get(d["decision_id"], 0.0))

@@ -1,0 +1,226 @@
+"""The decision service over HTTP: every endpoint and the contract's rules, on a real BentoML server."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import httpx
+import pandas as pd
+import pytest
+
+from features.config import load_config
+from serving.decision_log import read_records
+from serving.store import open_store
+
+NOW = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config()
+
+
+@pytest.fixture(scope="module")
+def people(project):
+    return pd.read_parquet(project.data / "customers.parquet").set_index("customer_id")
+
+
+def parse(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def consented(people, cid, cfg) -> set[str]:
+    return {c for c in cfg.channel_names if bool(people.loc[cid].get(f"consent_{c}", False))}
+
+
+def test_decide_follows_consent_quiet_hours_and_horizon(server, project, customers, people, cfg):
+    sends = 0
+    for cid in customers(60):
+        r = server.post("/v1/decide", {"customer_id": cid, "now": NOW.isoformat(), "horizon_hours": 12})
+        assert r.status_code == 200, r.text
+        d = r.json()
+        assert d["customer_id"] == cid and d["known_customer"] and d["policy_version"] == "nextbest/1"
+        assert 0 < d["propensity"] <= 1 and d["reasons"]
+        assert sum(s["probability"] for s in d["scores"]) <= 1 + 1e-9
+        if d["action"] == "suppress":
+            assert d["channel"] is None and d["send_at"] is None
+            continue
+        sends += 1
+        assert d["channel"] in consented(people, cid, cfg), (cid, d)
+        at = parse(d["send_at"])
+        assert NOW <= at < NOW + timedelta(hours=12)
+        local = at.astimezone(ZoneInfo(people.loc[cid, "timezone"]))
+        assert local.hour == d["local_hour"]
+        assert not cfg.channels[d["channel"]].quiet_hours.contains(local.hour), (cid, d)
+        assert d["channels"] == [d["channel"]]
+        chosen = [x for x in d["scores"] if (x["channel"], x["offer"]) == (d["channel"], d["offer"])]
+        assert chosen[0]["probability"] == pytest.approx(d["propensity"])
+    assert sends >= 10
+
+
+def test_request_id_is_idempotent_and_recorded_once(server, project, customers):
+    cid = customers(1, offset=100)[0]
+    body = {"customer_id": cid, "now": NOW.isoformat(), "request_id": "order-42"}
+    first, again = server.post("/v1/decide", body).json(), server.post("/v1/decide", body).json()
+    assert first == again
+    logged = [r for r in read_records(server.log_dir, "decisions") if r["request_id"] == "order-42"]
+    assert len(logged) == 1 and logged[0]["decision_id"] == first["decision_id"]
+
+
+def test_caps_collision_and_transactional(server, project, customers, people, cfg):
+    cid = next(c for c in customers(400) if consented(people, c, cfg) == set(cfg.channel_names))
+    store = open_store(server.store_url)
+    decided = [server.post("/v1/decide", {"customer_id": cid, "now": NOW.isoformat(), "horizon_hours": 24}).json()
+               for _ in range(12)]
+    sends = [d for d in decided if d["action"] == "send"]
+    rules = cfg.contact_rules
+    assert 1 <= len(sends) <= rules.max_per_day
+    for c in cfg.channel_names:
+        assert sum(d["channel"] == c for d in sends) <= cfg.channels[c].cap_per_day
+    times = sorted(parse(d["send_at"]) for d in sends)
+    assert all(b - a >= timedelta(hours=rules.min_hours_between) for a, b in zip(times, times[1:]))
+    capped = [d for d in decided if d["action"] == "suppress"]
+    assert any("cap" in " ".join(d["reasons"]) or "too soon" in " ".join(d["reasons"]) for d in capped)
+
+    state = store.get("contact", cid)
+    t = server.post("/v1/decide", {"customer_id": cid, "now": NOW.isoformat(), "type": "transactional"}).json()
+    assert t["action"] == "send" and parse(t["send_at"]) == NOW
+    assert set(t["channels"]) == set(cfg.channel_names) and t["offer"] in (None, "none")
+    assert t["propensity"] == 1.0 and not t["explored"]
+    assert store.get("contact", cid) == state  # not counted against marketing caps
+
+
+def test_cold_start_uses_the_profile(server, cfg):
+    d = server.post("/v1/decide", {"customer_id": "brand-new-1", "now": NOW.isoformat(),
+                                   "profile": {"timezone": "Asia/Tokyo", "consent": {"push": True}}}).json()
+    assert not d["known_customer"]
+    assert {s["channel"] for s in d["scores"]} <= {"push"}
+    if d["action"] == "send":
+        local = parse(d["send_at"]).astimezone(ZoneInfo("Asia/Tokyo"))
+        assert not cfg.channels["push"].quiet_hours.contains(local.hour)
+    nothing = server.post("/v1/decide", {"customer_id": "brand-new-2", "now": NOW.isoformat()}).json()
+    assert nothing["action"] == "suppress" and any("no consent" in r for r in nothing["reasons"])
+
+
+def test_feedback_is_idempotent_and_unknown_decisions_are_rejected(server, project, customers):
+    before = len(read_records(server.log_dir, "feedback"))
+    r = server.post("/v1/feedback", {"decision_id": "does-not-exist", "event": "opened", "ts": NOW.isoformat()})
+    assert r.status_code == 404 and "decision_id" in r.text
+    assert len(read_records(server.log_dir, "feedback")) == before
+    assert open_store(server.store_url).get("feedback", f"does-not-exist|opened|{NOW.isoformat()}") is None
+
+    sent = next(d for d in (server.post("/v1/decide", {"customer_id": c, "now": NOW.isoformat()}).json()
+                            for c in customers(80, offset=200)) if d["action"] == "send")
+    event = {"decision_id": sent["decision_id"], "event": "converted", "value": 80.0,
+             "ts": (NOW + timedelta(hours=3)).isoformat()}
+    first, again = server.post("/v1/feedback", event).json(), server.post("/v1/feedback", event).json()
+    assert first["accepted"] and not again["accepted"] and first["reward"] > 0
+    assert len(read_records(server.log_dir, "feedback")) >= before + 1
+    r = server.post("/v1/feedback", {**event, "value": None, "ts": NOW.isoformat()})
+    assert r.status_code == 400 and r.json()["field"] == "value"
+
+
+def test_unsubscribe_revokes_the_channel(server, project, customers, people, cfg):
+    for cid in customers(200, offset=400):
+        d = server.post("/v1/decide", {"customer_id": cid, "now": NOW.isoformat()}).json()
+        if d["action"] == "send" and len(consented(people, cid, cfg)) > 1:
+            break
+    else:
+        pytest.fail("no send to a customer with two consented channels")
+    r = server.post("/v1/feedback", {"decision_id": d["decision_id"], "event": "unsubscribed",
+                                     "ts": (NOW + timedelta(hours=1)).isoformat()})
+    assert r.json()["accepted"]
+    later = NOW + timedelta(days=8)  # past every cap window
+    for _ in range(5):
+        again = server.post("/v1/decide", {"customer_id": cid, "now": later.isoformat()}).json()
+        assert again["channel"] != d["channel"]
+        assert d["channel"] not in {s["channel"] for s in again["scores"]}
+        later += timedelta(days=1)
+
+
+def test_feedback_reaches_the_shared_learner_within_seconds(server, project, customers):
+    store = open_store(server.store_url)
+    _, before = store.stats()
+    n_before = sum(v[0] for v in before.values())
+    sent = [d for d in (server.post("/v1/decide", {"customer_id": c, "now": NOW.isoformat()}).json()
+                        for c in customers(40, offset=700)) if d["action"] == "send"]
+    for d in sent:
+        r = server.post("/v1/feedback", {"decision_id": d["decision_id"], "event": "converted", "value": 50.0,
+                                         "ts": (NOW + timedelta(hours=2)).isoformat()})
+        assert r.json()["accepted"]
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        _, stats = store.stats()
+        if sum(v[0] for v in stats.values()) >= n_before + 40:
+            break
+        time.sleep(0.2)
+    assert sum(v[0] for v in stats.values()) >= n_before + 40
+    # the rewards arrived too: r'r grew by at least the conversions' squared profit
+    gained = sum(v[-1] for v in stats.values()) - sum(v[-1] for v in before.values())
+    assert gained >= len(sent) * (0.35 * 50.0 - 10) ** 2 * 0.5
+
+
+def test_health_readiness_and_metrics(server, project, customers):
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+    server.post("/v1/decide", {"customer_id": customers(1)[0]})
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'nextbest_decisions_total{action=' in text
+    assert 'nextbest_policy_version{version="nextbest/1"} 1.0' in text
+    assert "nextbest_decide_seconds_bucket" in text
+
+
+def test_batch_answers_in_order_and_all_or_nothing(server, project, customers):
+    ids = customers(50, offset=900)
+    out = server.post("/v1/decide/batch", {"requests": [{"customer_id": c, "now": NOW.isoformat()} for c in ids]})
+    assert out.status_code == 200
+    assert [d["customer_id"] for d in out.json()["decisions"]] == ids
+    logged = len(read_records(server.log_dir, "decisions"))
+    bad = [{"customer_id": c} for c in ids[:5]]
+    bad[3]["channels"] = ["fax"]
+    r = server.post("/v1/decide/batch", {"requests": bad})
+    assert r.status_code == 400 and r.json()["field"] == "requests[3].channels"
+    assert len(read_records(server.log_dir, "decisions")) == logged  # nothing written
+
+
+BAD = [
+    ("/v1/decide", {"customer_id": "c1", "channels": ["fax"]}, "channels"),
+    ("/v1/decide", {"customer_id": "c1", "offers": ["pct99"]}, "offers"),
+    ("/v1/decide", {"customer_id": "c1", "now": "yesterday-ish"}, "now"),
+    ("/v1/decide", {"customer_id": "c1", "horizon_hours": 0}, "horizon_hours"),
+    ("/v1/decide", {"customer_id": "c1", "horizon_hours": 1000}, "horizon_hours"),
+    ("/v1/decide", {"customer_id": "c1", "type": "promo"}, "type"),
+    ("/v1/decide", {"customer_id": 12}, "customer_id"),
+    ("/v1/decide", {"customer_id": "c1", "colour": "red"}, "colour"),
+    ("/v1/decide", {"customer_id": "c1", "profile": {"timezone": "Mars/Base"}}, "profile.timezone"),
+    ("/v1/decide", {}, "customer_id"),
+    ("/v1/decide/batch", {"requests": []}, "requests"),
+    ("/v1/decide/batch", {"requests": [{"customer_id": "c"}] * 10_001}, "requests"),
+    ("/v1/feedback", {"decision_id": "x", "event": "liked", "ts": "2026-11-20T10:00:00Z"}, "event"),
+    ("/v1/feedback", {"decision_id": "x", "event": "opened"}, "ts"),
+    ("/v1/feedback", {"decision_id": "x", "event": "converted", "ts": "2026-11-20", "value": -5}, "value"),
+]
+
+
+def test_bad_input_gets_a_4xx_naming_the_field_and_writes_nothing(server):
+    import sqlite3
+
+    state = server.store_url.removeprefix("sqlite:///")
+
+    def rows():
+        with sqlite3.connect(state) as db:
+            return db.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
+
+    before = (len(read_records(server.log_dir, "decisions")), len(read_records(server.log_dir, "feedback")), rows())
+    for path, body, field in BAD:
+        r = server.post(path, body)
+        assert 400 <= r.status_code < 500, (path, body, r.status_code, r.text[:300])
+        assert field in r.text, (path, body, r.text[:300])
+    after = (len(read_records(server.log_dir, "decisions")), len(read_records(server.log_dir, "feedback")), rows())
+    assert after == before
+    r = httpx.post(f"{server.url}/v1/decide", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert json.loads(r.text)

@@ -1,0 +1,101 @@
+"""The store interface on both real backends: compare-and-set, atomic adds and claims under concurrency."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from serving.contact import ContactState, history
+from serving.store import open_store
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return request.getfixturevalue("redis_db")
+
+
+def test_compare_and_set_put_new_and_delete(store_url):
+    s = open_store(store_url)
+    assert s.get("contact", "a") is None
+    assert s.cas_many("contact", [("a", None, '{"v":1}'), ("b", '"x"', '{"v":1}')]) == [True, False]
+    assert s.get_many("contact", ["a", "b"]) == ['{"v":1}', None]
+    assert s.cas_many("contact", [("a", '{"v":0}', '{"v":2}')]) == [False]
+    assert s.cas_many("contact", [("a", '{"v":1}', '{"v":2}')]) == [True]
+    assert s.put_new("request", "r", "pending") and not s.put_new("request", "r", "other")
+    s.delete("request", ["r", "missing"])
+    assert s.get("request", "r") is None
+
+
+def test_concurrent_increments_by_compare_and_set_lose_nothing(store_url):
+    """8 threads x 50 read-modify-write increments of one key: exactly 400 (what keeps caps exact)."""
+    s = open_store(store_url)
+
+    def work():
+        st = open_store(store_url)
+        for _ in range(50):
+            while True:
+                cur = st.get("contact", "k")
+                new = str(int(cur or 0) + 1)
+                if st.cas_many("contact", [("k", cur, new)])[0]:
+                    break
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert s.get("contact", "k") == "400"
+
+
+def test_statistics_add_atomically_and_the_queue_hands_each_id_to_one_claimer(store_url):
+    s = open_store(store_url)
+    v0 = s.stats_version()
+    threads = [threading.Thread(target=lambda: [open_store(store_url).add_stats({"email/none": np.arange(44.0),
+                                                                                 "suppress": np.ones(44)})
+                                                for _ in range(20)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    version, stats = s.stats()
+    assert version == v0 + 80
+    np.testing.assert_allclose(stats["email/none"], 80 * np.arange(44.0))
+    np.testing.assert_allclose(stats["suppress"], np.full(44, 80.0))
+
+    s.enqueue([(f"d{i}", float(i)) for i in range(100)])
+    assert s.due(49.5, limit=1000) == [f"d{i}" for i in range(50)]
+    got: list[list[str]] = []
+    claimers = [threading.Thread(target=lambda: got.append(open_store(store_url).claim([f"d{i}" for i in range(100)])))
+                for _ in range(4)]
+    for t in claimers:
+        t.start()
+    for t in claimers:
+        t.join()
+    flat = [i for g in got for i in g]
+    assert sorted(flat) == sorted(f"d{i}" for i in range(100))  # each id exactly once
+
+
+def test_expiring_keys(store_url):
+    import time
+
+    s = open_store(store_url)
+    assert s.put_new("feedback", "k", "1", ttl_s=0.3)
+    time.sleep(0.5)
+    assert s.get("feedback", "k") is None and s.put_new("feedback", "k", "1")
+
+
+def test_contact_history_counts_planned_sends_and_feedback():
+    now = 1_000_000.0
+    st = ContactState().with_send(now - 30 * 3600, "email").with_send(now - 2 * 3600, "sms").with_send(now + 5 * 3600, "email")
+    st = st.with_event("sms", "unsubscribed").with_event("email", "opened")
+    h, unsub = history([st, ContactState()], np.array([now, now]), ["email", "sms", "push"])
+    assert h.sent_day[0].tolist() == [1, 1, 0]      # the planned email counts; the 30 h old one does not
+    assert h.sent_week[0].tolist() == [2, 1, 0]
+    assert h.hours_since_last[0] == pytest.approx(-5.0)  # the planned send is the last message
+    assert h.unanswered[0].tolist() == [0, 1, 0] and unsub[0].tolist() == [False, True, False]
+    assert h.sent_week[1].sum() == 0 and np.isinf(h.hours_since_last[1])
+    assert ContactState.from_json(st.to_json()) == st
