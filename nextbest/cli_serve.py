@@ -22,6 +22,9 @@ def serve_env(args) -> dict:
 
     env = dict(os.environ)
     env["NEXTBEST_HOME"] = str(registry.project_dir())
+    # BentoML keeps its Prometheus files under its home and clears them when a server starts:
+    # one home per port, so two servers on one machine never wipe each other's metrics
+    env.setdefault("BENTOML_HOME", str(registry.project_dir() / "serving" / "bentoml" / str(args.port)))
     env["NEXTBEST_DATA_DIR"] = str(Path(args.data_dir).resolve())
     env["MLFLOW_TRACKING_URI"] = registry.tracking_uri()
     for var, value in (("NEXTBEST_CONFIG", args.config and str(Path(args.config).resolve())),

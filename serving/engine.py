@@ -16,8 +16,9 @@ Deciding a batch (one request or ten thousand, the same code):
    Each row's exploration draws come from its own key (request id, else decision id), so a
    request gets the same answer alone or inside a batch.
 5. **Record** each marketing send by compare-and-set on the customer's contact state. A
-   customer whose state changed since it was read (another worker, or the same customer twice
-   in one batch) is decided again on the new state, so caps hold exactly under concurrency.
+   customer whose state changed since it was read (another worker, or an earlier send to the
+   same customer in the same batch) is decided again on the new state, so caps hold exactly
+   under concurrency. A batch needs at most one round per send to the same customer.
 6. **Log** (write-ahead, fsync) and store what feedback needs, then answer.
 
 Feedback: the decision must exist (else ``UnknownDecision``, nothing stored); the same
@@ -310,32 +311,33 @@ class Engine:
         done: list[Pending] = []
         left = rows
         for _ in range(MAX_ROUNDS):
-            pending, later = self._decide_rows(requests, left, now)
-            sends = [p for p in pending if p.contact]
+            pending = sorted(self._decide_rows(requests, left, now), key=lambda p: p.row)
+            # every row was decided on the state read at the start of the round; a customer's
+            # first send changes it, so that customer's later rows wait for the next round
+            changed, sends, later = set(), [], set()
+            for p in pending:
+                cid = p.decision["customer_id"]
+                if cid in changed:
+                    later.add(p.row)
+                elif p.contact:
+                    sends.append(p)
+                    changed.add(cid)
             ok = self.store.cas_many("contact", [p.contact for p in sends]) if sends else []
-            lost = {p.row for p, won in zip(sends, ok) if not won}
+            lost = {p.row for p, won in zip(sends, ok) if not won} | later
             finished = [p for p in pending if p.row not in lost]
             self._write(finished)
             done += finished
-            left = sorted(lost | set(later))
+            left = sorted(lost)
             if not left:
                 break
         else:
             raise Conflict(f"contact state of {len(left)} customer(s) kept changing; retry")
         return done
 
-    def _decide_rows(self, requests, rows: list[int], now: datetime) -> tuple[list[Pending], list[int]]:
-        """Decide ``rows`` of ``requests`` on the current store state (one policy call per group);
-        a customer's second request in the same rows is returned undecided, for the next round
-        (it must see the state after the first)."""
+    def _decide_rows(self, requests, rows: list[int], now: datetime) -> list[Pending]:
+        """Decide ``rows`` of ``requests`` on the current store state (one policy call per group)."""
         policy, learner, cfg = self.policy, self.learner, self.config
         reqs = [requests[i] for i in rows]
-        # the same customer more than once: decide its later requests in later rounds
-        seen, first, later = set(), [], []
-        for i, r in zip(rows, reqs):
-            (later if r.customer_id in seen else first).append(i)
-            seen.add(r.customer_id)
-        reqs = [requests[i] for i in first]
         ids = [r.customer_id for r in reqs]
         raw_states = self.store.get_many("contact", ids)
         states = [ContactState.from_json(s) for s in raw_states]
@@ -362,8 +364,8 @@ class Engine:
             hist = type(contact)(contact.sent_day[js], contact.sent_week[js], contact.hours_since_last[js],
                                  contact.unanswered[js])
             d = policy.decide(sub, hist, request, rng=KeyedRandom([keys[j] for j in js]), learner=learner)
-            out += self._pending(d, js, reqs, first, keys, known, states, raw_states, now_s, costs, kind)
-        return out, later
+            out += self._pending(d, js, reqs, rows, keys, known, states, raw_states, now_s, costs, kind)
+        return out
 
     def _pending(self, d, js, reqs, rows, keys, known, states, raw_states, now_s, costs, kind) -> list[Pending]:
         cfg = self.config
@@ -399,6 +401,7 @@ class Engine:
             choice = int(d.choice[pos])
             record = {"c": r.customer_id, "k": f["action_key"][pos] if send else SUPPRESS, "ch": ch, "o": off,
                       "x": d.learner_inputs[pos, choice].tolist(), "t": float(now_s[j]), "type": kind,
+                      "s": int(send_at_ns[pos].astype(np.int64)) / 1e9 if send else float(now_s[j]),
                       "r": -float(costs[cfg.channel_names.index(ch)]) if send else 0.0, "m": False}
             contact = None
             if send and kind == "marketing":
@@ -437,6 +440,10 @@ class Engine:
         if fb.event == "converted" and fb.value is None:
             raise InvalidInput("value", "a conversion needs the order value")
         ts = fb.ts
+        if ts.timestamp() < rec["s"]:
+            at = datetime.fromtimestamp(rec["s"], timezone.utc).isoformat()
+            raise InvalidInput("ts", f"{ts.isoformat()} is before the message went out ({at})" if rec["ch"] else
+                               f"{ts.isoformat()} is before the decision ({at})")
         reward = event_reward(self.config, rec["o"], fb.event, fb.value, redeems=rec["o"] not in (None, "none"))
         key = f"{fb.decision_id}|{fb.event}|{ts.isoformat()}"
         answer = {"decision_id": fb.decision_id, "event": fb.event, "reward": reward}

@@ -17,7 +17,19 @@ from training.online import FEEDBACK_EVENTS
 
 MAX_BATCH = 10_000
 MAX_HORIZON_HOURS = 168.0  # a week: decisions further out would be planned on stale state
+MIN_HORIZON_HOURS = 1 / 60  # a minute. (``ge``, not ``gt=0``: BentoML publishes OpenAPI 3.0, where a
+                            # numeric exclusiveMinimum is invalid and schema checkers reject it)
 FeedbackEvent = Literal[FEEDBACK_EVENTS]
+
+
+NULLABLE = {"nullable": True}  # BentoML's OpenAPI 3.0 document drops the null of ``X | None`` otherwise
+
+
+def iso_text(value):
+    """Times come as ISO 8601 text: a bare number is rejected, not read as seconds since 1970."""
+    if value is not None and not isinstance(value, (str, datetime)):
+        raise ValueError("must be an ISO 8601 date-time string, e.g. 2026-11-23T09:30:00Z")
+    return value
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -34,22 +46,27 @@ class Strict(BaseModel):
 class Profile(Strict):
     """What the caller knows of a customer nextbest has never seen (used only for unknown customers)."""
 
-    timezone: str | None = Field(None, description="IANA time zone, e.g. Europe/Berlin (default: the config's)")
+    timezone: str | None = Field(None, description="IANA time zone, e.g. Europe/Berlin (default: the config's)",
+                                 json_schema_extra=NULLABLE)
     consent: dict[str, bool] = Field(default_factory=dict, description="consent per channel; missing means no")
 
 
 class DecideRequest(Strict):
     customer_id: str = Field(..., min_length=1, max_length=200)
-    now: datetime | None = Field(None, description="decision time (ISO 8601; naive = UTC; default: the server's clock)")
+    now: datetime | None = Field(None, description="decision time (ISO 8601; naive = UTC; default: the server's clock)",
+                                 json_schema_extra=NULLABLE)
     context: dict[str, Any] = Field(default_factory=dict, description="real-time features, e.g. {'trigger': 'cart_abandoned'}")
-    channels: list[str] | None = Field(None, description="candidate channels (default: every configured channel)")
-    offers: list[str] | None = Field(None, description="candidate offers (default: every configured offer)")
-    horizon_hours: float = Field(24.0, gt=0, le=MAX_HORIZON_HOURS, description="the send must fall within this window")
+    channels: list[str] | None = Field(None, min_length=1, json_schema_extra=NULLABLE,
+                                      description="candidate channels (default: every configured channel)")
+    offers: list[str] | None = Field(None, min_length=1, json_schema_extra=NULLABLE,
+                                     description="candidate offers (default: every configured offer)")
+    horizon_hours: float = Field(24.0, ge=MIN_HORIZON_HOURS, le=MAX_HORIZON_HOURS, description="the send must fall within this window")
     type: Literal["marketing", "transactional"] = "marketing"
-    request_id: str | None = Field(None, min_length=1, max_length=200,
+    request_id: str | None = Field(None, min_length=1, max_length=200, json_schema_extra=NULLABLE,
                                    description="idempotency key: the same id gets the same decision, recorded once")
-    profile: Profile | None = None
+    profile: Profile | None = Field(None, json_schema_extra=NULLABLE)
 
+    _text = field_validator("now", mode="before")(lambda cls, v: iso_text(v))
     _utc = field_validator("now")(lambda cls, v: as_utc(v))
 
 
@@ -63,14 +80,15 @@ class OptionScore(BaseModel):
 
 class DecideResponse(BaseModel):
     decision_id: str
-    request_id: str | None = None
+    request_id: str | None = Field(None, json_schema_extra=NULLABLE)
     customer_id: str
     action: Literal["send", "suppress"]
-    channel: str | None
+    channel: str | None = Field(json_schema_extra=NULLABLE)
     channels: list[str] = Field(description="every channel to send on (transactional: all consented ones)")
-    send_at: datetime | None = Field(description="UTC; outside the customer's local quiet hours")
-    local_hour: int | None
-    offer: str | None
+    send_at: datetime | None = Field(description="UTC; outside the customer's local quiet hours",
+                                     json_schema_extra=NULLABLE)
+    local_hour: int | None = Field(json_schema_extra=NULLABLE)
+    offer: str | None = Field(json_schema_extra=NULLABLE)
     propensity: float = Field(description="probability of exactly this action under the policy")
     expected_value: float
     explored: bool
@@ -94,8 +112,10 @@ class FeedbackRequest(Strict):
     event: FeedbackEvent
     ts: datetime = Field(..., description="when it happened (ISO 8601; naive = UTC); with decision_id and "
                                          "event it identifies the event, so a retry counts once")
-    value: float | None = Field(None, ge=0, description="order value (required for converted)")
+    value: float | None = Field(None, ge=0, description="order value (required for converted)",
+                                json_schema_extra=NULLABLE)
 
+    _text = field_validator("ts", mode="before")(lambda cls, v: iso_text(v))
     _utc = field_validator("ts")(lambda cls, v: as_utc(v))
 
 

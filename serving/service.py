@@ -23,6 +23,7 @@ from starlette.responses import Response
 
 from serving.batcher import MicroBatcher
 from serving.engine import Conflict, Engine, InvalidInput, UnknownDecision
+from serving.errors import ValidationErrorShape
 from serving.schemas import BatchRequest, BatchResponse, DecideRequest, DecideResponse, FeedbackRequest, FeedbackResponse
 from serving.settings import ServeSettings
 
@@ -43,11 +44,11 @@ def _json(body, status: int = 200) -> Response:
 
 def _error(exc: Exception) -> Response:
     if isinstance(exc, InvalidInput):
-        return _json({"error": exc.message, "field": exc.field}, 400)
+        return _json({"error": exc.message, "field": exc.field, "detail": str(exc)}, 400)
     if isinstance(exc, UnknownDecision):
-        return _json({"error": str(exc), "field": "decision_id"}, 404)
+        return _json({"error": str(exc), "field": "decision_id", "detail": str(exc)}, 404)
     if isinstance(exc, Conflict):
-        return _json({"error": str(exc)}, 409)
+        return _json({"error": str(exc), "field": "request_id", "detail": str(exc)}, 409)
     raise exc
 
 
@@ -118,3 +119,6 @@ class DecisionService:
             return _error(exc)
         FEEDBACK.labels(out["event"], str(out["accepted"]).lower()).inc()
         return _json(out)
+
+
+DecisionService.add_asgi_middleware(ValidationErrorShape)

@@ -167,11 +167,13 @@ def model_input(names: list[str], categories: dict, cust: CustomerArrays, rows: 
     if plan_key not in cust._cache:  # which inputs come straight from the numeric table
         direct = [(i, numeric[c]) for i, c in enumerate(names)
                   if c not in categories and c in numeric and not c.startswith("cand_")]
-        cust._cache[plan_key] = (np.array([i for i, _ in direct], dtype=np.int64),
-                                 np.array([j for _, j in direct], dtype=np.int64))
-    dst, src = cust._cache[plan_key]
+        src = np.array([j for _, j in direct], dtype=np.int64)
+        # the model's columns as one contiguous block: gathering whole rows of it is ~10x faster
+        # than a (rows x columns) fancy index of the full table
+        cust._cache[plan_key] = (np.array([i for i, _ in direct], dtype=np.int64), np.ascontiguousarray(cust._table[:, src]))
+    dst, block = cust._cache[plan_key]
     out = np.empty((len(rows), len(names)), dtype=np.float64)
-    out[:, dst] = cust._table[np.ix_(rows, src)]
+    out[:, dst] = block[rows]
     done = set(dst.tolist())
     for i, c in enumerate(names):
         if i not in done:

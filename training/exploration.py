@@ -178,15 +178,15 @@ class KeyedRandom:
         if lo + rows > len(self.seeds):
             raise ValueError(f"asked for rows {lo}..{lo + rows} of {len(self.seeds)} keys")
         self._row += rows
-        out = np.empty(shape)
+        out = np.empty(shape, dtype=np.float32)  # float32 draws: plenty for a win share, twice as fast
         for i, seed in enumerate(self.seeds[lo:lo + rows]):
-            out[i] = np.random.default_rng([seed, 1]).standard_normal(shape[1:])
+            np.random.Generator(np.random.PCG64(seed)).standard_normal(shape[1:], dtype=np.float32, out=out[i])
         return out
 
     def random(self, n: int) -> np.ndarray:
         if n != len(self.seeds):
             raise ValueError(f"asked for {n} numbers from {len(self.seeds)} keys")
-        return np.array([np.random.default_rng([seed, 2]).random() for seed in self.seeds])
+        return np.array([np.random.Generator(np.random.PCG64(seed ^ 0x9E3779B97F4A7C15)).random() for seed in self.seeds])
 
 
 def draw(probs: np.ndarray, rng) -> np.ndarray:

@@ -115,11 +115,11 @@ def test_feedback_is_idempotent_and_unknown_decisions_are_rejected(server, proje
     sent = next(d for d in (server.post("/v1/decide", {"customer_id": c, "now": NOW.isoformat()}).json()
                             for c in customers(80, offset=200)) if d["action"] == "send")
     event = {"decision_id": sent["decision_id"], "event": "converted", "value": 80.0,
-             "ts": (NOW + timedelta(hours=3)).isoformat()}
+             "ts": (NOW + timedelta(hours=25)).isoformat()}
     first, again = server.post("/v1/feedback", event).json(), server.post("/v1/feedback", event).json()
     assert first["accepted"] and not again["accepted"] and first["reward"] > 0
     assert len(read_records(server.log_dir, "feedback")) >= before + 1
-    r = server.post("/v1/feedback", {**event, "value": None, "ts": NOW.isoformat()})
+    r = server.post("/v1/feedback", {**event, "value": None, "ts": (NOW + timedelta(hours=27)).isoformat()})
     assert r.status_code == 400 and r.json()["field"] == "value"
 
 
@@ -131,7 +131,7 @@ def test_unsubscribe_revokes_the_channel(server, project, customers, people, cfg
     else:
         pytest.fail("no send to a customer with two consented channels")
     r = server.post("/v1/feedback", {"decision_id": d["decision_id"], "event": "unsubscribed",
-                                     "ts": (NOW + timedelta(hours=1)).isoformat()})
+                                     "ts": (NOW + timedelta(hours=25)).isoformat()})
     assert r.json()["accepted"]
     later = NOW + timedelta(days=8)  # past every cap window
     for _ in range(5):
@@ -149,7 +149,7 @@ def test_feedback_reaches_the_shared_learner_within_seconds(server, project, cus
                         for c in customers(40, offset=700)) if d["action"] == "send"]
     for d in sent:
         r = server.post("/v1/feedback", {"decision_id": d["decision_id"], "event": "converted", "value": 50.0,
-                                         "ts": (NOW + timedelta(hours=2)).isoformat()})
+                                         "ts": (NOW + timedelta(hours=26)).isoformat()})
         assert r.json()["accepted"]
     deadline = time.time() + 10
     while time.time() < deadline:
