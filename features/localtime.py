@@ -7,6 +7,7 @@ daylight-saving transition falls on a quarter hour, so the lookup is exact.
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -20,6 +21,17 @@ _EPOCH_DOW = 3  # 1970-01-01 was a Thursday; Monday = 0
 @lru_cache(maxsize=1)
 def known_timezones() -> frozenset[str]:
     return frozenset(available_timezones())
+
+
+@lru_cache(maxsize=None)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+@lru_cache(maxsize=1 << 18)
+def _offset_at(name: str, slot: int) -> int:
+    """UTC offset in seconds during one 15-minute slot (few timestamps: the service's path)."""
+    return int(datetime.fromtimestamp(slot * GRID_S, _zone(name)).utcoffset().total_seconds())
 
 
 def _offsets_on_grid(tz: str, first: int, last: int) -> np.ndarray:
@@ -57,6 +69,9 @@ def utc_offsets(ts_s: np.ndarray, tz_code: np.ndarray, tz_names) -> np.ndarray:
         if len(sel) == 0:
             continue
         slots = ts_s[sel] // GRID_S
+        if len(sel) <= 256:  # a few decisions: look each slot up (cached) instead of tabulating a span
+            out[sel] = [_offset_at(name, int(x)) for x in slots]
+            continue
         first, last = int(slots.min()), int(slots.max())
         table = _offsets_on_grid(name, first, last)
         out[sel] = table[slots - first]

@@ -53,6 +53,7 @@ from serving.decision_log import DecisionLog
 from serving.schemas import DecideRequest, FeedbackRequest
 from serving.settings import ServeSettings
 from serving.store import Store, open_store
+from training.candidates import CustomerArrays
 from training.exploration import KeyedRandom
 from training.online import SUPPRESS, OnlineLearner, event_reward
 from training.policy import DecisionPolicy, Request
@@ -91,16 +92,19 @@ class Snapshot:
         pop = Population.from_log(log_)
         feats = engagement_history(log_, np.append(ids, COLD), self.as_of, pop)
         self.frame = feats
+        self.arrays = CustomerArrays(feats)  # converted to float arrays once; batches take rows of it
         self.index = pd.Index(ids)
         self.channels = config.channel_names
         self.default_timezone = config.default_timezone
         log.info("features of %d customers as of %s", len(ids), self.as_of)
 
-    def rows(self, customer_ids: list[str], profiles: list) -> tuple[pd.DataFrame, np.ndarray]:
-        """Feature rows (index = customer ids) and which customers are known."""
+    def rows(self, customer_ids: list[str], profiles: list) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """Feature rows (index = customer ids), which customers are known, and each row's
+        position in the snapshot (the cold-start row for unknown customers)."""
         codes = self.index.get_indexer(customer_ids)
         known = codes >= 0
-        out = self.frame.iloc[np.where(known, codes, len(self.index))]
+        pos = np.where(known, codes, len(self.index))
+        out = self.frame.iloc[pos]
         out.index = pd.Index(customer_ids, name="customer_id")
         cold = np.flatnonzero(~known)
         if len(cold):
@@ -113,7 +117,7 @@ class Snapshot:
                 out.iloc[i, out.columns.get_loc("timezone")] = tz
                 for c in self.channels:
                     out.iloc[i, out.columns.get_loc(f"consent_{c}")] = bool(p and p.consent.get(c, False))
-        return out, known
+        return out, known, pos
 
 
 @dataclass
@@ -344,11 +348,13 @@ class Engine:
         times = pd.DatetimeIndex([r.now or now for r in reqs]).as_unit("ns")
         now_s = times.asi8 // 10**9
         contact, unsub = history(states, now_s, list(cfg.channel_names))
-        feats, known = self.snapshot.rows(ids, [r.profile for r in reqs])
+        feats, known, pos = self.snapshot.rows(ids, [r.profile for r in reqs])
+        edited = [f"consent_{c}" for c in cfg.channel_names] if not known.all() else []
         if unsub.any():
             feats = feats.copy()
             for k, c in enumerate(cfg.channel_names):
                 feats[f"{c}_unsubscribed"] = np.where(unsub[:, k], 1, feats[f"{c}_unsubscribed"].to_numpy())
+                edited.append(f"{c}_unsubscribed")
         keys = [str(r.request_id) if r.request_id else uuid.uuid4().hex for r in reqs]
         groups: dict[tuple, list[int]] = {}
         for j, r in enumerate(reqs):
@@ -363,7 +369,9 @@ class Engine:
             sub = feats.iloc[js]
             hist = type(contact)(contact.sent_day[js], contact.sent_week[js], contact.hours_since_last[js],
                                  contact.unanswered[js])
-            d = policy.decide(sub, hist, request, rng=KeyedRandom([keys[j] for j in js]), learner=learner)
+            arrays = self.snapshot.arrays.take(pos[js], sub, edited)
+            d = policy.decide(sub, hist, request, rng=KeyedRandom([keys[j] for j in js]), learner=learner,
+                              arrays=arrays)
             out += self._pending(d, js, reqs, rows, keys, known, states, raw_states, now_s, costs, kind)
         return out
 
@@ -418,14 +426,13 @@ class Engine:
                    "type": p.record["type"], "action_key": p.record["k"], "learner_input": p.record["x"]}
                   for p in finished]
         self.log.append("decisions", logged)
-        for p in finished:
-            self.store.put("decision", p.decision["decision_id"], json.dumps(p.record), self._ttl(p.record["t"]))
+        self.store.put_many("decision", [(p.decision["decision_id"], json.dumps(p.record), self._ttl(p.record["t"]))
+                                         for p in finished])
         after = self.policy.online.learn_after_hours * 3600.0
         self.store.enqueue([(p.decision["decision_id"], p.record["t"] + after) for p in finished
                             if p.record["type"] == "marketing"])
-        answers = [(p.decision["request_id"], json.dumps(p.decision)) for p in finished if p.decision["request_id"]]
-        for rid, text in answers:
-            self.store.put("request", rid, text, 7 * 86400.0)
+        self.store.put_many("request", [(p.decision["request_id"], json.dumps(p.decision), 7 * 86400.0)
+                                        for p in finished if p.decision["request_id"]])
 
     # ------------------------------------------------------------------ feedback
     def feedback(self, fb: FeedbackRequest) -> dict:

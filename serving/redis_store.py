@@ -54,8 +54,12 @@ class RedisStore(Store):
     def put_new(self, ns, key, value, ttl_s=None):
         return bool(self.r.set(self._k(ns, key), value, nx=True, px=int(ttl_s * 1000) if ttl_s else None))
 
-    def put(self, ns, key, value, ttl_s=None):
-        self.r.set(self._k(ns, key), value, px=int(ttl_s * 1000) if ttl_s else None)
+    def put_many(self, ns, items):
+        if items:
+            pipe = self.r.pipeline(transaction=False)
+            for k, v, ttl in items:
+                pipe.set(self._k(ns, k), v, px=int(ttl * 1000) if ttl else None)
+            pipe.execute()
 
     def delete(self, ns, keys):
         if keys:

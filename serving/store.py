@@ -46,8 +46,11 @@ class Store(ABC):
         """Set if absent; False if the key exists."""
 
     @abstractmethod
+    def put_many(self, ns: str, items: list[tuple[str, str, float | None]]) -> None:
+        """Set (overwrite) ``(key, value, ttl_s)`` items in one round trip."""
+
     def put(self, ns: str, key: str, value: str, ttl_s: float | None = None) -> None:
-        """Set (overwrite)."""
+        self.put_many(ns, [(key, value, ttl_s)])
 
     @abstractmethod
     def add_stats(self, deltas: dict[str, np.ndarray]) -> None:
@@ -165,10 +168,12 @@ class SQLiteStore(Store):
     def put_new(self, ns, key, value, ttl_s=None):
         return self.cas_many(ns, [(key, None, value)], ttl_s)[0]
 
-    def put(self, ns, key, value, ttl_s=None):
-        with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)",
-                       (ns, key, value, time.time() + ttl_s if ttl_s else None))
+    def put_many(self, ns, items):
+        if items:
+            now = time.time()
+            with self._tx() as db:
+                db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)",
+                               [(ns, k, v, now + ttl if ttl else None) for k, v, ttl in items])
 
     def delete(self, ns, keys):
         if keys:

@@ -148,11 +148,14 @@ class Exploration:
         M = self.samples
         q = np.zeros((n, A))
         step = max(1, chunk_cells // (M * A))
-        mu = np.where(allowed, mean, 0.0)
+        # not allowed: -inf with no spread, so a draw never wins there (float32 is plenty for a win)
+        mu = np.where(allowed, mean, -np.inf).astype(np.float32)
+        sdev = np.where(allowed, sd, 0.0).astype(np.float32)
         for lo in range(0, n, step):
             hi = min(n, lo + step)
-            v = mu[lo:hi, None, :] + sd[lo:hi, None, :] * rng.standard_normal((hi - lo, M, A))
-            v[~np.broadcast_to(allowed[lo:hi, None, :], v.shape)] = -np.inf
+            v = rng.standard_normal((hi - lo, M, A)).astype(np.float32, copy=False)
+            v *= sdev[lo:hi, None, :]
+            v += mu[lo:hi, None, :]
             win = v.argmax(axis=2)                             # (rows, M)
             cell = (np.arange(hi - lo)[:, None] * A + win).ravel()
             q[lo:hi] = np.bincount(cell, minlength=(hi - lo) * A).reshape(hi - lo, A)
@@ -171,7 +174,13 @@ class KeyedRandom:
 
     def __init__(self, keys):
         self.seeds = [int.from_bytes(hashlib.blake2b(str(k).encode(), digest_size=8).digest(), "big") for k in keys]
+        self._gens = [None] * len(self.seeds)  # one generator per row, made when first needed
         self._row = 0
+
+    def _gen(self, i: int) -> np.random.Generator:
+        if self._gens[i] is None:
+            self._gens[i] = np.random.Generator(np.random.PCG64(self.seeds[i]))
+        return self._gens[i]
 
     def standard_normal(self, shape) -> np.ndarray:
         rows, lo = shape[0], self._row
@@ -179,14 +188,14 @@ class KeyedRandom:
             raise ValueError(f"asked for rows {lo}..{lo + rows} of {len(self.seeds)} keys")
         self._row += rows
         out = np.empty(shape, dtype=np.float32)  # float32 draws: plenty for a win share, twice as fast
-        for i, seed in enumerate(self.seeds[lo:lo + rows]):
-            np.random.Generator(np.random.PCG64(seed)).standard_normal(shape[1:], dtype=np.float32, out=out[i])
+        for i in range(rows):
+            self._gen(lo + i).standard_normal(shape[1:], dtype=np.float32, out=out[i])
         return out
 
     def random(self, n: int) -> np.ndarray:
         if n != len(self.seeds):
             raise ValueError(f"asked for {n} numbers from {len(self.seeds)} keys")
-        return np.array([np.random.Generator(np.random.PCG64(seed ^ 0x9E3779B97F4A7C15)).random() for seed in self.seeds])
+        return np.array([self._gen(i).random() for i in range(n)])
 
 
 def draw(probs: np.ndarray, rng) -> np.ndarray:

@@ -175,12 +175,14 @@ class DecisionPolicy:
         return [SUPPRESS] + [action_key(c, o) for c in cfg.channel_names for o in cfg.offer_names]
 
     # ------------------------------------------------------------------ scoring
-    def score(self, features: pd.DataFrame, contact: ContactHistory, request: Request) -> Scores:
+    def score(self, features: pd.DataFrame, contact: ContactHistory, request: Request,
+              arrays: CustomerArrays | None = None) -> Scores:
         """Rules, best hour and value of every (channel, offer) for every customer.
 
         Each model is called once per batch on a float matrix built from per-column customer
         arrays (``training.candidates.CustomerArrays``), so one customer or fifty thousand cost
-        about the same number of calls.
+        about the same number of calls. ``arrays`` are those of ``features`` when the caller
+        already has them (the service converts its snapshot once).
         """
         cfg, m = self.config, self.models
         n, K, O = len(features), len(cfg.channel_names), len(cfg.offer_names)
@@ -200,7 +202,7 @@ class DecisionPolicy:
         if n == 0:
             return Scores(value, best_hour, p_open_best, uplift, elig, delay, np.zeros(0), revenue)
         obj = cfg.objective
-        cust = CustomerArrays(features)
+        cust = arrays if arrays is not None else CustomerArrays(features)
 
         def inputs(model, rows, ch, hour, off, p_open=None):
             cand = candidate_arrays(cust, rows, ch, hour, off, cfg)
@@ -211,7 +213,7 @@ class DecisionPolicy:
         everyone = np.arange(n)
         ovalue = m.value.predict(model_input(m.value.feature_names_in_, m.value.categories_, cust, everyone, {}))
         base = inputs(m.uplift, everyone, np.full(n, -1), np.full(n, -1), np.full(n, -1), np.full(n, np.nan))
-        daily = m.uplift.predict_outcomes(base)[NO_MESSAGE].to_numpy() * 24.0 / obj.attribution_window_hours
+        daily = m.uplift.predict_arm(base, NO_MESSAGE) * 24.0 / obj.attribution_window_hours
         baseline = obj.margin * ovalue * daily
         if not allowed.any():
             return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue)
@@ -252,7 +254,7 @@ class DecisionPolicy:
             learner = 0.0
         if self.uplift_mode == "learner":
             return learner
-        daily = m.uplift.predict_outcomes(X)[NO_MESSAGE].to_numpy() * 24.0 / self.config.objective.attribution_window_hours
+        daily = m.uplift.predict_arm(X, NO_MESSAGE) * 24.0 / self.config.objective.attribution_window_hours
         mediated = p_conv - p_open * daily
         return mediated if self.uplift_mode == "mediated" else 0.5 * (learner + mediated)
 
@@ -273,7 +275,8 @@ class DecisionPolicy:
 
     # ------------------------------------------------------------------ choice
     def decide(self, features: pd.DataFrame, contact: ContactHistory, request: Request,
-               explain: bool = True, rng=None, learner: OnlineLearner | None = None) -> Decisions:
+               explain: bool = True, rng=None, learner: OnlineLearner | None = None,
+               arrays: CustomerArrays | None = None) -> Decisions:
         """Decide for every row of ``features``; see the module docstring.
 
         ``rng`` (numpy Generator, or ``training.exploration.KeyedRandom`` for draws that depend
@@ -283,7 +286,7 @@ class DecisionPolicy:
         cfg = self.config
         n, K, O = len(features), len(cfg.channel_names), len(cfg.offer_names)
         rng = np.random.default_rng() if rng is None else rng
-        s = self.score(features, contact, request)
+        s = self.score(features, contact, request, arrays)
         allowed = np.concatenate([np.ones((n, 1), dtype=bool), np.isfinite(s.value).reshape(n, K * O)], axis=1)
         transactional = request.type == "transactional"
         must_send = np.full(n, transactional) & allowed[:, 1:].any(axis=1)

@@ -186,6 +186,10 @@ class UpliftLearner(BaseEstimator):
             return X
         return to_matrix(pd.DataFrame(X), self.feature_names_in_, self.categories_)
 
+    def predict_arm(self, X, arm: str) -> np.ndarray:
+        """Predicted outcome under one treatment, (n,) (one model call: the serving path)."""
+        return self._predict_outcome(self.models_[arm], self._matrix(X))
+
     def predict_outcomes(self, X: pd.DataFrame) -> pd.DataFrame:
         """Predicted outcome under each treatment, (n, T), columns in ``treatments_`` order."""
         M = self._matrix(X)
