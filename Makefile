@@ -1,6 +1,7 @@
 # Two commands on a fresh machine with only python3 and make:
 #   make demo   set up, generate demo data, validate it, build features, train the policy,
-#               register it in MLflow (./mlflow.db), promote it to champion and show decisions
+#               register it in MLflow (./mlflow.db), promote it to champion, show decisions, then
+#               start the decision service and show real answers of every endpoint
 #   make test   set up and run the whole test suite
 PYTHON ?= python3
 VENV   := .venv
@@ -38,6 +39,7 @@ demo: setup
 	$(BIN)/nextbest features build $(DEMO)/data --out $(DEMO)/features.parquet
 	$(BIN)/nextbest -q train $(DEMO)/data --promote
 	$(BIN)/nextbest -q decide $(DEMO)/data --customers 5
+	$(BIN)/nextbest -q serve $(DEMO)/data --demo
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile
@@ -51,6 +53,10 @@ bench-bandits: setup
 	$(BIN)/python benchmarks/obd.py
 	$(BIN)/python benchmarks/ope_simulator.py
 	$(BIN)/python benchmarks/closed_loop.py
+
+# the decision service under load: wrk against a no-op BentoML endpoint, batches, Redis with 2 workers (~5 min)
+bench-serving: setup
+	$(BIN)/python benchmarks/serving.py
 
 # Re-resolve the pinned set (needs the registries): writes constraints.txt from a scratch venv.
 lock:

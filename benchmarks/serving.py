@@ -123,14 +123,14 @@ def start_service(home: Path, data: Path, port: int, workdir: Path, store: str, 
     return proc
 
 
-def start_noop(home: Path, port: int, workdir: Path):
+def start_noop(home: Path, port: int, workdir: Path, workers: int = 1):
     env = {**project_env(home), "BENTOML_HOME": str(workdir / f"bentoml-{port}"),
-           "BENTOML_CONFIG_OPTIONS": "api_server.logging.access.enabled=false"}
+           "BENTOML_CONFIG_OPTIONS": f"services.nextbest.workers={workers} api_server.logging.access.enabled=false"}
     out = open(workdir / f"noop-{port}.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "benchmarks.noop_service:NoopService", "--host",
                              "127.0.0.1", "--port", str(port), "--working-dir", str(ROOT)],
                             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    wait_ready(f"http://127.0.0.1:{port}", proc)
+    wait_ready(f"http://127.0.0.1:{port}", proc, workers)
     return proc
 
 
@@ -267,7 +267,8 @@ def main() -> None:
     ap.add_argument("--customers", type=int, default=5000)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--connections", type=int, default=16)
-    ap.add_argument("--mixed-seconds", type=int, default=60)
+    ap.add_argument("--mixed-seconds", type=int, default=60, help="0 skips the Redis run")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes of both servers (same settings)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -281,7 +282,7 @@ def main() -> None:
     results = {}
 
     port = free_port()
-    proc = start_noop(home, port, work)
+    proc = start_noop(home, port, work, args.workers)
     try:
         wrk(f"http://127.0.0.1:{port}", script, 3, args.connections)  # warm-up
         results["baseline_noop"] = wrk(f"http://127.0.0.1:{port}", script, args.seconds, args.connections)
@@ -290,7 +291,7 @@ def main() -> None:
     log.info("baseline: %s", results["baseline_noop"])
 
     port = free_port()
-    proc = start_service(home, data, port, work, f"sqlite:///{work / 'state.db'}")
+    proc = start_service(home, data, port, work, f"sqlite:///{work / 'state.db'}", args.workers)
     try:
         wrk(f"http://127.0.0.1:{port}", script, 3, args.connections)
         results["decide"] = wrk(f"http://127.0.0.1:{port}", script, args.seconds, args.connections)
@@ -302,10 +303,12 @@ def main() -> None:
 
     b, d = results["baseline_noop"], results["decide"]
     results["decide_vs_baseline"] = {"rps_ratio": d["rps"] / b["rps"], "p99_ratio": d["p99_ms"] / b["p99_ms"]}
-    results["redis_2_workers_mixed"] = mixed_load(home, data, work / "mixed", args.mixed_seconds) \
-        if (work / "mixed").mkdir() is None else None
+    results["settings"] = {"workers": args.workers, "connections": args.connections, "seconds": args.seconds}
+    if args.mixed_seconds > 0:
+        (work / "mixed").mkdir()
+        results["redis_2_workers_mixed"] = mixed_load(home, data, work / "mixed", args.mixed_seconds)
     print(json.dumps(results, indent=2))
-    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    (OUT / f"results_{args.workers}_workers.json").write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -50,9 +50,81 @@ def cmd_serve(args) -> int:
     settings = ServeSettings.from_env(env)  # fail here, with a message, rather than in every worker
     if registry.champion_version() is None:
         raise LookupError("no champion to serve: run `nextbest train DATA --promote` (or `nextbest promote VERSION`)")
+    if args.demo:
+        return _demo(args, env)
     _out(f"serving champion version {registry.champion_version()} on http://{args.host}:{args.port} "
          f"(store {settings.store_url}, decision log {settings.log_dir}); Ctrl-C stops it")
     return subprocess.call(serve_command(args.host, args.port), env=env)
+
+
+def _demo(args, env) -> int:
+    """Start the service, show real answers of every endpoint, stop it."""
+    import json
+    import signal
+    import time
+
+    import httpx
+    import pandas as pd
+
+    from features.io import read_table
+
+    url = f"http://{args.host}:{args.port}"
+    proc = subprocess.Popen(serve_command(args.host, args.port), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the service did not start (exit code {proc.poll()}); run `nextbest serve "
+                                   f"{args.data_dir}` to see why")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        ids = read_table(args.data_dir, "customers")["customer_id"].astype(str).tolist()[:4]
+        now = pd.Timestamp.now(tz="UTC").floor("min").isoformat()
+
+        def show(method, path, body=None):
+            r = httpx.request(method, f"{url}{path}", json=body, timeout=60)
+            _out(f"\n$ curl -X {method} {url}{path}" + (f" -d '{json.dumps(body)}'" if body else ""))
+            _out(f"-> {r.status_code}")
+            return r
+
+        _out(f"the decision service is up at {url} (OpenAPI: {url}/docs.json)")
+        for cid in ids[:3]:
+            d = show("POST", "/v1/decide", {"customer_id": cid, "now": now, "request_id": f"demo-{cid}-{now}"}).json()
+            _out(f"   {d['action']:8} channel={d['channel']} send_at={d['send_at']} offer={d['offer']} "
+                 f"propensity={d['propensity']:.3f} expected_value={d['expected_value']:+.3f} ({d['policy_version']})")
+            for reason in d["reasons"]:
+                _out(f"   - {reason}")
+            sent = d if d["action"] == "send" else None
+        d = show("POST", "/v1/decide", {"customer_id": "new-visitor-1", "now": now,
+                                        "profile": {"timezone": "Europe/Berlin", "consent": {"email": True}}}).json()
+        _out(f"   cold start: {d['action']} channel={d['channel']} send_at={d['send_at']}")
+        d = show("POST", "/v1/decide", {"customer_id": ids[3], "now": now, "type": "transactional"}).json()
+        _out(f"   transactional: {d['action']} on {d['channels']} at {d['send_at']}")
+        b = show("POST", "/v1/decide/batch", {"requests": [{"customer_id": c, "now": now} for c in ids]}).json()
+        _out("   " + ", ".join(f"{x['customer_id']}: {x['action']} {x['channel'] or ''}" for x in b["decisions"]))
+        if sent is None:
+            sent = next((x for x in b["decisions"] if x["action"] == "send"), None)
+        if sent is not None:
+            at = (pd.Timestamp(sent["send_at"]) + pd.Timedelta(hours=2)).isoformat()
+            for event, value in (("opened", None), ("converted", 60.0)):
+                f = show("POST", "/v1/feedback", {"decision_id": sent["decision_id"], "event": event, "ts": at,
+                                                  "value": value}).json()
+                _out(f"   {f}")
+        r = show("POST", "/v1/decide", {"customer_id": ids[0], "channels": ["fax"]})
+        _out(f"   {r.json()}")
+        metrics = [line for line in httpx.get(f"{url}/metrics").text.splitlines() if line.startswith("nextbest_decisions")]
+        _out("\n$ curl " + url + "/metrics   (the decision counters)")
+        for line in metrics[:6]:
+            _out("   " + line)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    _out(f"\nstopped. Keep it running with: nextbest serve {args.data_dir}   (curl examples: README, 'Serving')")
+    return 0
 
 
 def cmd_log_export(args) -> int:
@@ -93,6 +165,7 @@ def add_commands(top) -> None:
     s.add_argument("--store", help="state store URL: sqlite:///path or redis://host:6379/0 "
                                    "(default: NEXTBEST_STORE_URL, else the config's serving.store_url)")
     s.add_argument("--log-dir", help="decision log directory (default: the config's serving.log_dir)")
+    s.add_argument("--demo", action="store_true", help="start, show one answer of every endpoint, stop")
     s.set_defaults(func=cmd_serve)
 
     lg = top.add_parser("log", help="the service's decision log").add_subparsers(dest="sub", required=True)

@@ -84,7 +84,10 @@ def test_transactional_sends_without_offer_and_ignores_marketing_caps(trained, s
     reachable = np.stack([f[f"consent_{c}"].to_numpy() & (f[f"{c}_unsubscribed"].to_numpy() == 0)
                           for c in config.channel_names], axis=1).any(axis=1)
     assert (out.frame["action"].to_numpy() == np.where(reachable, "send", "suppress")).all()
-    assert (out.frame.loc[out.frame["action"] == "send", "offer"] == "none").all()
+    sent = out.frame[out.frame["action"] == "send"]
+    assert (sent["offer"] == "none").all()
+    assert (sent["send_at"] == pd.Timestamp("2026-10-01 12:00", tz="UTC")).all()  # now, whatever the hour
+    assert (sent["propensity"] == 1.0).all() and not sent["explored"].any()
     with pytest.raises(ValueError, match="type"):
         Request(now=pd.Timestamp("2026-10-01"), type="promo")
 
@@ -140,3 +143,21 @@ def test_unknown_candidates_and_bad_conditions_are_refused(snapshot, config):
     with pytest.raises(ConfigError, match="offers.bad.when"):
         rules_config(bad={"kind": "none", "value": 0, "channels": ["email"], "valid_hours": {"start": 0, "end": 24},
                           "when": {"weather": "sunny"}})
+
+
+def test_per_customer_now_and_horizon_equal_separate_calls(trained, snapshot, config):
+    """The service batches requests made at different times: per-row ``now`` and horizons."""
+    f = snapshot.iloc[:40]
+    contact = ContactHistory.from_features(f, config)
+    times = pd.DatetimeIndex([pd.Timestamp("2026-10-01 03:00", tz="UTC") + pd.Timedelta(hours=5 * i) for i in range(40)])
+    horizons = np.array([6.0 + (i % 4) * 6 for i in range(40)])
+    greedy = trained.policy.with_exploration(trained.policy.exploration.with_(method="greedy"))
+    together = greedy.decide(f, contact, Request(now=times, horizon_hours=horizons))
+    for i in (0, 7, 23, 39):
+        one = greedy.decide(f.iloc[[i]], ContactHistory(contact.sent_day[[i]], contact.sent_week[[i]],
+                                                        contact.hours_since_last[[i]], contact.unanswered[[i]]),
+                            Request(now=times[i], horizon_hours=horizons[i]))
+        for col in ("action", "channel", "offer", "send_at", "local_hour"):
+            assert together.frame[col].iloc[i] == one.frame[col].iloc[0] or (
+                pd.isna(together.frame[col].iloc[i]) and pd.isna(one.frame[col].iloc[0])), col
+        assert together.frame["expected_value"].iloc[i] == pytest.approx(one.frame["expected_value"].iloc[0])
