@@ -5,8 +5,8 @@
 1. A champion is trained on a simulated history (5,000 customers x 30 days) in a scratch project
    under ``benchmarks/out/serving`` (reused if it exists).
 2. **Single decisions**: wrk (``--connections`` connections, one thread) posts ``/v1/decide``
-   for random customers at random times over 60 days (so caps rarely bind and every request is
-   scored) to (a) the baseline, ``benchmarks/noop_service.py``: the same server settings and
+   for random customers at random times over the 8 weeks around today (so caps rarely bind and
+   every request is scored) to (a) the baseline, ``benchmarks/noop_service.py``: the same server settings and
    request model, a fixed answer, and (b) ``nextbest serve`` with the SQLite store. Requests per
    second and p99 latency of each, and the ratios the targets are about.
 3. **Batches**: ``/v1/decide/batch`` with 1,000 customers per call, two clients, decisions/s.
@@ -56,7 +56,7 @@ local base = %d
 math.randomseed(7)
 request = function()
   local id = ids[math.random(#ids)]
-  local now = os.date("!%%Y-%%m-%%dT%%H:%%M:%%SZ", base + math.random(0, 86400 * 60))
+  local now = os.date("!%%Y-%%m-%%dT%%H:%%M:%%SZ", base + math.random(0, 86400 * 56))
   return wrk.format("POST", "/v1/decide", {["Content-Type"] = "application/json"},
                     '{"customer_id":"' .. id .. '","now":"' .. now .. '"}')
 end
@@ -156,13 +156,13 @@ def wrk(url: str, script: Path, seconds: int, connections: int) -> dict:
 def batches(url: str, ids: list[str], seconds: float, size: int = 1000, clients: int = 2) -> dict:
     done, lock, stop_at = [], threading.Lock(), time.time() + seconds
     rng = np.random.default_rng(3)
-    base = datetime(2026, 12, 1, tzinfo=timezone.utc)
+    base = datetime.now(timezone.utc) - timedelta(days=28)  # requests stay within the allowed clock skew
 
     def client(k):
         with httpx.Client(timeout=120) as c:
             while time.time() < stop_at:
                 pick = rng.choice(len(ids), size)
-                now = (base + timedelta(hours=int(rng.integers(0, 24 * 60)))).isoformat()
+                now = (base + timedelta(hours=int(rng.integers(0, 24 * 56)))).isoformat()
                 t = time.perf_counter()
                 r = c.post(f"{url}/v1/decide/batch", json={"requests": [{"customer_id": ids[i], "now": now} for i in pick]})
                 r.raise_for_status()
@@ -199,7 +199,7 @@ def mixed_load(home: Path, data: Path, workdir: Path, seconds: int) -> dict:
     people = pd.read_parquet(data / "customers.parquet")
     full = people[people[[f"consent_{c}" for c in cfg.channel_names]].all(axis=1)]["customer_id"].astype(str).tolist()[:200]
     proc = start_service(home, data, port, workdir, url, workers=2)
-    now = datetime(2026, 12, 1, 9, tzinfo=timezone.utc)
+    now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     acked_dec, acked_fb, failures, lock = [], [], [], threading.Lock()
     stop_at = time.time() + seconds
 
@@ -277,7 +277,7 @@ def main() -> None:
     ids = pd.read_parquet(data / "customers.parquet")["customer_id"].astype(str).tolist()
     work = Path(tempfile.mkdtemp(prefix="serving_bench_", dir=OUT))
     script = work / "decide.lua"
-    base = int(datetime(2026, 12, 1, tzinfo=timezone.utc).timestamp())
+    base = int((datetime.now(timezone.utc) - timedelta(days=28)).timestamp())
     script.write_text(WRK_SCRIPT % (",".join(f'"{i}"' for i in ids), base))
     results = {}
 

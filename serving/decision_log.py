@@ -101,7 +101,9 @@ def read_log(log_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The log as the data contract's ``logging_decisions`` and ``events`` tables.
 
     Decisions answered from an idempotency key appear once; feedback repeated (a retried
-    request) counts once, keyed by ``(decision_id, event, ts)``.
+    request) counts once, keyed by ``(decision_id, event, ts)``. Transactional messages are
+    left out (they are not marketing decisions); an order reported on a suppressed decision is
+    an order without a message.
     """
     dec = pd.DataFrame(read_records(log_dir, "decisions"))
     fb = pd.DataFrame(read_records(log_dir, "feedback"))
@@ -116,7 +118,7 @@ def read_log(log_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         "propensity": dec["propensity"].astype(float), "message_id": dec["decision_id"],
         "policy_version": dec["policy_version"],
     })[marketing.to_numpy()].reset_index(drop=True)
-    sends = dec[dec["action"] == "send"]
+    sends = dec[(dec["action"] == "send") & marketing]  # service messages are not marketing history
     sent = pd.DataFrame({
         "customer_id": sends["customer_id"].astype(str), "ts": pd.to_datetime(sends["send_at"], utc=True, format="ISO8601"),
         "event": "sent", "message_id": sends["decision_id"], "channel": sends["channel"],
@@ -125,9 +127,11 @@ def read_log(log_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     frames = [sent]
     if not fb.empty:
         fb = fb.drop_duplicates(["decision_id", "event", "ts"])
+        fb = fb[fb["decision_id"].isin(set(sends["decision_id"])) | fb["channel"].isna()]
         frames.append(pd.DataFrame({
             "customer_id": fb["customer_id"].astype(str), "ts": pd.to_datetime(fb["ts"], utc=True, format="ISO8601"),
-            "event": fb["event"], "message_id": fb["decision_id"], "channel": fb["channel"], "offer": fb["offer"],
+            "event": fb["event"], "message_id": fb["decision_id"].where(fb["channel"].notna()),
+            "channel": fb["channel"], "offer": fb["offer"],
             "value": pd.to_numeric(fb["value"]), "propensity": float("nan"),
         }))
     events = pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable").reset_index(drop=True)

@@ -23,8 +23,11 @@ Deciding a batch (one request or ten thousand, the same code):
 
 Feedback: the decision must exist (else ``UnknownDecision``, nothing stored); the same
 ``(decision_id, event, ts)`` counts once; the event is logged first, then its profit
-(``training.online.event_reward``) is added to the decision's running reward, and opens and
-unsubscribes update the contact state. Decisions enter the learner's shared statistics
+(``training.online.event_reward``) is added to the decision's running reward by one
+compare-and-set that also records the event's key (so "seen" and "counted" cannot part in a
+crash), and opens and unsubscribes update the contact state (idempotent, applied again on a
+retry). A customer the service has not contacted yet starts from the contact history the data
+shows (sends of the last week, unanswered messages). Decisions enter the learner's shared statistics
 ``learn_after_hours`` after they were taken (``mature``); feedback that arrives later adds its
 increment directly. Every worker reloads the shared statistics every ``learner_sync_seconds``.
 """
@@ -38,7 +41,7 @@ import time
 import uuid
 import zoneinfo
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -92,11 +95,26 @@ class Snapshot:
         pop = Population.from_log(log_)
         feats = engagement_history(log_, np.append(ids, COLD), self.as_of, pop)
         self.frame = feats
+        # the data's sends of the last week: a customer's contact state until the service has one
+        recent = events[(events["event"] == "sent") & (events["ts"] >= self.as_of - pd.Timedelta(days=7))
+                        & (events["ts"] < self.as_of)]
+        self._recent = {str(c): [[t.timestamp(), ch] for t, ch in zip(g["ts"], g["channel"].astype(str))]
+                        for c, g in recent.groupby("customer_id", observed=True)}
         self.arrays = CustomerArrays(feats)  # converted to float arrays once; batches take rows of it
         self.index = pd.Index(ids)
         self.channels = config.channel_names
         self.default_timezone = config.default_timezone
         log.info("features of %d customers as of %s", len(ids), self.as_of)
+
+    def contact_state(self, customer: str) -> ContactState:
+        """What the data shows of a customer's recent contacts (sends of the last week before the
+        snapshot, unanswered messages per channel); empty for an unknown customer."""
+        i = self.index.get_indexer([customer])[0]
+        if i < 0:
+            return ContactState()
+        row = self.frame.iloc[i]
+        unanswered = {c: int(row[f"{c}_unanswered"]) for c in self.channels if row[f"{c}_unanswered"] > 0}
+        return ContactState(list(self._recent.get(customer, [])), unanswered, [])
 
     def rows(self, customer_ids: list[str], profiles: list) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
         """Feature rows (index = customer ids), which customers are known, and each row's
@@ -145,6 +163,7 @@ class Engine:
         self.window_s = self.config.objective.attribution_window_hours * 3600.0
         self.learner = OnlineLearner(self.policy.online)
         self._stats_version = -1
+        self._pruned = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.sync_learner()
@@ -183,7 +202,13 @@ class Engine:
             log.error("champion %s has other channels or offers than the running one; restart the service to "
                       "load it (the snapshot and contact states follow the configured channels)", version)
             return False
+        missing = sorted(set(policy.models.customer_columns) - set(self.snapshot.frame.columns))
+        if missing:
+            log.error("champion %s needs features the running snapshot lacks (%s); restart the service to load it",
+                      version, missing[:5])
+            return False
         self.policy, self.config = policy, policy.config
+        self.window_s = policy.config.objective.attribution_window_hours * 3600.0
         log.info("hot swap: now serving %s", policy.version)
         return True
 
@@ -196,6 +221,9 @@ class Engine:
             if not ids:
                 break
             matured += self._mature(ids)
+        if now_s - self._pruned > 300:
+            self.store.prune()
+            self._pruned = now_s
         version = self.store.stats_version()
         if version != self._stats_version:
             self._stats_version, stats = self.store.stats()
@@ -220,14 +248,24 @@ class Engine:
     def _ttl(self, t: float) -> float:
         """Decision records are kept through the attribution window (and the learner's delay)."""
         keep = self.window_s + self.policy.online.learn_after_hours * 3600.0 + 3600.0
-        return max(t + keep - time.time(), 60.0)
+        return max(max(t, time.time()) + keep - time.time(), 60.0)
 
     # ------------------------------------------------------------------ checks
     def check(self, requests: list[DecideRequest], prefix: str = "") -> None:
         """Reject what the config does not allow, naming the field; writes nothing."""
         cfg = self.config
+        clock = datetime.now(timezone.utc)
+        skew = timedelta(days=self.settings.max_clock_skew_days)
+        seen: dict[str, int] = {}
         for i, r in enumerate(requests):
             at = f"{prefix}[{i}]." if prefix else ""
+            if r.now is not None and not clock - skew <= r.now <= clock + skew:
+                raise InvalidInput(f"{at}now", f"{r.now.isoformat()} is more than {self.settings.max_clock_skew_days:g} "
+                                               f"days from the server's clock ({clock:%Y-%m-%dT%H:%M}Z)")
+            if r.request_id is not None:
+                if r.request_id in seen:
+                    raise InvalidInput(f"{at}request_id", f"{r.request_id!r} also names request {seen[r.request_id]}")
+                seen[r.request_id] = i
             for name, given, known in (("channels", r.channels, cfg.channel_names), ("offers", r.offers, cfg.offer_names)):
                 unknown = sorted(set(given or ()) - set(known))
                 if unknown:
@@ -296,9 +334,12 @@ class Engine:
             if rid is None:
                 todo.append(i)
             elif stored.get(rid) not in (None, "pending"):
-                answers[i] = json.loads(stored[rid])
-            elif ids[rid] != i:
-                raise InvalidInput(f"requests[{i}].request_id", f"{rid!r} appears twice in the batch")
+                answer = json.loads(stored[rid])
+                if answer["customer_id"] != r.customer_id:
+                    self._release(requests, claimed)
+                    raise InvalidInput("request_id", f"{rid!r} was used for customer {answer['customer_id']!r}; "
+                                                     "a request id names one request")
+                answers[i] = answer
             elif stored.get(rid) == "pending" or not self.store.put_new("request", rid, "pending", 600):
                 self._release(requests, claimed)
                 raise Conflict(f"request_id {rid!r} is being decided by another call; retry")
@@ -312,9 +353,13 @@ class Engine:
         self.store.delete("request", [requests[i].request_id for i in rows if requests[i].request_id])
 
     def _decide_and_record(self, requests, rows: list[int], now: datetime) -> list[Pending]:
+        """Decide until every row's sends are recorded on current states, then log and store once
+        (a failure before that writes nothing but the sends already recorded, which only make
+        later decisions more careful)."""
         done: list[Pending] = []
         left = rows
-        for _ in range(MAX_ROUNDS):
+        repeats = max(np.unique([requests[i].customer_id for i in rows], return_counts=True)[1])
+        for _ in range(MAX_ROUNDS + int(repeats)):
             pending = sorted(self._decide_rows(requests, left, now), key=lambda p: p.row)
             # every row was decided on the state read at the start of the round; a customer's
             # first send changes it, so that customer's later rows wait for the next round
@@ -328,14 +373,13 @@ class Engine:
                     changed.add(cid)
             ok = self.store.cas_many("contact", [p.contact for p in sends]) if sends else []
             lost = {p.row for p, won in zip(sends, ok) if not won} | later
-            finished = [p for p in pending if p.row not in lost]
-            self._write(finished)
-            done += finished
+            done += [p for p in pending if p.row not in lost]
             left = sorted(lost)
             if not left:
                 break
         else:
             raise Conflict(f"contact state of {len(left)} customer(s) kept changing; retry")
+        self._write(done)
         return done
 
     def _decide_rows(self, requests, rows: list[int], now: datetime) -> list[Pending]:
@@ -344,7 +388,7 @@ class Engine:
         reqs = [requests[i] for i in rows]
         ids = [r.customer_id for r in reqs]
         raw_states = self.store.get_many("contact", ids)
-        states = [ContactState.from_json(s) for s in raw_states]
+        states = [self._state(cid, raw) for cid, raw in zip(ids, raw_states)]
         times = pd.DatetimeIndex([r.now or now for r in reqs]).as_unit("ns")
         now_s = times.asi8 // 10**9
         contact, unsub = history(states, now_s, list(cfg.channel_names))
@@ -434,6 +478,10 @@ class Engine:
         self.store.put_many("request", [(p.decision["request_id"], json.dumps(p.decision), 7 * 86400.0)
                                         for p in finished if p.decision["request_id"]])
 
+    def _state(self, customer: str, raw: str | None) -> ContactState:
+        """The stored contact state, or (never seen by the service) the one the data shows."""
+        return ContactState.from_json(raw) if raw is not None else self.snapshot.contact_state(customer)
+
     # ------------------------------------------------------------------ feedback
     def feedback(self, fb: FeedbackRequest) -> dict:
         """Record one feedback event (see the module docstring); idempotent."""
@@ -452,39 +500,39 @@ class Engine:
             raise InvalidInput("ts", f"{ts.isoformat()} is before the message went out ({at})" if rec["ch"] else
                                f"{ts.isoformat()} is before the decision ({at})")
         reward = event_reward(self.config, rec["o"], fb.event, fb.value, redeems=rec["o"] not in (None, "none"))
-        key = f"{fb.decision_id}|{fb.event}|{ts.isoformat()}"
+        key = f"{fb.event}|{ts.isoformat()}"
         answer = {"decision_id": fb.decision_id, "event": fb.event, "reward": reward}
-        if self.store.get("feedback", key) is not None:
-            return {**answer, "accepted": False}
-        self.log.append("feedback", [{"decision_id": fb.decision_id, "customer_id": rec["c"], "event": fb.event,
-                                      "ts": ts.isoformat(), "value": fb.value, "channel": rec["ch"], "offer": rec["o"],
-                                      "reward": reward}])
-        if not self.store.put_new("feedback", key, "1", self.window_s + 86400.0):
-            return {**answer, "accepted": False}
-        in_window = ts.timestamp() - rec["t"] <= self.window_s
-        if in_window and rec["type"] == "marketing" and reward != 0.0:
-            self._add_reward(fb.decision_id, reward)
-        if rec["ch"] is not None and rec["type"] == "marketing":
+        if key not in rec.get("f", ()):  # write-ahead; a retry after a crash may log it twice (readers dedupe)
+            self.log.append("feedback", [{"decision_id": fb.decision_id, "customer_id": rec["c"], "event": fb.event,
+                                          "ts": ts.isoformat(), "value": fb.value, "channel": rec["ch"],
+                                          "offer": rec["o"], "reward": reward, "type": rec["type"]}])
+        counts = rec["type"] == "marketing" and ts.timestamp() - rec["t"] <= self.window_s
+        accepted = self._add_feedback(fb.decision_id, key, reward if counts else 0.0)
+        if rec["ch"] is not None:  # idempotent, so applied again on a retry after a crash
             self._update_contact(rec["c"], rec["ch"], fb.event)
-        return {**answer, "accepted": True}
+        return {**answer, "accepted": accepted}
 
-    def _add_reward(self, did: str, reward: float) -> None:
+    def _add_feedback(self, did: str, key: str, reward: float) -> bool:
+        """Add an event to its decision's record once (the record keeps the keys of the events it
+        counted: compare-and-set makes "seen" and "counted" one step); False if already there."""
         for _ in range(MAX_ROUNDS * 5):
             raw = self.store.get("decision", did)
             if raw is None:
-                return
+                raise UnknownDecision(f"decision {did!r} expired while its feedback was recorded")
             rec = json.loads(raw)
-            new = {**rec, "r": rec["r"] + reward}
+            if key in rec.get("f", ()):
+                return False
+            new = {**rec, "r": rec["r"] + reward, "f": rec.get("f", []) + [key]}
             if self.store.cas_many("decision", [(did, raw, json.dumps(new))], self._ttl(rec["t"]))[0]:
-                if rec["m"]:  # already in the statistics: add the increment
+                if rec["m"] and reward != 0.0:  # already in the statistics: add the increment
                     self.store.add_stats({rec["k"]: learning.increment(np.array(rec["x"]), reward, rec["r"])})
-                return
+                return True
         raise Conflict(f"decision {did} kept changing; retry")
 
     def _update_contact(self, customer: str, channel: str, event: str) -> None:
         for _ in range(MAX_ROUNDS * 5):
             raw = self.store.get("contact", customer)
-            new = ContactState.from_json(raw).with_event(channel, event).to_json()
+            new = self._state(customer, raw).with_event(channel, event).to_json()
             if new == raw or self.store.cas_many("contact", [(customer, raw, new)])[0]:
                 return
         raise Conflict(f"contact state of {customer} kept changing; retry")

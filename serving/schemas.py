@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from training.online import FEEDBACK_EVENTS
 
 MAX_BATCH = 10_000
+MAX_ORDER_VALUE = 1e7  # one order; anything larger is a unit mistake and would swamp the learner
 MAX_HORIZON_HOURS = 168.0  # a week: decisions further out would be planned on stale state
 MIN_HORIZON_HOURS = 1 / 60  # a minute. (``ge``, not ``gt=0``: BentoML publishes OpenAPI 3.0, where a
                             # numeric exclusiveMinimum is invalid and schema checkers reject it)
@@ -112,8 +113,8 @@ class FeedbackRequest(Strict):
     event: FeedbackEvent
     ts: datetime = Field(..., description="when it happened (ISO 8601; naive = UTC); with decision_id and "
                                          "event it identifies the event, so a retry counts once")
-    value: float | None = Field(None, ge=0, description="order value (required for converted)",
-                                json_schema_extra=NULLABLE)
+    value: float | None = Field(None, ge=0, le=MAX_ORDER_VALUE, allow_inf_nan=False, json_schema_extra=NULLABLE,
+                                description="order value (required for converted)")
 
     _text = field_validator("ts", mode="before")(lambda cls, v: iso_text(v))
     _utc = field_validator("ts")(lambda cls, v: as_utc(v))

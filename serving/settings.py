@@ -26,6 +26,7 @@ class ServeSettings:
     micro_batch_ms: float
     micro_batch_max: int
     workers: int
+    max_clock_skew_days: float
 
     @classmethod
     def from_env(cls, env=None) -> "ServeSettings":
@@ -46,6 +47,7 @@ class ServeSettings:
                 micro_batch_ms=float(raw["micro_batch_ms"]),
                 micro_batch_max=int(raw["micro_batch_max"]),
                 workers=int(env.get("NEXTBEST_WORKERS") or raw["workers"]),
+                max_clock_skew_days=float(raw["max_clock_skew_days"]),
             )
         if not out.data_dir:
             raise ConfigError("NEXTBEST_DATA_DIR must name the data directory the service takes customers "

@@ -8,7 +8,7 @@ What it holds (namespaces of string keys with JSON values):
   decide for the same customer at once: a loser of the race decides again on the new state.
 - ``decision``: what feedback needs of each decision (customer, action, learner input, running
   reward), kept for the attribution window.
-- ``request`` and ``feedback``: idempotency keys.
+- ``request``: idempotency keys of decisions (feedback events are keyed inside their decision).
 - the online learner's sufficient statistics, one vector per action, changed only by atomic adds
   (``add_stats``), so workers' updates never overwrite each other; and a queue of decisions
   waiting to enter the learner (``enqueue`` / ``due`` / ``claim``).
@@ -82,6 +82,10 @@ class Store(ABC):
 
     def get(self, ns: str, key: str) -> str | None:
         return self.get_many(ns, [key])[0]
+
+    def prune(self) -> int:
+        """Drop expired keys where the backend does not do it itself; returns how many."""
+        return 0
 
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

@@ -305,7 +305,14 @@ class DecisionPolicy:
         k, j = np.divmod(np.maximum(choice - 1, 0), O)
         hour = np.where(send, s.hour[np.arange(n), k, j], -1)
         delay = np.where(send, s.delay_hours[np.arange(n), np.maximum(hour, 0)], 0.0)
-        send_at = pd.to_datetime(request.now_ns(n) + np.round(delay * 3600).astype(np.int64) * 10**9, utc=True)
+        now_ns = request.now_ns(n)
+        send_ns = now_ns + np.round(delay * 3600).astype(np.int64) * 10**9
+        # the delay was counted on the local clock at `now`: across a daylight-saving change the
+        # send's UTC offset differs, and the send moves by the difference to keep its local hour
+        tz_names, tz_code = list(features["timezone"].cat.categories), features["timezone"].cat.codes.to_numpy()
+        shift = (utc_offsets(now_ns // 10**9, tz_code, tz_names) - utc_offsets(send_ns // 10**9, tz_code, tz_names))
+        send_ns = np.maximum(send_ns + shift * 10**9, now_ns)
+        send_at = pd.to_datetime(send_ns, utc=True)
         send_at = send_at.where(send, pd.NaT)
         frame = pd.DataFrame({
             "customer_id": features.index.astype(str),

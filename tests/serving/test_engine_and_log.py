@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,9 @@ from serving.decision_log import DecisionLog, read_log, read_records
 from serving.engine import Engine
 from serving.schemas import DecideRequest, FeedbackRequest
 from serving.settings import ServeSettings
+
+# two days ago at 09:30 UTC (requests must be within serving.max_clock_skew_days of the clock)
+DAY = (datetime.now(timezone.utc) - timedelta(days=2)).replace(hour=9, minute=30, second=0, microsecond=0)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +45,9 @@ def engines(project, tmp_path_factory, monkeypatch_module=None):
 def test_a_batch_gets_the_same_answers_as_one_by_one(engines, customers):
     one, two = engines
     ids = customers(120, offset=50)
-    reqs = [DecideRequest(customer_id=c, now="2026-11-20T09:30:00Z", request_id=f"same-{c}", horizon_hours=18,
+    reqs = [DecideRequest(customer_id=c, now=DAY, request_id=f"same-{c}", horizon_hours=18,
                           context={"trigger": "browse"}) for c in ids]
-    reqs.append(DecideRequest(customer_id="someone-new", now="2026-11-20T09:30:00Z", request_id="same-new",
+    reqs.append(DecideRequest(customer_id="someone-new", now=DAY, request_id="same-new",
                               profile={"consent": {"email": True}}))
     batch = two.decide(reqs)
     singles = [one.decide([r])[0] for r in reqs]
@@ -54,16 +58,14 @@ def test_a_batch_gets_the_same_answers_as_one_by_one(engines, customers):
 def test_the_same_customer_twice_in_a_batch_sees_its_first_send(engines, customers):
     _, two = engines
     cid = customers(1, offset=300)[0]
-    out = two.decide([DecideRequest(customer_id=cid, now="2026-11-21T09:00:00Z", horizon_hours=24)] * 6)
+    out = two.decide([DecideRequest(customer_id=cid, now=DAY + timedelta(days=1), horizon_hours=24)] * 6)
     sends = [d for d in out if d["action"] == "send"]
     assert len(sends) <= 2 and len(out) == 6
 
 
 def test_the_log_exports_as_a_data_directory_training_reads(engines, project, customers, tmp_path):
     one, _ = engines
-    out = one.decide([DecideRequest(customer_id=c, now="2026-11-22T10:00:00Z") for c in customers(200, offset=500)])
-    from datetime import datetime, timedelta
-
+    out = one.decide([DecideRequest(customer_id=c, now=DAY + timedelta(days=1, hours=1)) for c in customers(200, offset=500)])
     from serving.engine import InvalidInput
 
     for d in out[:50]:

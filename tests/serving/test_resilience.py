@@ -16,7 +16,8 @@ from features.objective import channel_costs
 from serving.decision_log import read_records
 from serving.store import open_store
 
-NOW = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
+# yesterday 09:30 UTC: requests may not be further than serving.max_clock_skew_days from the clock
+NOW = (datetime.now(timezone.utc) - timedelta(days=1)).replace(hour=9, minute=30, second=0, microsecond=0)
 
 
 class Traffic:

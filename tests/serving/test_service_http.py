@@ -15,7 +15,8 @@ from features.config import load_config
 from serving.decision_log import read_records
 from serving.store import open_store
 
-NOW = datetime(2026, 11, 20, 9, 30, tzinfo=timezone.utc)
+# yesterday 09:30 UTC: requests may not be further than serving.max_clock_skew_days from the clock
+NOW = (datetime.now(timezone.utc) - timedelta(days=1)).replace(hour=9, minute=30, second=0, microsecond=0)
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,12 @@ def test_decide_follows_consent_quiet_hours_and_horizon(server, project, custome
 
 
 def test_request_id_is_idempotent_and_recorded_once(server, project, customers):
-    cid = customers(1, offset=100)[0]
+    cid, other = customers(2, offset=100)
     body = {"customer_id": cid, "now": NOW.isoformat(), "request_id": "order-42"}
     first, again = server.post("/v1/decide", body).json(), server.post("/v1/decide", body).json()
     assert first == again
+    reused = server.post("/v1/decide", {**body, "customer_id": other})
+    assert reused.status_code == 400 and reused.json()["field"] == "request_id"
     logged = [r for r in read_records(server.log_dir, "decisions") if r["request_id"] == "order-42"]
     assert len(logged) == 1 and logged[0]["decision_id"] == first["decision_id"]
 
@@ -106,11 +109,16 @@ def test_cold_start_uses_the_profile(server, cfg):
 
 
 def test_feedback_is_idempotent_and_unknown_decisions_are_rejected(server, project, customers):
-    before = len(read_records(server.log_dir, "feedback"))
+    import sqlite3
+
+    def rows():
+        with sqlite3.connect(server.store_url.removeprefix("sqlite:///")) as db:
+            return db.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
+
+    before, stored = len(read_records(server.log_dir, "feedback")), rows()
     r = server.post("/v1/feedback", {"decision_id": "does-not-exist", "event": "opened", "ts": NOW.isoformat()})
     assert r.status_code == 404 and "decision_id" in r.text
-    assert len(read_records(server.log_dir, "feedback")) == before
-    assert open_store(server.store_url).get("feedback", f"does-not-exist|opened|{NOW.isoformat()}") is None
+    assert len(read_records(server.log_dir, "feedback")) == before and rows() == stored  # stored nowhere
 
     sent = next(d for d in (server.post("/v1/decide", {"customer_id": c, "now": NOW.isoformat()}).json()
                             for c in customers(80, offset=200)) if d["action"] == "send")
@@ -190,6 +198,9 @@ BAD = [
     ("/v1/decide", {"customer_id": "c1", "channels": ["fax"]}, "channels"),
     ("/v1/decide", {"customer_id": "c1", "offers": ["pct99"]}, "offers"),
     ("/v1/decide", {"customer_id": "c1", "now": "yesterday-ish"}, "now"),
+    ("/v1/decide", {"customer_id": "c1", "now": "0001-01-01T00:00:00Z"}, "now"),
+    ("/v1/decide", {"customer_id": "c1", "now": (NOW + timedelta(days=400)).isoformat()}, "now"),
+    ("/v1/decide", {"customer_id": "c1", "now": 1700000000}, "now"),
     ("/v1/decide", {"customer_id": "c1", "horizon_hours": 0}, "horizon_hours"),
     ("/v1/decide", {"customer_id": "c1", "horizon_hours": 1000}, "horizon_hours"),
     ("/v1/decide", {"customer_id": "c1", "type": "promo"}, "type"),
@@ -198,10 +209,13 @@ BAD = [
     ("/v1/decide", {"customer_id": "c1", "profile": {"timezone": "Mars/Base"}}, "profile.timezone"),
     ("/v1/decide", {}, "customer_id"),
     ("/v1/decide/batch", {"requests": []}, "requests"),
+    ("/v1/decide/batch", {"requests": [{"customer_id": "a", "request_id": "d"}, {"customer_id": "b", "request_id": "d"}]},
+     "requests[1].request_id"),
     ("/v1/decide/batch", {"requests": [{"customer_id": "c"}] * 10_001}, "requests"),
     ("/v1/feedback", {"decision_id": "x", "event": "liked", "ts": "2026-11-20T10:00:00Z"}, "event"),
     ("/v1/feedback", {"decision_id": "x", "event": "opened"}, "ts"),
     ("/v1/feedback", {"decision_id": "x", "event": "converted", "ts": "2026-11-20", "value": -5}, "value"),
+    ("/v1/feedback", {"decision_id": "x", "event": "converted", "ts": "2026-11-20", "value": 1e12}, "value"),
 ]
 
 
@@ -223,4 +237,26 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_writes_nothing(server):
     assert after == before
     r = httpx.post(f"{server.url}/v1/decide", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 400
+    r = httpx.post(f"{server.url}/v1/feedback", content=b'{"decision_id": "x", "event": "converted", '
+                   b'"ts": "2026-11-20T00:00:00Z", "value": 1e999}', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "value" in r.text
     assert json.loads(r.text)
+
+
+def test_contact_history_of_the_data_counts_before_the_first_decision(server, project, people, cfg, customers):
+    """A customer the service never contacted starts from the data's recent sends and unanswered
+    counts (the snapshot), not from an empty history."""
+    events = pd.read_parquet(project.data / "events.parquet")
+    sent = events[events["event"] == "sent"]
+    last_day = sent["ts"].max().ceil("D")
+    recent = sent[sent["ts"] >= last_day - pd.Timedelta(days=7)].groupby("customer_id").size()
+    untouched = [c for c in customers(200, offset=1000) if c in recent.index and consented(people, c, cfg)]
+    cid = max(untouched, key=lambda c: recent[c])  # customers no other test decides for
+    store = open_store(server.store_url)
+    assert store.get("contact", cid) is None
+    d = server.post("/v1/decide", {"customer_id": cid, "type": "transactional"}).json()
+    assert d["action"] == "send", d
+    fb = server.post("/v1/feedback", {"decision_id": d["decision_id"], "event": "unsubscribed", "ts": d["send_at"]})
+    assert fb.json()["accepted"], fb.text
+    state = json.loads(store.get("contact", cid))
+    assert len(state["sends"]) == recent[cid] >= 1 and state["unsubscribed"] == [d["channel"]]

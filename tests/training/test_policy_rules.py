@@ -161,3 +161,22 @@ def test_per_customer_now_and_horizon_equal_separate_calls(trained, snapshot, co
             assert together.frame[col].iloc[i] == one.frame[col].iloc[0] or (
                 pd.isna(together.frame[col].iloc[i]) and pd.isna(one.frame[col].iloc[0])), col
         assert together.frame["expected_value"].iloc[i] == pytest.approx(one.frame["expected_value"].iloc[0])
+
+
+def test_send_keeps_its_local_hour_across_a_daylight_saving_change(trained, snapshot, config):
+    """Berlin leaves summer time at 01:00 UTC on 2026-10-25: a send planned at 00:30 local for
+    08:00 local must go out at 07:00 UTC (08:00 CET), not 06:00 UTC (07:00, inside push quiet hours)."""
+    from zoneinfo import ZoneInfo
+
+    f = snapshot.iloc[:300].copy()
+    tz = f["timezone"].cat.add_categories(["Europe/Berlin"]) if "Europe/Berlin" not in f["timezone"].cat.categories \
+        else f["timezone"]
+    f["timezone"] = pd.Categorical(["Europe/Berlin"] * len(f), categories=tz.cat.categories)
+    now = pd.Timestamp("2026-10-24 22:30", tz="UTC")  # 00:30 CEST on the night of the change
+    out = trained.policy.decide(f, ContactHistory.from_features(f, config), Request(now=now, horizon_hours=24))
+    sent = out.frame[out.frame["action"] == "send"]
+    assert len(sent) > 20
+    for _, d in sent.iterrows():
+        local = d["send_at"].to_pydatetime().astimezone(ZoneInfo("Europe/Berlin"))
+        assert local.hour == d["local_hour"], (d["send_at"], d["local_hour"])
+        assert not config.channels[d["channel"]].quiet_hours.contains(local.hour)
