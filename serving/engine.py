@@ -74,6 +74,9 @@ class InvalidInput(ValueError):
         super().__init__(f"{field}: {message}")
         self.field, self.message = field, message
 
+    def __reduce__(self):  # crosses from the engine's process to the HTTP worker
+        return InvalidInput, (self.field, self.message)
+
 
 class UnknownDecision(LookupError):
     pass
@@ -146,6 +149,7 @@ class Pending:
     decision: dict     # the response
     record: dict       # what the store keeps for feedback
     contact: tuple | None  # (customer, expected state JSON, new state JSON) for a marketing send
+    inputs: dict | None = None  # for the log: the request and what the decision was taken on
 
 
 class Engine:
@@ -416,10 +420,12 @@ class Engine:
             arrays = self.snapshot.arrays.take(pos[js], sub, edited)
             d = policy.decide(sub, hist, request, rng=KeyedRandom([keys[j] for j in js]), learner=learner,
                               arrays=arrays)
-            out += self._pending(d, js, reqs, rows, keys, known, states, raw_states, now_s, costs, kind)
+            out += self._pending(d, js, reqs, rows, keys, known, states, raw_states, now_s, costs, kind,
+                                 (contact.sent_day, contact.sent_week, contact.hours_since_last, contact.unanswered))
         return out
 
-    def _pending(self, d, js, reqs, rows, keys, known, states, raw_states, now_s, costs, kind) -> list[Pending]:
+    def _pending(self, d, js, reqs, rows, keys, known, states, raw_states, now_s, costs, kind,
+                 hist_rows) -> list[Pending]:
         cfg = self.config
         K, O = len(cfg.channel_names), len(cfg.offer_names)
         f = {c: d.frame[c].tolist() for c in ("action", "channel", "offer", "local_hour", "propensity",
@@ -459,7 +465,15 @@ class Engine:
             if send and kind == "marketing":
                 t = int(send_at_ns[pos].astype(np.int64)) / 1e9
                 contact = (r.customer_id, raw_states[j], states[j].with_send(t, ch).to_json())
-            out.append(Pending(rows[j], decision, record, contact))
+            # the features are those of the snapshot (reproducible from the data directory as of
+            # its day) plus the contact history read from the store: both are logged by reference
+            inputs = {"request": {"context": r.context, "channels": r.channels, "offers": r.offers,
+                                  "horizon_hours": r.horizon_hours, "type": r.type},
+                      "features_as_of": self.snapshot.as_of.isoformat(),
+                      "contact": {"sent_24h": hist_rows[0][j].tolist(), "sent_168h": hist_rows[1][j].tolist(),
+                                  "hours_since_last": float(hist_rows[2][j]) if np.isfinite(hist_rows[2][j]) else None,
+                                  "unanswered": hist_rows[3][j].tolist()}}
+            out.append(Pending(rows[j], decision, record, contact, inputs))
         return out
 
     def _write(self, finished: list[Pending]) -> None:
@@ -467,8 +481,8 @@ class Engine:
         if not finished:
             return
         logged = [{**p.decision, "now": datetime.fromtimestamp(p.record["t"], timezone.utc).isoformat(),
-                   "type": p.record["type"], "action_key": p.record["k"], "learner_input": p.record["x"]}
-                  for p in finished]
+                   "type": p.record["type"], "action_key": p.record["k"], "learner_input": p.record["x"],
+                   **(p.inputs or {})} for p in finished]
         self.log.append("decisions", logged)
         self.store.put_many("decision", [(p.decision["decision_id"], json.dumps(p.record), self._ttl(p.record["t"]))
                                          for p in finished])

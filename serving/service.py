@@ -22,7 +22,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from starlette.responses import Response
 
 from serving.batcher import MicroBatcher
-from serving.engine import Conflict, Engine, InvalidInput, UnknownDecision
+from serving.engine import Conflict, InvalidInput, UnknownDecision
+from serving.engine_process import EngineProcess
 from serving.errors import ValidationErrorShape
 from serving.schemas import BatchRequest, BatchResponse, DecideRequest, DecideResponse, FeedbackRequest, FeedbackResponse
 from serving.settings import ServeSettings
@@ -59,18 +60,17 @@ def _count(decisions: list[dict]) -> None:
 
 @bentoml.service(name="nextbest", workers=1, threads=4, traffic={"timeout": 120})
 class DecisionService:
-    """One engine per worker process; the store and the decision log are shared."""
+    """Per worker: the HTTP side here, the engine in a process of its own
+    (``serving.engine_process``); the store and the decision log are shared by all."""
 
     def __init__(self):
         settings = ServeSettings.from_env()
-        self.engine = Engine(settings)
-        self.engine.start_background()
+        self.engine = EngineProcess(settings)
         self.batcher = MicroBatcher(self.engine.decide_each, settings.micro_batch_ms, settings.micro_batch_max)
         self._version = None
-        self._note_version()
+        self._note_version(self.engine.version)
 
-    def _note_version(self) -> None:
-        v = self.engine.policy.version
+    def _note_version(self, v: str) -> None:
         if v != self._version:
             if self._version is not None:
                 POLICY.labels(self._version).set(0)
@@ -93,7 +93,7 @@ class DecisionService:
             out = await self.batcher.submit(request)
         except (InvalidInput, Conflict) as exc:
             return _error(exc)
-        self._note_version()
+        self._note_version(out["policy_version"])
         _count([out])
         LATENCY.labels("decide").observe(time.perf_counter() - t)
         return _json(out)
@@ -106,6 +106,7 @@ class DecisionService:
             out = self.engine.decide(request.requests, prefix="requests")
         except (InvalidInput, Conflict) as exc:
             return _error(exc)
+        self._note_version(out[-1]["policy_version"])
         _count(out)
         LATENCY.labels("decide_batch").observe(time.perf_counter() - t)
         return _json({"decisions": out})
