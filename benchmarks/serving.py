@@ -85,13 +85,10 @@ def wait_ready(url: str, proc, workers: int = 1, timeout: float = 180) -> None:
 
 
 def stop(proc) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    from nextbest.cli_serve import stop_tree
+
+    stop_tree(proc.pid)
+    proc.wait(timeout=30)
 
 
 def project_env(home: Path) -> dict:

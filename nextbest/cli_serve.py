@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,31 @@ def serve_command(host: str, port: int) -> list[str]:
     """The ``bentoml serve`` command line for the service."""
     return [sys.executable, "-m", "bentoml", "serve", "serving.service:DecisionService", "--host", host,
             "--port", str(port), "--working-dir", str(Path(__file__).resolve().parent.parent)]
+
+
+def stop_tree(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
+    """Stop a server and every process under it. BentoML's process manager starts each worker in
+    a session of its own, so a signal to the server's process group does not reach the workers
+    (and the engine process under each): signal the whole tree, then SIGKILL what is left."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = [root] + root.children(recursive=True)
+    for p in procs:
+        try:
+            p.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout if sig != signal.SIGKILL else 5)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
 
 
 def serve_env(args) -> dict:
@@ -60,7 +86,6 @@ def cmd_serve(args) -> int:
 def _demo(args, env) -> int:
     """Start the service, show real answers of every endpoint, stop it."""
     import json
-    import signal
     import time
 
     import httpx
@@ -121,8 +146,7 @@ def _demo(args, env) -> int:
         for line in metrics[:6]:
             _out("   " + line)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
+        stop_tree(proc.pid)
     _out(f"\nstopped. Keep it running with: nextbest serve {args.data_dir}   (curl examples: README, 'Serving')")
     return 0
 

@@ -98,9 +98,12 @@ class Server:
         return (self.workdir / f"server-{self.port}.log").read_text(errors="replace")[-n:]
 
     def kill(self, sig=signal.SIGKILL) -> None:
-        """Signal the whole process group (the CLI, BentoML's arbiter and every worker)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
+        """Signal every process of the server (the CLI, BentoML's arbiter, the workers in their
+        own sessions, and each worker's engine process)."""
+        from nextbest.cli_serve import stop_tree
+
+        if self.proc is not None:
+            stop_tree(self.proc.pid, sig)
             self.proc.wait(timeout=30)
         self.proc = None
         # workers can outlive their parent by a moment; wait until the port is free
