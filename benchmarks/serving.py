@@ -45,6 +45,8 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from nextbest.cli_serve import stop_tree, wait_ready
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out" / "serving"
 BIN = Path(sys.executable).parent
@@ -69,24 +71,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(url: str, proc, workers: int = 1, timeout: float = 180) -> None:
-    ready, deadline = 0, time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            ready = ready + 1 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 else 0
-        except httpx.HTTPError:
-            ready = 0
-        if ready >= 4 * workers:
-            return
-        time.sleep(0.2 if ready else 0.5)
-    raise RuntimeError(f"{url} not ready after {timeout} s")
-
-
 def stop(proc) -> None:
-    from nextbest.cli_serve import stop_tree
-
     stop_tree(proc.pid)
     proc.wait(timeout=30)
 

@@ -42,6 +42,29 @@ def stop_tree(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> Non
     psutil.wait_procs(alive, timeout=5)
 
 
+def wait_ready(url: str, proc: subprocess.Popen, workers: int = 1, timeout: float = 180.0) -> None:
+    """Return once every worker answers ``/readyz``; RuntimeError if the server exits or times out.
+
+    A worker still loading holds a connection without answering, so readiness is asked on fresh
+    connections until ``4 x workers`` answers in a row came back ready."""
+    import time
+
+    import httpx
+
+    ready, deadline = 0, time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}")
+        try:
+            ready = ready + 1 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 else 0
+        except httpx.HTTPError:
+            ready = 0
+        if ready >= 4 * workers:
+            return
+        time.sleep(0.1 if ready else 0.5)
+    raise RuntimeError(f"{url} not ready after {timeout:g} s")
+
+
 def serve_env(args) -> dict:
     """Environment for the worker processes (settings travel as variables; see ``serving.settings``)."""
     from training import registry
@@ -77,16 +100,15 @@ def cmd_serve(args) -> int:
     if registry.champion_version() is None:
         raise LookupError("no champion to serve: run `nextbest train DATA --promote` (or `nextbest promote VERSION`)")
     if args.demo:
-        return _demo(args, env)
+        return _demo(args, env, settings.workers)
     _out(f"serving champion version {registry.champion_version()} on http://{args.host}:{args.port} "
          f"(store {settings.store_url}, decision log {settings.log_dir}); Ctrl-C stops it")
     return subprocess.call(serve_command(args.host, args.port), env=env)
 
 
-def _demo(args, env) -> int:
+def _demo(args, env, workers: int) -> int:
     """Start the service, show real answers of every endpoint, stop it."""
     import json
-    import time
 
     import httpx
     import pandas as pd
@@ -97,16 +119,11 @@ def _demo(args, env) -> int:
     proc = subprocess.Popen(serve_command(args.host, args.port), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 180
-        while True:
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"the service did not start (exit code {proc.poll()}); run `nextbest serve "
-                                   f"{args.data_dir}` to see why")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
+        try:
+            wait_ready(url, proc, workers)
+        except RuntimeError as exc:
+            raise RuntimeError(f"the service did not start ({exc}); run `nextbest serve {args.data_dir}` to see why") \
+                from None
         ids = read_table(args.data_dir, "customers")["customer_id"].astype(str).tolist()[:4]
         now = pd.Timestamp.now(tz="UTC").floor("min").isoformat()
 

@@ -292,14 +292,7 @@ class Engine:
         self.check(requests, prefix)
         now = datetime.now(timezone.utc)
         answers: list[dict | None] = [None] * len(requests)
-        todo = self._claim_requests(requests, answers)
-        if todo:
-            try:
-                for p in self._decide_and_record(requests, todo, now):
-                    answers[p.row] = p.decision
-            except BaseException:
-                self._release(requests, todo)
-                raise
+        self._answer(requests, self._claim_requests(requests, answers), now, answers)
         return answers
 
     def decide_each(self, requests: list[DecideRequest]) -> list:
@@ -318,14 +311,20 @@ class Engine:
                     results[i] = answer[0]
             except (InvalidInput, Conflict) as exc:
                 results[i] = exc
-        if todo:
-            try:
-                for p in self._decide_and_record(requests, todo, now):
-                    results[p.row] = p.decision
-            except BaseException:
-                self._release(requests, todo)
-                raise
+        self._answer(requests, todo, now, results)
         return results
+
+    def _answer(self, requests, todo: list[int], now: datetime, answers: list) -> None:
+        """Decide and record the claimed rows ``todo`` into ``answers``; on failure free their
+        request ids, so a retry is decided."""
+        if not todo:
+            return
+        try:
+            for p in self._decide_and_record(requests, todo, now):
+                answers[p.row] = p.decision
+        except BaseException:
+            self._release(requests, todo)
+            raise
 
     def _claim_requests(self, requests, answers) -> list[int]:
         ids = {r.request_id: i for i, r in enumerate(requests) if r.request_id}
@@ -420,12 +419,11 @@ class Engine:
             arrays = self.snapshot.arrays.take(pos[js], sub, edited)
             d = policy.decide(sub, hist, request, rng=KeyedRandom([keys[j] for j in js]), learner=learner,
                               arrays=arrays)
-            out += self._pending(d, js, reqs, rows, keys, known, states, raw_states, now_s, costs, kind,
-                                 (contact.sent_day, contact.sent_week, contact.hours_since_last, contact.unanswered))
+            out += self._pending(d, js, reqs, rows, keys, known, states, raw_states, now_s, costs, kind, hist)
         return out
 
     def _pending(self, d, js, reqs, rows, keys, known, states, raw_states, now_s, costs, kind,
-                 hist_rows) -> list[Pending]:
+                 hist) -> list[Pending]:
         cfg = self.config
         K, O = len(cfg.channel_names), len(cfg.offer_names)
         f = {c: d.frame[c].tolist() for c in ("action", "channel", "offer", "local_hour", "propensity",
@@ -470,9 +468,10 @@ class Engine:
             inputs = {"request": {"context": r.context, "channels": r.channels, "offers": r.offers,
                                   "horizon_hours": r.horizon_hours, "type": r.type},
                       "features_as_of": self.snapshot.as_of.isoformat(),
-                      "contact": {"sent_24h": hist_rows[0][j].tolist(), "sent_168h": hist_rows[1][j].tolist(),
-                                  "hours_since_last": float(hist_rows[2][j]) if np.isfinite(hist_rows[2][j]) else None,
-                                  "unanswered": hist_rows[3][j].tolist()}}
+                      "contact": {"sent_24h": hist.sent_day[pos].tolist(), "sent_168h": hist.sent_week[pos].tolist(),
+                                  "hours_since_last": float(hist.hours_since_last[pos])
+                                  if np.isfinite(hist.hours_since_last[pos]) else None,
+                                  "unanswered": hist.unanswered[pos].tolist()}}
             out.append(Pending(rows[j], decision, record, contact, inputs))
         return out
 

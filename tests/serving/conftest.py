@@ -20,6 +20,8 @@ import httpx
 import pytest
 import yaml
 
+from nextbest.cli_serve import stop_tree, wait_ready
+
 NEXTBEST = str(Path(sys.executable).parent / "nextbest")
 TEST_CONFIG = {
     "online": {"learn_after_hours": 0},
@@ -79,20 +81,12 @@ class Server:
             [NEXTBEST, "--config", str(self.project.config), "serve", str(self.project.data), "--port", str(self.port),
              "--log-dir", str(self.log_dir), "--workers", str(self.workers)],
             env=env, cwd=self.project.home, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + timeout
-        ready = 0  # a worker still loading holds a connection without answering: ask on fresh
-        while time.time() < deadline:  # connections until every worker has answered in a row
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                ready = ready + 1 if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200 else 0
-            except httpx.HTTPError:
-                ready = 0
-            if ready >= 4 * self.workers:
-                return self
-            time.sleep(0.1 if ready else 0.5)
-        self.stop()
-        raise RuntimeError(f"server not ready after {timeout} s:\n{self.log_tail()}")
+        try:
+            wait_ready(self.url, self.proc, self.workers, timeout)
+        except RuntimeError as exc:
+            self.kill()
+            raise RuntimeError(f"{exc}:\n{self.log_tail()}") from None
+        return self
 
     def log_tail(self, n: int = 4000) -> str:
         return (self.workdir / f"server-{self.port}.log").read_text(errors="replace")[-n:]
@@ -100,8 +94,6 @@ class Server:
     def kill(self, sig=signal.SIGKILL) -> None:
         """Signal every process of the server (the CLI, BentoML's arbiter, the workers in their
         own sessions, and each worker's engine process)."""
-        from nextbest.cli_serve import stop_tree
-
         if self.proc is not None:
             stop_tree(self.proc.pid, sig)
             self.proc.wait(timeout=30)

@@ -42,6 +42,18 @@ class Traffic:
         for t in self._threads:
             t.join(timeout=60)
 
+    def _post(self, client, path: str, body: dict) -> dict | None:
+        """The answer, or None (the failure is kept)."""
+        try:
+            r = client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            self.failures.append(f"{path}: {exc!r}")
+            return None
+        if r.status_code != 200:
+            self.failures.append(f"{path} {r.status_code}: {r.text[:200]}")
+            return None
+        return r.json()
+
     def _run(self, k):
         # no keep-alive: every request is a new connection, so several workers share the load
         client = httpx.Client(base_url=self.server.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
@@ -51,15 +63,9 @@ class Traffic:
             body = {"customer_id": self.ids[(k * 7919 + i) % len(self.ids)], "request_id": f"t{k}-{i}-{time.time_ns()}"}
             if self.fixed_now:
                 body["now"] = NOW.isoformat()
-            try:
-                r = client.post("/v1/decide", json=body)
-            except httpx.HTTPError as exc:
-                self.failures.append(f"decide: {exc!r}")
+            d = self._post(client, "/v1/decide", body)
+            if d is None:
                 continue
-            if r.status_code != 200:
-                self.failures.append(f"decide {r.status_code}: {r.text[:200]}")
-                continue
-            d = r.json()
             with self._lock:
                 self.decisions.append(d)
             if not (self.feedback and d["action"] == "send"):
@@ -67,17 +73,12 @@ class Traffic:
             for event, value in (("opened", None), ("converted", 40.0)):
                 fb = {"decision_id": d["decision_id"], "event": event, "ts": (NOW + timedelta(hours=30)).isoformat(),
                       "value": value}
-                try:
-                    r = client.post("/v1/feedback", json=fb)
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"feedback: {exc!r}")
+                answer = self._post(client, "/v1/feedback", fb)
+                if answer is None:
                     break
-                if r.status_code != 200:
-                    self.failures.append(f"feedback {r.status_code}: {r.text[:200]}")
-                    break
-                if r.json()["accepted"]:
+                if answer["accepted"]:
                     with self._lock:
-                        self.feedbacks.append((d["decision_id"], event, fb["ts"], r.json()["reward"]))
+                        self.feedbacks.append((d["decision_id"], event, fb["ts"], answer["reward"]))
 
 
 def test_kill_9_loses_no_acknowledged_decision_or_feedback(server_factory, customers, tmp_path):
