@@ -51,20 +51,22 @@ def main() -> int:
             return proc.returncode
         import mlflow
 
+        from training import run_metrics as rm
+
         mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
         run = mlflow.search_runs(experiment_names=["nextbest"], output_format="list")[0]
         m = run.data.metrics
     lines = [f"data: {args.customers:,} customers x {args.days} days (seed {args.seed})",
              f"nextbest train wall time: {wall:.0f} s (target < 600 s); peak memory {peak_gib:.2f} GiB (target < 8 GiB)",
              "time split by stage (s):"]
-    lines += [f"  {k[5:-2]:<16} {v:7.1f}" for k, v in m.items() if k.startswith("time_")]
+    lines += [f"  {k.split('/')[1]:<16} {v:7.1f}" for k, v in m.items() if k.startswith("time_seconds/")]
     lines += ["policy value on a fresh day, normalized (policy - suppress) / (oracle - suppress):"]
-    for name in ("policy", "best_single_channel", "random", "suppress", "oracle"):
-        lines.append(f"  {name:<20} {m[f'value_normalized_{name}']:7.3f}   profit per 1,000 customers "
-                     f"{m[f'value_per_1000_{name}']:8.1f}")
+    for who in ("policy", "best_single_channel", "random", "suppress", "oracle"):
+        lines.append(f"  {who:<20} {m[rm.name(rm.SHARE, who)]:7.3f}   profit per 1,000 customers "
+                     f"{m[rm.name(rm.PROFIT, who)]:8.1f}")
     lines += ["true open rate at the chosen send hour:"]
-    for name in ("policy", "most_frequent_open_hour", "oracle_hour"):
-        lines.append(f"  {name:<24} {m[f'true_open_rate_{name}']:.4f}")
+    for who in ("policy", "most_frequent_open_hour", "oracle_hour"):
+        lines.append(f"  {who:<24} {m[rm.name(rm.OPEN_RATE_AT_SEND_TIME, who)]:.4f}")
     print("\n".join(lines))
     (HERE / "out").mkdir(exist_ok=True)
     (HERE / "out" / "policy_last.json").write_text(json.dumps({"wall_s": wall, "peak_gib": peak_gib, **m}, indent=1))

@@ -37,7 +37,7 @@ def timing_table(timings: dict) -> str:
 
 def cmd_train(args) -> int:
     from features.config import load_config
-    from training import registry
+    from training import registry, run_metrics
     from training.tracking import run_training
 
     cfg = load_config(args.config)
@@ -45,11 +45,11 @@ def cmd_train(args) -> int:
                            promote=args.promote, config_path=args.config)
     _out(timing_table(summary["timings"]))
     m = summary["metrics"]
-    keys = [k for k in ("value_normalized_policy", "value_normalized_best_single_channel", "value_normalized_random",
-                        "auc_open_all", "auc_conversion_all", "true_open_rate_policy",
-                        "true_open_rate_most_frequent_open_hour") if k in m]
-    for k in keys:
-        _out(f"{k:<40} {m[k]:.4f}")
+    for k, v in run_metrics.headline_summary(m):
+        _out(f"{k:<58} {v:10.4f}")
+    for k in ("model_auc/open_all", "model_auc/conversion_all"):
+        if k in m:
+            _out(f"{k:<58} {m[k]:10.4f}")
     _out(f"MLflow run {summary['run_id']}" + (f", registered as {registry.MODEL_NAME} version {summary['version']}"
                                                if summary["version"] else ""))
     if args.promote and summary["version"]:

@@ -8,6 +8,7 @@ global pyplot state).
 
 from __future__ import annotations
 
+import base64
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +46,15 @@ def _figure(w=7.0, h=3.6):
 
 
 def _save(fig, out: Path, name: str) -> str:
+    """Write the chart as ``out/name`` and return an ``<img>`` that embeds it.
+
+    Embedded (a data URI) because MLflow's artifact viewer shows an HTML artifact on its own,
+    without the files beside it, and a single file can be mailed; the PNG stays for reuse.
+    """
     fig.tight_layout()
     fig.savefig(out / name)
-    return name
+    data = base64.b64encode((out / name).read_bytes()).decode()
+    return f"<img alt='{name}' src='data:image/png;base64,{data}'>"
 
 
 def _chart_values(values: pd.DataFrame, out: Path) -> str:
@@ -137,7 +144,7 @@ def write_report(data: ReportData, out: str | Path) -> Path:
         parts += ["<h2>What the policy adds</h2>",
                   f"<p>On a typical day the policy brings <b>{pol['extra_per_1000']:,.1f}</b> extra profit per "
                   f"1,000 customers compared with sending nothing. {html.escape(data.values_note)}</p>",
-                  f"<img src='{_chart_values(v, out)}'>",
+                  _chart_values(v, out),
                   _table(pd.DataFrame({"approach": [POLICY_LABELS.get(k, k) for k in v.index],
                                        "profit per 1,000": v["per_1000"].to_numpy(),
                                        "extra vs sending nothing": v["extra_per_1000"].to_numpy(),
@@ -147,8 +154,8 @@ def write_report(data: ReportData, out: str | Path) -> Path:
               "customers who got a message, minus those of comparable customers who got nothing (weighted "
               "so that the comparison is fair to how messages were assigned). Bars show the estimate, "
               "whiskers the range the true value lies in with 95% confidence.</p>",
-              f"<img src='{_chart_incrementality(data.incrementality, out, 'orders')}'>",
-              f"<img src='{_chart_incrementality(data.incrementality, out, 'profit')}'>",
+              _chart_incrementality(data.incrementality, out, 'orders'),
+              _chart_incrementality(data.incrementality, out, 'profit'),
               _table(data.incrementality.rename(columns={
                   "by": "by", "group": "group", "messages": "messages",
                   "orders_per_1000": "extra orders /1,000", "orders_low": "low", "orders_high": "high",
@@ -160,7 +167,7 @@ def write_report(data: ReportData, out: str | Path) -> Path:
                   "<p>The models rank customers by how much an offer changes their chance to order. If the ranking "
                   "works, the first deciles show the largest observed lift and the curves rise above the dotted "
                   "line of random targeting. Held-out days only.</p>",
-                  f"<img src='{_chart_qini(data.uplift, out)}'>", f"<img src='{_chart_deciles(data.uplift, out)}'>",
+                  _chart_qini(data.uplift, out), _chart_deciles(data.uplift, out),
                   _table(pd.DataFrame(rows), "{:.5f}")]
     if data.send_time is not None:
         st = data.send_time.reset_index().rename(columns={"index": "send time chosen by"})
@@ -170,7 +177,7 @@ def write_report(data: ReportData, out: str | Path) -> Path:
     parts += ["<h2>Model health (for the data team)</h2>",
               "<p>AUC: how well each model separates responders (0.5 = chance). Reliability: predicted vs observed "
               "rates in ten bins (on the diagonal = calibrated).</p>",
-              _table(data.responses, "{:.4f}"), f"<img src='{_chart_reliability(data.reliability, out)}'>"]
+              _table(data.responses, "{:.4f}"), _chart_reliability(data.reliability, out)]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>" + html.escape(data.title) + "</title><style>"
             "body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;color:#222}"
             "img{max-width:100%;display:block;margin:1em 0}.t{border-collapse:collapse;font-size:13px}"

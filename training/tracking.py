@@ -13,10 +13,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from features.config import Config
-from training import registry
+from training import registry, run_metrics
 from training.evaluate import measured_incrementality, response_metrics, uplift_evaluation
 from training.report import ReportData, write_report
 from training.settings import TrainingSettings
@@ -38,53 +36,39 @@ def data_fingerprint(data_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _metric_name(*parts) -> str:
-    return "_".join(str(p).replace(" ", "_").replace("(", "").replace(")", "").replace("-", "to") for p in parts)
-
-
 def evaluate_and_report(res: TrainResult, config: Config, out_dir: Path, version: str) -> tuple[dict, Path]:
     """Evaluate the trained policy (held-out rows; the simulator's truth when present) and write
     the report into ``out_dir``; returns the metrics and the report path."""
     t0 = time.perf_counter()
-    metrics: dict[str, float] = {}
     responses, curves = response_metrics(res.policy, res.valid)
-    for r in responses.itertuples():
-        metrics[_metric_name("auc", r.model, r.channel)] = r.auc
-        metrics[_metric_name("logloss", r.model, r.channel)] = r.log_loss
     uplift = uplift_evaluation(res.policy, res.valid)
-    for offer, u in uplift.items():
-        metrics[_metric_name("qini", offer)] = u["qini"][0]
-        metrics[_metric_name("auuc", offer)] = u["auuc"][0]
     inc = measured_incrementality(config, res.valid)
-    for r in inc.itertuples():
-        metrics[_metric_name("incremental_orders_per_1000", r.by, r.group)] = r.orders_per_1000
-        metrics[_metric_name("incremental_profit_per_1000", r.by, r.group)] = r.profit_per_1000
     truth = load_truth(res.dataset.path, res.dataset.customers, config)
     values = send_time = None
     note = ""
     if truth is not None:
         sim = evaluate_on_world(res.policy, truth, res.log, res.population)
         values, send_time = sim.values, sim.send_time
-        for name, row in values.iterrows():
-            metrics[_metric_name("value_per_1000", name)] = row["per_1000"]
-            metrics[_metric_name("value_normalized", name)] = row["normalized"]
-        for name, row in send_time.iterrows():
-            metrics[_metric_name("true_open_rate", name)] = row["mean_true_open_rate"]
         note = (f"Measured with the simulator's true response rates on the day after the history. The best "
                 f"single channel was {values.attrs.get('best_single_channel', '?')}.")
+    # logged in this order, which is the order of the run page's metrics table: the marketer's first
+    metrics = (run_metrics.headline(values) | run_metrics.incrementality(inc) | run_metrics.send_time(send_time)
+               | run_metrics.model_health(responses, uplift))
     res.timings["evaluate"] = time.perf_counter() - t0
     facts = {"decisions learned from": f"{res.info['train_decisions']:,}",
              "held-out decisions": f"{res.info['valid_decisions']:,}", "held out from": res.info["validation_from"]}
     path = write_report(ReportData("What messages add: uplift report", version, values, note, inc, uplift,
                                    responses, curves, send_time, facts), out_dir)
-    metrics = {k: float(v) for k, v in metrics.items() if v is not None and np.isfinite(v)}
-    return metrics, path
+    return run_metrics.finite(metrics), path
 
 
 def run_training(data_dir: str | Path, config: Config, settings: TrainingSettings | None = None, seed: int = 0,
                  register: bool = True, promote: bool = False, nested: bool = False,
-                 run_name: str | None = None, config_path: str | None = None, callbacks=()) -> dict:
-    """Train, evaluate, report and (optionally) register and promote; returns a summary dict."""
+                 run_name: str | None = None, config_path: str | None = None, callbacks=(), prepared=None) -> dict:
+    """Train, evaluate, report and (optionally) register and promote; returns a summary dict.
+
+    ``prepared`` reuses the examples of an earlier :func:`training.train.prepare`.
+    """
     import mlflow
     from mlflow.models import infer_signature
 
@@ -97,12 +81,10 @@ def run_training(data_dir: str | Path, config: Config, settings: TrainingSetting
                            **{f"training.{k}": v for k, v in asdict(settings).items() if k != "lightgbm"},
                            **{f"lightgbm.{k}": v for k, v in settings.lightgbm.items()}})
         mlflow.set_tag("data_fingerprint", data_fingerprint(data_dir))
-        res = train(data_dir, config, settings, seed=seed, version=run.info.run_id, callbacks=callbacks)
+        res = train(data_dir, config, settings, seed=seed, version=run.info.run_id, callbacks=callbacks,
+                    prepared=prepared)
         mlflow.log_params({k: v for k, v in res.info.items()})
         with tempfile.TemporaryDirectory() as tmp:
-            metrics, report = evaluate_and_report(res, config, Path(tmp) / "report", run.info.run_id)
-            mlflow.log_metrics(metrics)
-            mlflow.log_artifacts(str(report.parent), "report")
             t0 = time.perf_counter()
             artifacts = save_artifacts(res.policy, Path(tmp) / "policy", run.info.run_id)
             example = signature_example(res.valid.examples.set_index("customer_id"), res.policy)
@@ -113,11 +95,19 @@ def run_training(data_dir: str | Path, config: Config, settings: TrainingSetting
                 signature=infer_signature(example, output, params={"now": "", "horizon_hours": 24.0, "type": "marketing"}),
                 registered_model_name=registry.MODEL_NAME if register else None, pip_requirements=[])
             res.timings["log_model"] = time.perf_counter() - t0
-        times = {f"time_{k}_s": v for k, v in res.timings.items()}
+            version = getattr(info, "registered_model_version", None)
+            version = None if version is None else str(version)
+            # registered first, so that the report and the run page can name the version
+            label = f"{version} (MLflow run {run.info.run_id})" if version else f"of MLflow run {run.info.run_id}"
+            metrics, report = evaluate_and_report(res, config, Path(tmp) / "report", label)
+            mlflow.log_metrics(metrics)
+            mlflow.log_artifacts(str(report.parent), "report")
+        times = run_metrics.timings(res.timings)
         mlflow.log_metrics(times)
         metrics.update(times)
-        version = getattr(info, "registered_model_version", None)
-        version = None if version is None else str(version)
+        if version is not None:  # the compare view labels runs by name: make it the version
+            mlflow.set_tags({"model_version": version, "mlflow.runName": run_name or f"{registry.MODEL_NAME} v{version}"})
+        mlflow.set_tag("mlflow.note.content", run_metrics.run_description(metrics, version, Path(data_dir).resolve()))
         summary = {"run_id": run.info.run_id, "version": version, "timings": res.timings, "metrics": metrics,
                    "report": f"{run.info.artifact_uri}/report/index.html"}
     if promote and version is not None:

@@ -39,7 +39,9 @@ def test_runs_register_versions_in_the_project_sqlite_store(two_runs, store):
     first, second = two_runs
     assert (first["version"], second["version"]) == ("1", "2")
     assert registry.champion_version() is None  # nothing is served until someone promotes
-    for key in ("time_response_models_s", "value_normalized_policy", "auc_open_all", "qini_none"):
+    for key in ("time_seconds/response_models", "share_of_achievable_extra_profit/nextbest_policy",
+                "model_auc/open_all", "uplift_ranking_qini/offer_none",
+                "extra_orders_per_1000_messages/channel_email_low_95"):
         assert key in first["metrics"], key
 
 
@@ -91,6 +93,25 @@ def test_report_artifact_has_html_and_plots(two_runs):
     assert {"report/policy_value.png", "report/qini.png", "report/incremental_orders.png",
             "report/uplift_deciles.png", "report/reliability.png"} <= pngs
     html = open(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="report/index.html")).read()
-    for png in pngs:
-        assert png.split("/")[1] in html
-    assert "extra profit per 1,000 customers" in html or "extra profit" in html
+    for png in pngs:  # each chart is embedded (MLflow's viewer shows the page without its neighbours)
+        assert f"<img alt='{png.split('/')[1]}' src='data:image/png;base64," in html
+    assert "extra profit per 1,000 customers" in html
+
+
+def test_run_page_speaks_to_marketers(two_runs):
+    """Readable metric names with intervals, the version as the run's name and a description."""
+    import mlflow
+
+    from training import run_metrics
+
+    run = mlflow.MlflowClient().get_run(two_runs[1]["run_id"])
+    m, tags = run.data.metrics, run.data.tags
+    assert tags["mlflow.runName"] == "nextbest v2" and tags["model_version"] == "2"
+    for who in ("policy", "suppress", "best_single_channel", "random", "oracle"):
+        assert run_metrics.name(run_metrics.PROFIT, who) in m
+    assert m["profit_per_1000_customers/nextbest_policy"] > m["profit_per_1000_customers/send_nothing"]
+    for group in ("channel_email", "offer_pct10", "send_hour_morning_6to11"):
+        key = f"extra_orders_per_1000_messages/{group}"
+        assert m[key + "_low_95"] <= m[key] <= m[key + "_high_95"], key
+    assert "Policy version 2" in tags["mlflow.note.content"]
+    assert "report/index.html" in tags["mlflow.note.content"]
