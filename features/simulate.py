@@ -282,3 +282,16 @@ def write(data: SimulatedData, out: str | Path, fmt: str = "parquet", seed: int 
         "end": data.end.isoformat(), "note": "latent parameters of the simulated world; not model input",
     }, indent=2))
     return out
+
+
+def simulate_if_missing(out: str | Path, n_customers: int, days: int, seed: int, config: Config | None = None) -> bool:
+    """Write a simulated data directory at ``out`` unless it already holds a ``customers`` table.
+
+    What the notebooks call so that they run on a fresh clone; returns whether it simulated.
+    """
+    out = Path(out)
+    if any(out.glob("customers.*")):
+        return False
+    write(generate(n_customers, days, seed=seed, config=config), out, seed=seed)
+    log.info("simulated %d customers over %d days into %s", n_customers, days, out)
+    return True

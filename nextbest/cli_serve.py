@@ -170,30 +170,11 @@ def _demo(args, env, workers: int) -> int:
 
 def cmd_log_export(args) -> int:
     """Write the base data directory plus the decision log as one data directory."""
-    import pandas as pd
+    from serving.decision_log import export_data_dir
 
-    from features.io import load_dataset, read_table, write_table
-    from serving.decision_log import read_log
-
-    customers, events = load_dataset(args.data_dir)
-    decisions, logged = read_log(args.log_dir)
-    if decisions.empty:
-        raise ValueError(f"no decisions in {args.log_dir}")
-    try:
-        base = read_table(args.data_dir, "logging_decisions")
-    except FileNotFoundError:
-        base = decisions.iloc[:0]
-    unknown = sorted(set(decisions["customer_id"]) - set(customers["customer_id"].astype(str)))
-    if unknown:  # cold-start customers: add them without consent or attributes (the log has none)
-        customers = pd.concat([customers, pd.DataFrame({"customer_id": unknown})], ignore_index=True)
-    out = Path(args.out)
-    write_table(customers, out, "customers")
-    write_table(pd.concat([events, logged[events.columns.intersection(logged.columns)]], ignore_index=True)
-                .sort_values("ts", kind="stable"), out, "events")
-    write_table(pd.concat([base, decisions[base.columns.intersection(decisions.columns)]], ignore_index=True), out,
-                "logging_decisions")
-    _out(f"wrote {len(decisions):,} logged decisions and {len(logged):,} events from {args.log_dir} "
-         f"with {args.data_dir} to {out}")
+    n_decisions, n_events = export_data_dir(args.data_dir, args.log_dir, args.out)
+    _out(f"wrote {n_decisions:,} logged decisions and {n_events:,} events from {args.log_dir} "
+         f"with {args.data_dir} to {args.out}")
     return 0
 
 

@@ -146,3 +146,31 @@ def _empty_decisions() -> pd.DataFrame:
 def _empty_events() -> pd.DataFrame:
     return pd.DataFrame({c: [] for c in ("customer_id", "ts", "event", "message_id", "channel", "offer", "value",
                                          "propensity")})
+
+
+def export_data_dir(data_dir: str | Path, log_dir: str | Path, out: str | Path) -> tuple[int, int]:
+    """Write ``data_dir`` plus the decision log in ``log_dir`` as one data directory ``out``.
+
+    What ``nextbest log export`` and the evaluation notebook call; ``train`` and ``evaluate``
+    read the result. Returns the numbers of decisions and events taken from the log.
+    """
+    from features.io import load_dataset, read_table, write_table
+
+    customers, events = load_dataset(data_dir)
+    decisions, logged = read_log(log_dir)
+    if decisions.empty:
+        raise ValueError(f"no decisions in {log_dir}")
+    try:
+        base = read_table(data_dir, "logging_decisions")
+    except FileNotFoundError:
+        base = decisions.iloc[:0]
+    unknown = sorted(set(decisions["customer_id"]) - set(customers["customer_id"].astype(str)))
+    if unknown:  # cold-start customers: add them without consent or attributes (the log has none)
+        customers = pd.concat([customers, pd.DataFrame({"customer_id": unknown})], ignore_index=True)
+    out = Path(out)
+    write_table(customers, out, "customers")
+    write_table(pd.concat([events, logged[events.columns.intersection(logged.columns)]], ignore_index=True)
+                .sort_values("ts", kind="stable"), out, "events")
+    write_table(pd.concat([base, decisions[base.columns.intersection(decisions.columns)]], ignore_index=True), out,
+                "logging_decisions")
+    return len(decisions), len(logged)

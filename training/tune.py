@@ -63,8 +63,12 @@ class _PruningCallback:
 
 
 def tune(data_dir: str | Path, config: Config, settings: TrainingSettings, n_trials: int = 20,
-         timeout: float | None = 900, seed: int = 0, out: Path | None = None) -> dict:
-    """Run the study; returns the best parameters and a summary (and writes them to ``out``)."""
+         timeout: float | None = 900, seed: int = 0, out: Path | None = None, prepared=None) -> dict:
+    """Run the study; returns the best parameters and a summary (and writes them to ``out``).
+
+    ``prepared`` reuses examples built by :func:`training.train.prepare` (a notebook that already
+    looked at them); the result's ``study`` is the Optuna study, for its plots.
+    """
     import mlflow
     import optuna
 
@@ -76,7 +80,7 @@ def tune(data_dir: str | Path, config: Config, settings: TrainingSettings, n_tri
     registry.setup()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
-    prepared = prepare(data_dir, config, settings, Stopwatch(), seed)
+    prepared = prepared or prepare(data_dir, config, settings, Stopwatch(), seed)
     sampler = optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(direction="minimize", sampler=sampler,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=30))
@@ -113,7 +117,7 @@ def tune(data_dir: str | Path, config: Config, settings: TrainingSettings, n_tri
         mlflow.log_dict({"params": best}, "best_params.json")
         result = {"params": best, "best_value": float(study.best_value), "trials": len(study.trials),
                   "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
-                  "seconds": time.perf_counter() - t0, "run_id": parent.info.run_id}
+                  "seconds": time.perf_counter() - t0, "run_id": parent.info.run_id, "study": study}
     if out is not None:
         Path(out).write_text(json.dumps({"params": best, "objective_log_loss": result["best_value"],
                                          "tune_run_id": result["run_id"],
