@@ -9,13 +9,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: setup system-deps demo test bench bench-bandits bench-serving lock clean
+.PHONY: setup system-deps demo ui notebooks test bench bench-bandits bench-serving lock clean
 
 setup: $(STAMP) system-deps
 
-# System packages the tests and benchmarks use: a real Redis server and the wrk load generator
+# System packages the tests and benchmarks use: a real Redis server, the wrk load generator and
+# Chromium (the browser test of the MLflow UI drives Debian's chromium through Playwright)
 # (Debian/Ubuntu; apt-get as root, or through sudo). Skipped when they are already installed.
-SYSTEM_PACKAGES := redis-server wrk
+SYSTEM_PACKAGES := redis-server wrk chromium
 system-deps:
 	@missing=""; for c in $(SYSTEM_PACKAGES); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
 	if [ -n "$$missing" ]; then \
@@ -41,6 +42,15 @@ demo: setup
 	$(BIN)/nextbest -q decide $(DEMO)/data --customers 5
 	$(BIN)/nextbest -q serve $(DEMO)/data --demo
 
+# The MLflow UI on the project's store; prints the champion's training run and uplift report pages
+ui: setup
+	$(BIN)/nextbest ui
+
+# Re-execute the notebooks in place on the demo data after `make demo` (their stored outputs come from this)
+notebooks: demo
+	cd notebooks && for nb in 01_explore_engagement 02_retrain_and_tune 03_evaluate_and_promote 04_your_own_data; do \
+	  ../$(BIN)/papermill --cwd . $$nb.ipynb $$nb.ipynb || exit 1; done
+
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
@@ -65,4 +75,4 @@ lock:
 	/tmp/nextbest-lock/bin/pip freeze --exclude-editable | grep -v '^nextbest' > constraints.txt
 
 clean:
-	rm -rf $(VENV) $(DEMO) *.egg-info mlflow.db mlruns
+	rm -rf $(VENV) $(DEMO) *.egg-info mlflow.db mlruns test-output

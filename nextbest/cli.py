@@ -162,10 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "examples' outcomes alike; default: the end of the last event's day")
     b.add_argument("--examples", help="also write training examples (one row per send) to this Parquet file")
     b.set_defaults(func=cmd_features_build)
-    from nextbest import cli_models, cli_serve
+    from nextbest import cli_models, cli_serve, cli_ui
 
     cli_models.add_commands(top)
     cli_serve.add_commands(top)
+    cli_ui.add_commands(top)
     return p
 
 

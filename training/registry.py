@@ -57,12 +57,9 @@ def setup(experiment: str = EXPERIMENT) -> str:
 
 def ui_hint() -> str:
     """How to open the MLflow UI on this store."""
-    import sys
-
     uri = tracking_uri()
-    exe = Path(sys.executable).parent / "mlflow"
     if uri.startswith("sqlite:"):
-        return f"{exe if exe.exists() else 'mlflow'} ui --backend-store-uri {uri}  (then open http://127.0.0.1:5000)"
+        return "nextbest ui  (starts MLflow on this store and prints the training run and report pages)"
     return f"open {uri} in a browser"
 
 

@@ -1,0 +1,111 @@
+"""``nextbest ui``: the MLflow UI on the project's store, with the links a marketer needs.
+
+Starts ``mlflow server`` on the project's SQLite store (one worker, no job runner: it is one
+person's browser) and prints, once it answers, the pages to open: the champion's training run
+(and the newest version's, if different), its uplift report, and the compare view of the two
+newest versions. Ctrl-C stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from pathlib import Path
+
+from nextbest.cli import _out
+
+# A one-user UI: MLflow's job runner and telemetry are off (both start extra processes or calls)
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def server_command(store_uri: str, host: str, port: int) -> list[str]:
+    exe = Path(sys.executable).parent / "mlflow"
+    return [str(exe) if exe.exists() else "mlflow", "server", "--backend-store-uri", store_uri, "--host", host,
+            "--port", str(port), "--workers", "1"]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
+    """Return once ``/health`` answers; RuntimeError if the server exits or times out."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with code {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"mlflow server at {url} not ready after {timeout:g} s")
+
+
+def run_links(base_url: str) -> list[tuple[str, str]]:
+    """``(label, url)`` of the pages to open, champion first; empty without a registered version."""
+    from mlflow import MlflowClient
+
+    from training import registry
+
+    registry.setup()
+    versions = registry.versions()  # newest first
+    if not versions:
+        return []
+    client = MlflowClient()
+    champion = registry.champion_version()
+    picks = [v for v in versions if v["version"] == champion] + [versions[0]]
+    links, seen = [], set()
+    for v in picks:
+        if v["version"] in seen:
+            continue
+        seen.add(v["version"])
+        exp = client.get_run(v["run_id"]).info.experiment_id
+        run = f"{base_url}/#/experiments/{exp}/runs/{v['run_id']}"
+        who = f"version {v['version']}" + (" (champion)" if v["version"] == champion else " (newest)")
+        links += [(f"training run of {who}", run), (f"uplift report of {who}", f"{run}/artifacts/report/index.html")]
+    if len(versions) >= 2:
+        runs = [versions[1]["run_id"], versions[0]["run_id"]]
+        exp = client.get_run(runs[0]).info.experiment_id
+        query = urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([exp])})
+        links.append((f"versions {versions[1]['version']} and {versions[0]['version']} side by side",
+                      f"{base_url}/#/compare-runs?{query}"))
+    return links
+
+
+def cmd_ui(args) -> int:
+    from nextbest.cli_serve import stop_tree
+    from training import registry
+
+    uri = registry.tracking_uri()
+    if not uri.startswith("sqlite:"):
+        _out(f"MLflow tracking is at {uri}: open it in a browser")
+        return 0
+    base = f"http://{args.host}:{args.port}"
+    proc = subprocess.Popen(server_command(uri, args.host, args.port), env={**os.environ, **SERVER_ENV},
+                            cwd=registry.project_dir(), start_new_session=True)
+    try:
+        wait_healthy(base, proc)
+        _out(f"MLflow UI on {uri} at {base} (Ctrl-C stops it)")
+        links = run_links(base)
+        if not links:
+            _out("no registered version yet: run `nextbest train DATA` first")
+        for label, url in links:
+            _out(f"  {label}: {url}")
+        sys.stdout.flush()
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop_tree(proc.pid)
+
+
+def add_commands(top) -> None:
+    u = top.add_parser("ui", help="start the MLflow UI on the project's store and print the training run, "
+                                  "uplift report and compare pages to open")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(func=cmd_ui)
