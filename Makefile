@@ -8,6 +8,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
+DEMO_SIZE := --customers 5000 --days 60 --seed 7
 
 .PHONY: setup system-deps demo ui notebooks test bench bench-bandits bench-serving lock clean
 
@@ -35,7 +36,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/nextbest data generate --customers 5000 --days 60 --seed 7 --out $(DEMO)/data
+	$(BIN)/nextbest data generate $(DEMO_SIZE) --out $(DEMO)/data
 	$(BIN)/nextbest data validate $(DEMO)/data
 	$(BIN)/nextbest features build $(DEMO)/data --out $(DEMO)/features.parquet
 	$(BIN)/nextbest -q train $(DEMO)/data --promote
@@ -46,10 +47,15 @@ demo: setup
 ui: setup
 	$(BIN)/nextbest ui
 
-# Re-execute the notebooks in place on the demo data after `make demo` (their stored outputs come from this)
-notebooks: demo
+# Re-execute the notebooks in place on the demo data (their stored outputs come from this). Needs
+# the demo data and a champion: made here as `make demo` makes them when missing. Each notebook is
+# written back only if every cell ran.
+notebooks: setup
+	@test -e $(DEMO)/data/customers.parquet || $(BIN)/nextbest -q data generate $(DEMO_SIZE) --out $(DEMO)/data
+	@$(BIN)/python -c "import sys; from training import registry; sys.exit(registry.champion_version() is None)" \
+	  || $(BIN)/nextbest -q train $(DEMO)/data --promote
 	cd notebooks && for nb in 01_explore_engagement 02_retrain_and_tune 03_evaluate_and_promote 04_your_own_data; do \
-	  ../$(BIN)/papermill --cwd . $$nb.ipynb $$nb.ipynb || exit 1; done
+	  ../$(BIN)/papermill --cwd . $$nb.ipynb /tmp/nextbest-$$nb.ipynb && mv /tmp/nextbest-$$nb.ipynb $$nb.ipynb || exit 1; done
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile

@@ -9,7 +9,10 @@ newest versions. Ctrl-C stops it.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +20,8 @@ import urllib.parse
 from pathlib import Path
 
 from nextbest.cli import _out
+
+log = logging.getLogger(__name__)
 
 # A one-user UI: MLflow's job runner and telemetry are off (both start extra processes or calls)
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
@@ -46,16 +51,26 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> No
 
 
 def run_links(base_url: str) -> list[tuple[str, str]]:
-    """``(label, url)`` of the pages to open, champion first; empty without a registered version."""
+    """``(label, url)`` of the pages to open, champion first; empty without a registered version.
+
+    A version whose run is gone (``mlflow gc``) is left out with a log line.
+    """
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     from training import registry
 
     registry.setup()
-    versions = registry.versions()  # newest first
+    client = MlflowClient()
+    experiments, registered = {}, registry.versions()  # newest first
+    for v in registered:
+        try:
+            experiments[v["version"]] = client.get_run(v["run_id"]).info.experiment_id
+        except MlflowException as exc:
+            log.warning("version %s: its run %s is gone (%s)", v["version"], v["run_id"], exc)
+    versions = [v for v in registered if v["version"] in experiments]
     if not versions:
         return []
-    client = MlflowClient()
     champion = registry.champion_version()
     picks = [v for v in versions if v["version"] == champion] + [versions[0]]
     links, seen = [], set()
@@ -63,17 +78,39 @@ def run_links(base_url: str) -> list[tuple[str, str]]:
         if v["version"] in seen:
             continue
         seen.add(v["version"])
-        exp = client.get_run(v["run_id"]).info.experiment_id
-        run = f"{base_url}/#/experiments/{exp}/runs/{v['run_id']}"
+        run = f"{base_url}/#/experiments/{experiments[v['version']]}/runs/{v['run_id']}"
         who = f"version {v['version']}" + (" (champion)" if v["version"] == champion else " (newest)")
         links += [(f"training run of {who}", run), (f"uplift report of {who}", f"{run}/artifacts/report/index.html")]
     if len(versions) >= 2:
-        runs = [versions[1]["run_id"], versions[0]["run_id"]]
-        exp = client.get_run(runs[0]).info.experiment_id
-        query = urllib.parse.urlencode({"runs": json.dumps(runs), "experiments": json.dumps([exp])})
-        links.append((f"versions {versions[1]['version']} and {versions[0]['version']} side by side",
+        older, newer = versions[1], versions[0]
+        query = urllib.parse.urlencode({"runs": json.dumps([older["run_id"], newer["run_id"]]),
+                                        "experiments": json.dumps(sorted({experiments[older["version"]],
+                                                                          experiments[newer["version"]]}))})
+        links.append((f"versions {older['version']} and {newer['version']} side by side",
                       f"{base_url}/#/compare-runs?{query}"))
     return links
+
+
+def _print_links(base_url: str) -> None:
+    links = run_links(base_url)
+    if not links:
+        _out("no registered version yet: run `nextbest train DATA` first")
+    for label, url in links:
+        _out(f"  {label}: {url}")
+    sys.stdout.flush()
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _stop_on_hangup(signum, frame):  # a closed terminal or a `kill` must stop the server too
+    raise SystemExit(128 + signum)
 
 
 def cmd_ui(args) -> int:
@@ -81,21 +118,27 @@ def cmd_ui(args) -> int:
     from training import registry
 
     uri = registry.tracking_uri()
-    if not uri.startswith("sqlite:"):
-        _out(f"MLflow tracking is at {uri}: open it in a browser")
+    if uri.startswith(("http://", "https://")):
+        _out(f"MLflow runs on the server at {uri}:")
+        _print_links(uri.rstrip("/"))
         return 0
+    if not uri.startswith("sqlite:"):
+        _out(f"MLflow tracking is at {uri}: start `mlflow server --backend-store-uri {uri}` to browse it")
+        return 0
+    if not _port_free(args.host, args.port):
+        raise ValueError(f"port {args.port} on {args.host} is in use (another MLflow UI?): pass --port")
     base = f"http://{args.host}:{args.port}"
     proc = subprocess.Popen(server_command(uri, args.host, args.port), env={**os.environ, **SERVER_ENV},
                             cwd=registry.project_dir(), start_new_session=True)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop_on_hangup)
     try:
-        wait_healthy(base, proc)
+        try:
+            wait_healthy(base, proc)
+        except RuntimeError as exc:
+            raise ValueError(f"{exc} (its log is above)") from None
         _out(f"MLflow UI on {uri} at {base} (Ctrl-C stops it)")
-        links = run_links(base)
-        if not links:
-            _out("no registered version yet: run `nextbest train DATA` first")
-        for label, url in links:
-            _out(f"  {label}: {url}")
-        sys.stdout.flush()
+        _print_links(base)
         return proc.wait()
     except KeyboardInterrupt:
         return 0

@@ -71,6 +71,13 @@ def _read(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def _labels(col: pd.Series) -> np.ndarray:
+    """Arm names as text; whole-number floats (an integer column read with gaps) lose their ``.0``."""
+    if pd.api.types.is_float_dtype(col) and np.all(np.mod(col.to_numpy(float), 1) == 0):
+        col = col.astype(np.int64)
+    return col.astype(str).to_numpy()
+
+
 def load_table(path: str | Path, treatment: str, outcome: str, control, propensity: str | None = None,
                features: list[str] | None = None, max_rows: int | None = None, seed: int = 0) -> TreatmentTable:
     """Read and check the table; ``features`` default to every other column (identifiers dropped)."""
@@ -87,8 +94,11 @@ def load_table(path: str | Path, treatment: str, outcome: str, control, propensi
         row = int(np.flatnonzero(y.isna().to_numpy())[0])
         raise ValueError(f"{path.name}: outcome {outcome!r} must be a number on every row; row {row} has "
                          f"{df[outcome].iloc[row]!r}")
-    t = df[treatment].astype(str).to_numpy()
-    control = str(control)
+    if df[treatment].isna().any():
+        row = int(np.flatnonzero(df[treatment].isna().to_numpy())[0])
+        raise ValueError(f"{path.name}: treatment {treatment!r} is missing on row {row}; every row needs its arm")
+    t = _labels(df[treatment])
+    control = _labels(pd.Series([control]))[0]
     arms = sorted(set(t))
     if control not in arms:
         raise ValueError(f"{path.name}: no row has the control {control!r} in {treatment!r}; values are {arms}")

@@ -97,9 +97,17 @@ def run_training(data_dir: str | Path, config: Config, settings: TrainingSetting
             res.timings["log_model"] = time.perf_counter() - t0
             version = getattr(info, "registered_model_version", None)
             version = None if version is None else str(version)
-            # registered first, so that the report and the run page can name the version
-            label = f"{version} (MLflow run {run.info.run_id})" if version else f"of MLflow run {run.info.run_id}"
-            metrics, report = evaluate_and_report(res, config, Path(tmp) / "report", label)
+            # registered first, so that the report and the run page can name the version; a version
+            # whose evaluation fails is deleted again (no version without its report)
+            label = (f"{version} (MLflow run {run.info.run_id})" if version
+                     else f"(not registered; MLflow run {run.info.run_id})")
+            try:
+                metrics, report = evaluate_and_report(res, config, Path(tmp) / "report", label)
+            except BaseException:
+                if version is not None:
+                    mlflow.MlflowClient().delete_model_version(registry.MODEL_NAME, version)
+                    log.error("evaluation failed: version %s deleted again", version)
+                raise
             mlflow.log_metrics(metrics)
             mlflow.log_artifacts(str(report.parent), "report")
         times = run_metrics.timings(res.timings)

@@ -64,3 +64,14 @@ def test_bad_tables_get_clear_errors(csv, tmp_path):
         load_table(tmp_path / "text.csv", treatment="variant", outcome="bought", control="none")
     with pytest.raises(FileNotFoundError):
         load_table(tmp_path / "none.csv", treatment="variant", outcome="bought", control="none")
+
+
+def test_arm_labels_survive_csv_round_trips_and_missing_arms_are_named(tmp_path):
+    df = ab_test(400, seed=1).assign(slot=lambda d: np.where(d["variant"] == "coupon", 1.0, 3.0))
+    df.to_csv(tmp_path / "slots.csv", index=False)
+    table = load_table(tmp_path / "slots.csv", treatment="slot", outcome="bought", control=3)
+    assert table.arms == ["3", "1"]  # not "3.0"
+    df.loc[5, "variant"] = None
+    df.to_csv(tmp_path / "gap.csv", index=False)
+    with pytest.raises(ValueError, match="treatment 'variant' is missing on row 5"):
+        load_table(tmp_path / "gap.csv", treatment="variant", outcome="bought", control="none")

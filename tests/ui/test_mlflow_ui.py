@@ -55,8 +55,9 @@ def links(project):
     from nextbest.cli_serve import stop_tree
 
     home, env = project
+    errors = open(home / "ui.log", "w")  # the server's log, shown if it does not come up
     proc = subprocess.Popen([str(BIN / "nextbest"), "-q", "ui", "--port", str(_free_port())], cwd=home, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=errors, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     found, deadline = {}, time.time() + 180
@@ -65,15 +66,18 @@ def links(project):
             try:
                 line = lines.get(timeout=1)
             except queue.Empty:
-                assert proc.poll() is None, f"nextbest ui exited with {proc.returncode}"
+                assert proc.poll() is None, f"nextbest ui exited with {proc.returncode}: " + \
+                    (home / "ui.log").read_text()[-3000:]
                 continue
             match = re.match(r"\s+(.+?): (http\S+)$", line.rstrip())
             if match:
                 found[match.group(1)] = match.group(2)
-        assert any("side by side" in k for k in found), f"nextbest ui printed {found}"
+        assert any("side by side" in k for k in found), f"nextbest ui printed {found}: " + \
+            (home / "ui.log").read_text()[-3000:]
         yield found
     finally:
         stop_tree(proc.pid)
+        errors.close()
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +150,15 @@ def test_compare_view_puts_two_versions_side_by_side(links, page):
         has=page.get_by_role("switch", name="Metrics - Show diff only"))
     expect(metrics.get_by_text("extra_orders_per_1000_messages/channel_email", exact=True)).to_be_visible()
     page.screenshot(path=OUTPUT / "compare_versions.png", full_page=True)
+
+
+def test_ui_refuses_a_busy_port_with_a_clear_message(project):
+    home, env = project
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([str(BIN / "nextbest"), "-q", "ui", "--port", str(port)], cwd=home, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert f"port {port} on 127.0.0.1 is in use (another MLflow UI?): pass --port" in proc.stderr
