@@ -55,7 +55,7 @@ notebooks: setup
 	@$(BIN)/python -c "import sys; from training import registry; sys.exit(registry.champion_version() is None)" \
 	  || $(BIN)/nextbest -q train $(DEMO)/data --promote
 	cd notebooks && for nb in 01_explore_engagement 02_retrain_and_tune 03_evaluate_and_promote 04_your_own_data; do \
-	  ../$(BIN)/papermill --cwd . $$nb.ipynb /tmp/nextbest-$$nb.ipynb && mv /tmp/nextbest-$$nb.ipynb $$nb.ipynb || exit 1; done
+	  ../$(BIN)/papermill --cwd . $$nb.ipynb .$$nb.running.ipynb && mv .$$nb.running.ipynb $$nb.ipynb || exit 1; done
 
 test: setup
 	$(BIN)/python -m pytest -n 2 --dist loadfile

@@ -52,10 +52,9 @@ def headline(values: pd.DataFrame | None) -> dict[str, float]:
     out = {}
     if values is None:
         return out
-    for who, row in values.iterrows():
-        out[name(PROFIT, who)] = row["per_1000"]
-        out[name(EXTRA_PROFIT, who)] = row["extra_per_1000"]
-        out[name(SHARE, who)] = row["normalized"]
+    for what, column in ((PROFIT, "per_1000"), (SHARE, "normalized"), (EXTRA_PROFIT, "extra_per_1000")):
+        for who, row in values.iterrows():  # one kind at a time: the run page lists them in this order
+            out[name(what, who)] = row[column]
     return out
 
 

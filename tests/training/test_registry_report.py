@@ -115,3 +115,16 @@ def test_run_page_speaks_to_marketers(two_runs):
         assert m[key + "_low_95"] <= m[key] <= m[key + "_high_95"], key
     assert "Policy version 2" in tags["mlflow.note.content"]
     assert "report/index.html" in tags["mlflow.note.content"]
+
+
+def test_a_version_whose_evaluation_fails_is_not_left_registered(two_runs, small_data_dir, config, monkeypatch):
+    from training import registry, tracking
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("report failed")
+
+    monkeypatch.setattr(tracking, "evaluate_and_report", broken)
+    before = [v["version"] for v in registry.versions()]
+    with pytest.raises(RuntimeError, match="report failed"):
+        tracking.run_training(small_data_dir, config, seed=2)
+    assert [v["version"] for v in registry.versions()] == before

@@ -162,3 +162,11 @@ def test_ui_refuses_a_busy_port_with_a_clear_message(project):
                               capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert f"port {port} on 127.0.0.1 is in use (another MLflow UI?): pass --port" in proc.stderr
+
+
+def test_ui_links_nothing_before_the_first_version(tmp_path, monkeypatch):
+    from nextbest.cli_ui import run_links
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path))
+    assert run_links("http://127.0.0.1:5000") == []
