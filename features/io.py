@@ -17,12 +17,21 @@ CSV_STRING_COLUMNS = ("customer_id", "message_id", "channel", "offer", "event", 
 CATEGORICAL_EVENT_COLUMNS = ("customer_id", "event", "channel", "offer")
 
 
+def _stored_as(data_dir: Path, name: str) -> list[Path]:
+    return [p for p in (data_dir / f"{name}.parquet", data_dir / f"{name}.csv", data_dir / name) if p.exists()]
+
+
+def has_table(data_dir: str | Path, name: str) -> bool:
+    """Whether ``data_dir`` holds table ``name`` in a form :func:`find_table` reads."""
+    return bool(_stored_as(Path(data_dir), name))
+
+
 def find_table(data_dir: str | Path, name: str) -> Path:
     """The file (or folder of Parquet parts) that holds table ``name`` in ``data_dir``."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"{data_dir}: data directory not found")
-    found = [p for p in (data_dir / f"{name}.parquet", data_dir / f"{name}.csv", data_dir / name) if p.exists()]
+    found = _stored_as(data_dir, name)
     if not found:
         raise FileNotFoundError(f"{data_dir}: no `{name}` table (expected {name}.parquet, {name}.csv or {name}/)")
     if len(found) > 1:

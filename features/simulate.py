@@ -289,8 +289,9 @@ def simulate_if_missing(out: str | Path, n_customers: int, days: int, seed: int,
 
     What the notebooks call so that they run on a fresh clone; returns whether it simulated.
     """
-    out = Path(out)
-    if any(out.glob("customers.*")):
+    from features.io import has_table
+
+    if has_table(out, "customers"):
         return False
     write(generate(n_customers, days, seed=seed, config=config), out, seed=seed)
     log.info("simulated %d customers over %d days into %s", n_customers, days, out)

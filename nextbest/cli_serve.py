@@ -42,11 +42,13 @@ def stop_tree(pid: int, sig: int = signal.SIGTERM, timeout: float = 30.0) -> Non
     psutil.wait_procs(alive, timeout=5)
 
 
-def wait_ready(url: str, proc: subprocess.Popen, workers: int = 1, timeout: float = 180.0) -> None:
-    """Return once every worker answers ``/readyz``; RuntimeError if the server exits or times out.
+def wait_ready(url: str, proc: subprocess.Popen, workers: int = 1, timeout: float = 180.0,
+               path: str = "/readyz") -> None:
+    """Return once every worker answers ``path``; RuntimeError if the server exits or times out.
 
     A worker still loading holds a connection without answering, so readiness is asked on fresh
-    connections until ``4 x workers`` answers in a row came back ready."""
+    connections until ``4 x workers`` answers in a row came back ready. ``nextbest ui`` asks
+    MLflow's ``/health`` the same way."""
     import time
 
     import httpx
@@ -56,7 +58,7 @@ def wait_ready(url: str, proc: subprocess.Popen, workers: int = 1, timeout: floa
         if proc.poll() is not None:
             raise RuntimeError(f"the server exited with code {proc.returncode}")
         try:
-            ready = ready + 1 if httpx.get(f"{url}/readyz", timeout=2).status_code == 200 else 0
+            ready = ready + 1 if httpx.get(f"{url}{path}", timeout=2).status_code == 200 else 0
         except httpx.HTTPError:
             ready = 0
         if ready >= 4 * workers:

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 from pathlib import Path
 
@@ -31,23 +30,6 @@ def server_command(store_uri: str, host: str, port: int) -> list[str]:
     exe = Path(sys.executable).parent / "mlflow"
     return [str(exe) if exe.exists() else "mlflow", "server", "--backend-store-uri", store_uri, "--host", host,
             "--port", str(port), "--workers", "1"]
-
-
-def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    """Return once ``/health`` answers; RuntimeError if the server exits or times out."""
-    import httpx
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with code {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"mlflow server at {url} not ready after {timeout:g} s")
 
 
 def run_links(base_url: str) -> list[tuple[str, str]]:
@@ -72,14 +54,12 @@ def run_links(base_url: str) -> list[tuple[str, str]]:
     if not versions:
         return []
     champion = registry.champion_version()
-    picks = [v for v in versions if v["version"] == champion] + [versions[0]]
-    links, seen = [], set()
-    for v in picks:
-        if v["version"] in seen:
-            continue
-        seen.add(v["version"])
-        run = f"{base_url}/#/experiments/{experiments[v['version']]}/runs/{v['run_id']}"
-        who = f"version {v['version']}" + (" (champion)" if v["version"] == champion else " (newest)")
+    by_number = {v["version"]: v for v in versions}
+    links = []
+    for number in dict.fromkeys(n for n in (champion, versions[0]["version"]) if n in by_number):
+        v = by_number[number]
+        run = f"{base_url}/#/experiments/{experiments[number]}/runs/{v['run_id']}"
+        who = f"version {number}" + (" (champion)" if number == champion else " (newest)")
         links += [(f"training run of {who}", run), (f"uplift report of {who}", f"{run}/artifacts/report/index.html")]
     if len(versions) >= 2:
         older, newer = versions[1], versions[0]
@@ -114,7 +94,7 @@ def _stop_on_hangup(signum, frame):  # a closed terminal or a `kill` must stop t
 
 
 def cmd_ui(args) -> int:
-    from nextbest.cli_serve import stop_tree
+    from nextbest.cli_serve import stop_tree, wait_ready
     from training import registry
 
     uri = registry.tracking_uri()
@@ -134,9 +114,9 @@ def cmd_ui(args) -> int:
         signal.signal(sig, _stop_on_hangup)
     try:
         try:
-            wait_healthy(base, proc)
+            wait_ready(base, proc, path="/health")
         except RuntimeError as exc:
-            raise ValueError(f"{exc} (its log is above)") from None
+            raise ValueError(f"mlflow server: {exc} (its log is above)") from None
         _out(f"MLflow UI on {uri} at {base} (Ctrl-C stops it)")
         _print_links(base)
         return proc.wait()

@@ -55,13 +55,14 @@ def data_dir(path: str | Path | None, home: Path, simulate: bool, customers: int
     other empty directory only with ``simulate=True``, so that a mistyped path to real data stops
     here instead of training on simulated customers.
     """
+    from features.io import has_table
     from features.simulate import simulate_if_missing
 
     target = Path(path).resolve() if path else home / DEMO_DATA
     if simulate or target == home / DEMO_DATA:
         if simulate_if_missing(target, customers, days, seed, config):
             log.warning("simulated %d customers over %d days into %s", customers, days, target)
-    elif not any(target.glob("customers.*")):
+    elif not has_table(target, "customers"):
         raise FileNotFoundError(f"{target}: no customers table here; check the path, or pass simulate=True "
                                 "to simulate a dataset into it")
     return target
