@@ -32,13 +32,9 @@ def quiet() -> None:
 def use_project(home: str | Path | None = None) -> Path:
     """Point the registry and MLflow at ``home`` (default: the repository); returns it.
 
-    ``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI``, so a kernel that ran with another
-    project would keep its store: a SQLite URI there is dropped first. A server's URI (http) is
-    kept: then the runs go to that server, as everywhere else in nextbest.
+    A ``MLFLOW_TRACKING_URI`` the user set (a server) still wins, as everywhere in nextbest.
     """
     path = Path(home).resolve() if home else REPOSITORY
-    if os.environ.get("MLFLOW_TRACKING_URI", "").startswith("sqlite:"):
-        del os.environ["MLFLOW_TRACKING_URI"]
     path.mkdir(parents=True, exist_ok=True)
     os.environ["NEXTBEST_HOME"] = str(path)
     from training import registry

@@ -34,8 +34,29 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_dir() / 'mlflow.db'}"
 
 
+# ``mlflow.set_tracking_uri``, ``set_registry_uri`` and ``set_experiment`` also write these; left
+# there, the first project a process used would outlive a change of NEXTBEST_HOME and leak into
+# every subprocess it starts
+_EXPORTED = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+
+
 def setup(experiment: str = EXPERIMENT) -> str:
-    """Point MLflow at the tracking store and the experiment (created on first use); returns its id."""
+    """Point MLflow at the tracking store and the experiment (created on first use); returns its id.
+
+    MLflow keeps the choice in its module state; the process environment is left as the user set it.
+    """
+    user_set = {k: os.environ.get(k) for k in _EXPORTED}
+    try:
+        return _setup(experiment)
+    finally:
+        for key, value in user_set.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _setup(experiment: str) -> str:
     import mlflow
 
     uri = tracking_uri()

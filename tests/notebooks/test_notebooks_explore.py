@@ -83,13 +83,18 @@ def test_a_mistyped_data_directory_stops_instead_of_simulating(tmp_path):
 
 
 def test_a_kernel_can_switch_projects(tmp_path, monkeypatch):
-    """MLflow exports the tracking URI it is given; the next project must not inherit it."""
+    """MLflow exports the URIs and experiment it is given; the next project (and every subprocess)
+    must not inherit them."""
+    import os
+
     from nextbest import notebooks
     from training import registry
 
-    for key in ("MLFLOW_TRACKING_URI", "NEXTBEST_HOME"):
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
         monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("NEXTBEST_HOME", str(tmp_path))  # recorded, so use_project's value is undone
     for name in ("first", "second"):
         home = notebooks.use_project(tmp_path / name)
         assert registry.tracking_uri() == f"sqlite:///{home / 'mlflow.db'}"
         assert (home / "mlflow.db").exists()
+        assert not {"MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"} & set(os.environ)
