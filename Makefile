@@ -52,7 +52,7 @@ ui: setup
 # written back only if every cell ran.
 notebooks: setup
 	@test -e $(DEMO)/data/customers.parquet || $(BIN)/nextbest -q data generate $(DEMO_SIZE) --out $(DEMO)/data
-	@$(BIN)/python -c "import sys; from training import registry; sys.exit(registry.champion_version() is None)" \
+	@$(BIN)/python -c "import sys; from nextbest.decision import registry; sys.exit(registry.champion_version() is None)" \
 	  || $(BIN)/nextbest -q train $(DEMO)/data --promote
 	cd notebooks && for nb in 01_explore_engagement 02_retrain_and_tune 03_evaluate_and_promote 04_your_own_data; do \
 	  ../$(BIN)/papermill --cwd . $$nb.ipynb .$$nb.running.ipynb && mv .$$nb.running.ipynb $$nb.ipynb || exit 1; done

@@ -20,10 +20,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from features.config import load_config
-from features.simulate import generate, write
-from training.closed_loop import Shift, run_closed_loop
-from training.train import train
+from nextbest.features.config import load_config
+from nextbest.sim.simulate import generate, write
+from nextbest.sim.closed_loop import Shift, run_closed_loop
+from nextbest.training.train import train
 
 log = logging.getLogger("benchmarks.closed_loop")
 OUT = Path(__file__).parent / "out" / "closed_loop"

@@ -23,13 +23,13 @@ import time
 import numpy as np
 import pandas as pd
 
-from features.config import load_config
-from features.history import engagement_history
-from features.simulate import generate, write
-from training.exploration import draw
-from training.policy import Request
-from training.rules import ContactHistory
-from training.train import train
+from nextbest.features.config import load_config
+from nextbest.features.history import engagement_history
+from nextbest.sim.simulate import generate, write
+from nextbest.decision.exploration import draw
+from nextbest.decision.policy import Request
+from nextbest.decision.rules import ContactHistory
+from nextbest.training.train import train
 
 log = logging.getLogger("benchmarks.decision_latency")
 

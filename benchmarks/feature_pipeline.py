@@ -76,8 +76,8 @@ def stage(name: str, data_dir: Path) -> dict:
     """Run one stage in this process; returns its figures."""
     import pandas as pd
 
-    from features.config import load_config
-    from features.io import load_dataset
+    from nextbest.features.config import load_config
+    from nextbest.features.io import load_dataset
 
     cfg = load_config()
     customers, events = load_dataset(data_dir)
@@ -86,23 +86,23 @@ def stage(name: str, data_dir: Path) -> dict:
     loaded_gib = _peak_gib()
     t0 = time.perf_counter()
     if name == "validate":
-        from features.validate import validate
+        from nextbest.features.validate import validate
 
         problems = validate(customers, events, cfg)
         if problems:
             raise SystemExit(f"benchmark data is invalid: {problems[:3]}")
         rows, cols = len(events), len(events.columns)
     elif name == "snapshot_encoded":  # the log is already encoded (untimed): priors + features only
-        from features.eventlog import EventLog
-        from features.history import Population, engagement_history
+        from nextbest.features.eventlog import EventLog
+        from nextbest.features.history import Population, engagement_history
 
         event_log = EventLog.build(customers, events, cfg)
         t0 = time.perf_counter()
         out = engagement_history(event_log, customers["customer_id"], as_of, Population.from_log(event_log))
         rows, cols = out.shape
     elif name == "snapshot":
-        from features.eventlog import EventLog
-        from features.history import Population, engagement_history
+        from nextbest.features.eventlog import EventLog
+        from nextbest.features.history import Population, engagement_history
 
         event_log = EventLog.build(customers, events, cfg)
         pop = Population.from_log(event_log)
@@ -113,8 +113,8 @@ def stage(name: str, data_dir: Path) -> dict:
 
         import pyarrow.parquet as pq
 
-        from features.eventlog import EventLog
-        from features.examples import write_training_examples
+        from nextbest.features.eventlog import EventLog
+        from nextbest.features.examples import write_training_examples
 
         event_log = EventLog.build(customers, events, cfg)
         with tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +151,7 @@ def main() -> int:
 
     data = HERE / "out" / f"data_{args.customers}_{args.days}_{args.seed}"
     if not (data / "events.parquet").exists():
-        from features.simulate import generate, write
+        from nextbest.sim.simulate import generate, write
 
         t0 = time.perf_counter()
         sim = generate(args.customers, args.days, args.seed, progress=False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import bentoml
 
-from serving.errors import ValidationErrorShape
-from serving.schemas import DecideRequest, DecideResponse
-from serving.service import _json
+from nextbest.serving.errors import ValidationErrorShape
+from nextbest.serving.schemas import DecideRequest, DecideResponse
+from nextbest.serving.service import _json
 
 ANSWER = {"decision_id": "noop", "request_id": None, "customer_id": "", "action": "suppress", "channel": None,
           "channels": [], "send_at": None, "local_hour": None, "offer": None, "propensity": 1.0, "expected_value": 0.0,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from training.obd import run_obd
+from nextbest.training.obd import run_obd
 
 OUT = Path(__file__).parent / "out" / "obd"
 

@@ -32,13 +32,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from features.config import load_config
-from features.history import engagement_history
-from features.simulate import generate, write
-from training.ope import CrossFitRewardModel, estimate_reduced
-from training.policy import Request
-from training.rules import ContactHistory
-from training.train import train
+from nextbest.features.config import load_config
+from nextbest.features.history import engagement_history
+from nextbest.sim.simulate import generate, write
+from nextbest.training.ope import CrossFitRewardModel, estimate_reduced
+from nextbest.decision.policy import Request
+from nextbest.decision.rules import ContactHistory
+from nextbest.training.train import train
 
 log = logging.getLogger("benchmarks.ope_simulator")
 OUT = Path(__file__).parent / "out" / "ope_simulator"

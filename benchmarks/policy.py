@@ -51,7 +51,7 @@ def main() -> int:
             return proc.returncode
         import mlflow
 
-        from training import run_metrics as rm
+        from nextbest.training import run_metrics as rm
 
         mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
         run = mlflow.search_runs(experiment_names=["nextbest"], output_format="list")[0]

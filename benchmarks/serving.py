@@ -164,10 +164,10 @@ def batches(url: str, ids: list[str], seconds: float, size: int = 1000, clients:
 
 def mixed_load(home: Path, data: Path, workdir: Path, seconds: int) -> dict:
     """Redis + 2 workers, 8 threads deciding and posting feedback; checked afterwards."""
-    from features.config import load_config
-    from features.objective import channel_costs
-    from serving.decision_log import read_records
-    from serving.store import open_store
+    from nextbest.features.config import load_config
+    from nextbest.decision.objective import channel_costs
+    from nextbest.serving.decision_log import read_records
+    from nextbest.serving.store import open_store
 
     exe = shutil.which("redis-server")
     if exe is None:

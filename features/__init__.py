@@ -1,4 +1,4 @@
-"""Data layer of nextbest: the data contract, validation, the simulator and engagement histories.
+"""Data layer of nextbest: the data contract, validation, the event log and engagement histories.
 
-Nothing here knows about models; ``training`` and ``serving`` build on it.
+Nothing here knows about models or decisions; every other package builds on it.
 """

@@ -172,7 +172,7 @@ def _deep_merge(base: dict, override: dict) -> dict:
 
 
 def default_config_dict() -> dict:
-    text = resources.files("features").joinpath(DEFAULTS_FILE).read_text()
+    text = resources.files("nextbest.features").joinpath(DEFAULTS_FILE).read_text()
     return yaml.safe_load(text)
 
 

@@ -29,9 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.config import Config
-from features.localtime import local_hour_dow
-from features.schema import EVENT_TYPES
+from nextbest.features.config import Config
+from nextbest.features.localtime import local_hour_dow
+from nextbest.features.schema import EVENT_TYPES
 
 log = logging.getLogger(__name__)
 

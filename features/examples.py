@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from features.eventlog import EV, EventLog, to_ms
-from features.history import HOUR_MS, Population, engagement_history
+from nextbest.features.eventlog import EV, EventLog, to_ms
+from nextbest.features.history import HOUR_MS, Population, engagement_history
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.eventlog import ATTRIBUTED, EV, EventLog, Stream, plain_pages, to_ms
-from features.spec import COUNT_EVENTS, RATES, RECENCY, feature_names, history_features, scopes
+from nextbest.features.eventlog import ATTRIBUTED, EV, EventLog, Stream, plain_pages, to_ms
+from nextbest.features.spec import COUNT_EVENTS, RATES, RECENCY, feature_names, history_features, scopes
 
 log = logging.getLogger(__name__)
 

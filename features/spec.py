@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from features.config import Config
+from nextbest.features.config import Config
 
 COUNT_EVENTS = ("sent", "delivered", "opened", "clicked", "converted")
 # rate name -> (numerator event, denominator event); conversions in rates are attributed orders

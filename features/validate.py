@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.config import Config
-from features.eventlog import lookup_codes, to_ms
-from features.io import find_table, load_dataset
-from features.localtime import known_timezones
-from features.schema import CONSENT_PREFIX, EVENT_COLUMNS, EVENT_TYPES, REQUIRED_EVENT_COLUMNS
+from nextbest.features.config import Config
+from nextbest.features.eventlog import lookup_codes, to_ms
+from nextbest.features.io import find_table, load_dataset
+from nextbest.features.localtime import known_timezones
+from nextbest.features.schema import CONSENT_PREFIX, EVENT_COLUMNS, EVENT_TYPES, REQUIRED_EVENT_COLUMNS
 
 log = logging.getLogger(__name__)
 SHOWN_PER_RULE = 50

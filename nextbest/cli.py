@@ -22,14 +22,14 @@ def _out(text: str = "") -> None:
 
 
 def _config(args):
-    from features.config import load_config
+    from nextbest.features.config import load_config
 
     return load_config(args.config)
 
 
 # ---------------------------------------------------------------------------- data
 def cmd_data_generate(args) -> int:
-    from features.simulate import DEFAULT_END, generate, write
+    from nextbest.sim.simulate import DEFAULT_END, generate, write
 
     cfg = _config(args)
     end = pd.Timestamp(args.end, tz="UTC") if args.end else DEFAULT_END
@@ -41,8 +41,8 @@ def cmd_data_generate(args) -> int:
 
 
 def cmd_data_validate(args) -> int:
-    from features.io import load_dataset
-    from features.validate import ValidationReport, validate
+    from nextbest.features.io import load_dataset
+    from nextbest.features.validate import ValidationReport, validate
 
     cfg = _config(args)
     customers, events = load_dataset(args.data_dir)  # read once: for the rules and the summary
@@ -81,11 +81,11 @@ def dataset_summary(data_dir, customers: pd.DataFrame, events: pd.DataFrame, cfg
 
 # ---------------------------------------------------------------------------- features
 def cmd_features_build(args) -> int:
-    from features.eventlog import EventLog
-    from features.examples import write_training_examples
-    from features.history import Population, engagement_history
-    from features.io import load_dataset
-    from features.validate import check
+    from nextbest.features.eventlog import EventLog
+    from nextbest.features.examples import write_training_examples
+    from nextbest.features.history import Population, engagement_history
+    from nextbest.features.io import load_dataset
+    from nextbest.features.validate import check
 
     cfg = _config(args)
     t0 = time.perf_counter()
@@ -127,7 +127,7 @@ def feature_table(snapshot: pd.DataFrame, rows: int = 5) -> str:
 
 
 def _files(data_dir):
-    from features.io import find_table
+    from nextbest.features.io import find_table
 
     return {name: str(find_table(data_dir, name)) for name in ("customers", "events")}
 
@@ -182,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call is noise here
-    from features.config import ConfigError
-    from features.validate import ValidationError
+    from nextbest.features.config import ConfigError
+    from nextbest.features.validate import ValidationError
 
     try:
         return args.func(args)

@@ -14,8 +14,8 @@ PARAMS_FILE = "nextbest_params.json"  # in the project directory: written by tun
 
 
 def _settings(args, cfg):
-    from training.registry import project_dir
-    from training.settings import TrainingSettings, load_tuned_params
+    from nextbest.decision.registry import project_dir
+    from nextbest.training.settings import TrainingSettings, load_tuned_params
 
     settings = TrainingSettings.from_config(cfg)
     params_path = Path(args.params) if getattr(args, "params", None) else project_dir() / PARAMS_FILE
@@ -36,9 +36,10 @@ def timing_table(timings: dict) -> str:
 
 
 def cmd_train(args) -> int:
-    from features.config import load_config
-    from training import registry, run_metrics
-    from training.tracking import run_training
+    from nextbest.features.config import load_config
+    from nextbest.decision import registry
+    from nextbest.training import run_metrics
+    from nextbest.training.tracking import run_training
 
     cfg = load_config(args.config)
     summary = run_training(args.data_dir, cfg, _settings(args, cfg), seed=args.seed, register=not args.no_register,
@@ -61,9 +62,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from features.config import load_config
-    from training.registry import project_dir
-    from training.tune import tune
+    from nextbest.features.config import load_config
+    from nextbest.decision.registry import project_dir
+    from nextbest.training.tune import tune
 
     cfg = load_config(args.config)
     out = Path(args.params_out) if args.params_out else project_dir() / PARAMS_FILE
@@ -77,8 +78,8 @@ def cmd_tune(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from features.config import load_config
-    from training.tracking import report_for_version
+    from nextbest.features.config import load_config
+    from nextbest.training.tracking import report_for_version
 
     cfg = load_config(args.config)
     path = report_for_version(args.data_dir, cfg, args.version, Path(args.out), seed=args.seed)
@@ -87,8 +88,8 @@ def cmd_report(args) -> int:
 
 
 def cmd_promote(args) -> int:
-    from training import registry
-    from training.ope_tracking import promotion_check
+    from nextbest.decision import registry
+    from nextbest.training.ope_tracking import promotion_check
 
     ok, reason = promotion_check(args.version)
     if not ok and not args.force:
@@ -103,8 +104,8 @@ def cmd_promote(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from features.config import load_config
-    from training.ope_tracking import evaluate_version, summary_table
+    from nextbest.features.config import load_config
+    from nextbest.training.ope_tracking import evaluate_version, summary_table
 
     cfg = load_config(args.config)
     res = evaluate_version(args.data_dir, cfg, args.version, args.against, days=args.days,
@@ -121,12 +122,12 @@ def cmd_decide(args) -> int:
     import numpy as np
     import pandas as pd
 
-    from features.eventlog import EventLog
-    from features.history import Population, engagement_history
-    from features.io import load_dataset
-    from training import registry
-    from training.policy import Request
-    from training.rules import ContactHistory
+    from nextbest.features.eventlog import EventLog
+    from nextbest.features.history import Population, engagement_history
+    from nextbest.features.io import load_dataset
+    from nextbest.decision import registry
+    from nextbest.decision.policy import Request
+    from nextbest.decision.rules import ContactHistory
 
     policy = registry.load_champion()
     customers, events = load_dataset(args.data_dir)
@@ -152,7 +153,7 @@ def cmd_decide(args) -> int:
 def cmd_models(args) -> int:
     import pandas as pd
 
-    from training import registry
+    from nextbest.decision import registry
 
     rows = registry.versions()
     if not rows:

@@ -13,7 +13,7 @@ from nextbest.cli import _out
 
 def serve_command(host: str, port: int) -> list[str]:
     """The ``bentoml serve`` command line for the service."""
-    return [sys.executable, "-m", "bentoml", "serve", "serving.service:DecisionService", "--host", host,
+    return [sys.executable, "-m", "bentoml", "serve", "nextbest.serving.service:DecisionService", "--host", host,
             "--port", str(port), "--working-dir", str(Path(__file__).resolve().parent.parent)]
 
 
@@ -69,7 +69,7 @@ def wait_ready(url: str, proc: subprocess.Popen, workers: int = 1, timeout: floa
 
 def serve_env(args) -> dict:
     """Environment for the worker processes (settings travel as variables; see ``serving.settings``)."""
-    from training import registry
+    from nextbest.decision import registry
 
     env = dict(os.environ)
     env["NEXTBEST_HOME"] = str(registry.project_dir())
@@ -92,8 +92,8 @@ def serve_env(args) -> dict:
 
 
 def cmd_serve(args) -> int:
-    from serving.settings import ServeSettings
-    from training import registry
+    from nextbest.serving.settings import ServeSettings
+    from nextbest.decision import registry
 
     if not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"data directory {args.data_dir} does not exist")
@@ -115,7 +115,7 @@ def _demo(args, env, workers: int) -> int:
     import httpx
     import pandas as pd
 
-    from features.io import read_table
+    from nextbest.features.io import read_table
 
     url = f"http://{args.host}:{args.port}"
     proc = subprocess.Popen(serve_command(args.host, args.port), env=env, stdout=subprocess.DEVNULL,
@@ -172,7 +172,7 @@ def _demo(args, env, workers: int) -> int:
 
 def cmd_log_export(args) -> int:
     """Write the base data directory plus the decision log as one data directory."""
-    from serving.decision_log import export_data_dir
+    from nextbest.serving.decision_log import export_data_dir
 
     n_decisions, n_events = export_data_dir(args.data_dir, args.log_dir, args.out)
     _out(f"wrote {n_decisions:,} logged decisions and {n_events:,} events from {args.log_dir} "

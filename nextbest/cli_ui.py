@@ -40,7 +40,7 @@ def run_links(base_url: str) -> list[tuple[str, str]]:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from training import registry
+    from nextbest.decision import registry
 
     registry.setup()
     client = MlflowClient()
@@ -95,7 +95,7 @@ def _stop_on_hangup(signum, frame):  # a closed terminal or a `kill` must stop t
 
 def cmd_ui(args) -> int:
     from nextbest.cli_serve import stop_tree, wait_ready
-    from training import registry
+    from nextbest.decision import registry
 
     uri = registry.tracking_uri()
     if uri.startswith(("http://", "https://")):

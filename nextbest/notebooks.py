@@ -37,7 +37,7 @@ def use_project(home: str | Path | None = None) -> Path:
     path = Path(home).resolve() if home else REPOSITORY
     path.mkdir(parents=True, exist_ok=True)
     os.environ["NEXTBEST_HOME"] = str(path)
-    from training import registry
+    from nextbest.decision import registry
 
     registry.setup()
     return path
@@ -51,8 +51,8 @@ def data_dir(path: str | Path | None, home: Path, simulate: bool, customers: int
     other empty directory only with ``simulate=True``, so that a mistyped path to real data stops
     here instead of training on simulated customers.
     """
-    from features.io import has_table
-    from features.simulate import simulate_if_missing
+    from nextbest.features.io import has_table
+    from nextbest.sim.simulate import simulate_if_missing
 
     target = Path(path).resolve() if path else home / DEMO_DATA
     if simulate or target == home / DEMO_DATA:

@@ -1,1 +1,1 @@
-"""The decision service (BentoML) over the policy from ``training`` (builds on ``features`` and ``training``)."""
+"""The decision service (BentoML) over the decision core (builds on ``features`` and ``decision``; never ``training``)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.rules import ContactHistory
+from nextbest.decision.rules import ContactHistory
 
 WEEK_S = 7 * 86400
 DAY_S = 86400

@@ -154,7 +154,7 @@ def export_data_dir(data_dir: str | Path, log_dir: str | Path, out: str | Path) 
     What ``nextbest log export`` and the evaluation notebook call; ``train`` and ``evaluate``
     read the result. Returns the numbers of decisions and events taken from the log.
     """
-    from features.io import load_dataset, read_table, write_table
+    from nextbest.features.io import load_dataset, read_table, write_table
 
     customers, events = load_dataset(data_dir)
     decisions, logged = read_log(log_dir)

@@ -23,7 +23,7 @@ Deciding a batch (one request or ten thousand, the same code):
 
 Feedback: the decision must exist (else ``UnknownDecision``, nothing stored); the same
 ``(decision_id, event, ts)`` counts once; the event is logged first, then its profit
-(``training.online.event_reward``) is added to the decision's running reward by one
+(``decision.online.event_reward``) is added to the decision's running reward by one
 compare-and-set that also records the event's key (so "seen" and "counted" cannot part in a
 crash), and opens and unsubscribes update the contact state (idempotent, applied again on a
 retry). A customer the service has not contacted yet starts from the contact history the data
@@ -46,20 +46,20 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 
-from features.eventlog import EventLog
-from features.history import Population, engagement_history
-from features.io import load_dataset
-from features.objective import channel_costs
-from serving import learning
-from serving.contact import ContactState, history
-from serving.decision_log import DecisionLog
-from serving.schemas import DecideRequest, FeedbackRequest
-from serving.settings import ServeSettings
-from serving.store import Store, open_store
-from training.candidates import CustomerArrays
-from training.exploration import KeyedRandom
-from training.online import SUPPRESS, OnlineLearner, event_reward
-from training.policy import DecisionPolicy, Request
+from nextbest.features.eventlog import EventLog
+from nextbest.features.history import Population, engagement_history
+from nextbest.features.io import load_dataset
+from nextbest.decision.objective import channel_costs
+from nextbest.serving import learning
+from nextbest.serving.contact import ContactState, history
+from nextbest.serving.decision_log import DecisionLog
+from nextbest.serving.schemas import DecideRequest, FeedbackRequest
+from nextbest.serving.settings import ServeSettings
+from nextbest.serving.store import Store, open_store
+from nextbest.decision.candidates import CustomerArrays
+from nextbest.decision.exploration import KeyedRandom
+from nextbest.decision.online import SUPPRESS, OnlineLearner, event_reward
+from nextbest.decision.policy import DecisionPolicy, Request
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class Engine:
     """Decisions, feedback and learning over one store and one decision log (thread-safe)."""
 
     def __init__(self, settings: ServeSettings, policy: DecisionPolicy | None = None, store: Store | None = None):
-        from training import registry
+        from nextbest.decision import registry
 
         self.settings = settings
         self.policy = policy or registry.load_champion()
@@ -196,7 +196,7 @@ class Engine:
 
     def check_champion(self) -> bool:
         """Load and swap in a newly promoted champion (requests in flight finish on the old one)."""
-        from training import registry
+        from nextbest.decision import registry
 
         version = registry.champion_version()
         if version is None or f"{registry.MODEL_NAME}/{version}" == self.policy.version:

@@ -16,14 +16,14 @@ import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
 
-from serving.settings import ServeSettings
+from nextbest.serving.settings import ServeSettings
 
 _engine = None
 
 
 def _start(settings: ServeSettings) -> None:
     global _engine
-    from serving.engine import Engine
+    from nextbest.serving.engine import Engine
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which stops us
     _engine = Engine(settings)
@@ -35,13 +35,13 @@ def _call(method: str, *args):
 
 
 def _decide(payload: list[dict], prefix: str):
-    from serving.schemas import DecideRequest
+    from nextbest.serving.schemas import DecideRequest
 
     return _engine.decide([DecideRequest.model_validate(p) for p in payload], prefix)
 
 
 def _decide_each(payload: list[dict]):
-    from serving.schemas import DecideRequest
+    from nextbest.serving.schemas import DecideRequest
 
     return _engine.decide_each([DecideRequest.model_validate(p) for p in payload])
 
@@ -71,7 +71,7 @@ class EngineProcess:
         return self._pool.submit(_decide_each, _plain(requests)).result()
 
     def feedback(self, request):
-        from serving.schemas import FeedbackRequest
+        from nextbest.serving.schemas import FeedbackRequest
 
         return self._pool.submit(_call, "feedback", FeedbackRequest.model_validate(request.model_dump())).result()
 

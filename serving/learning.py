@@ -1,13 +1,13 @@
 """The online learner's statistics as flat vectors, the shape the store adds atomically.
 
-One vector per action: ``[n, X'X (D*D, row-major), X'r (D), r'r]`` of ``training.online.ActionStats``.
+One vector per action: ``[n, X'X (D*D, row-major), X'r (D), r'r]`` of ``decision.online.ActionStats``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from training.online import D, ActionStats, LearnerState
+from nextbest.decision.online import D, ActionStats, LearnerState
 
 SIZE = 1 + D * D + D + 1
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import redis
 
-from serving.store import Store
+from nextbest.serving.store import Store
 
 ABSENT = "<absent>"  # values are JSON, so this can never be one
 _CAS = """

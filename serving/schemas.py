@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from training.online import FEEDBACK_EVENTS
+from nextbest.decision.online import FEEDBACK_EVENTS
 
 MAX_BATCH = 10_000
 MAX_ORDER_VALUE = 1e7  # one order; anything larger is a unit mistake and would swamp the learner

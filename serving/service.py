@@ -21,12 +21,12 @@ import bentoml
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.responses import Response
 
-from serving.batcher import MicroBatcher
-from serving.engine import Conflict, InvalidInput, UnknownDecision
-from serving.engine_process import EngineProcess
-from serving.errors import ValidationErrorShape
-from serving.schemas import BatchRequest, BatchResponse, DecideRequest, DecideResponse, FeedbackRequest, FeedbackResponse
-from serving.settings import ServeSettings
+from nextbest.serving.batcher import MicroBatcher
+from nextbest.serving.engine import Conflict, InvalidInput, UnknownDecision
+from nextbest.serving.engine_process import EngineProcess
+from nextbest.serving.errors import ValidationErrorShape
+from nextbest.serving.schemas import BatchRequest, BatchResponse, DecideRequest, DecideResponse, FeedbackRequest, FeedbackResponse
+from nextbest.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from features.config import ConfigError, load_config, section
+from nextbest.features.config import ConfigError, load_config, section
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def open_store(url: str) -> Store:
     if url.startswith("sqlite:///"):
         return SQLiteStore(url[len("sqlite:///"):])
     if url.startswith(("redis://", "rediss://", "unix://")):
-        from serving.redis_store import RedisStore
+        from nextbest.serving.redis_store import RedisStore
 
         return RedisStore(url)
     raise ValueError(f"store URL must start with sqlite:/// or redis://, got {url!r}")

@@ -1,1 +1,1 @@
-"""Models, uplift, the decision policy, off-policy evaluation and the MLflow registry (builds on ``features``)."""
+"""Models, uplift, off-policy evaluation, training, tuning and reports (builds on ``features``, ``decision`` and ``sim``)."""

@@ -11,11 +11,11 @@ import pandas as pd
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import log_loss, roc_auc_score
 
-from features.config import Config
-from training.candidates import candidate_frame
-from training.policy import NO_MESSAGE, DecisionPolicy, with_open_estimate
-from training.train import RESPONSES, Split
-from training.uplift_eval import auuc, bootstrap_ci, qini_coefficient, qini_curve, uplift_by_decile
+from nextbest.features.config import Config
+from nextbest.decision.candidates import candidate_frame
+from nextbest.decision.policy import NO_MESSAGE, DecisionPolicy, with_open_estimate
+from nextbest.training.train import RESPONSES, Split
+from nextbest.training.uplift_eval import auuc, bootstrap_ci, qini_coefficient, qini_curve, uplift_by_decile
 
 HOUR_BANDS = {"morning (6-11)": range(6, 12), "midday (12-16)": range(12, 17),
               "evening (17-21)": range(17, 22), "night (22-5)": list(range(22, 24)) + list(range(0, 6))}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from training.ope import LoggedBandit
+from nextbest.training.ope import LoggedBandit
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``ResponseClassifier`` predicts the probability of one response (open, click, conversion,
 unsubscribe) of a candidate message; ``ValueRegressor`` the expected order value. Both take the
-frame of ``training.candidates`` (customer features plus the candidate's columns) and keep the
+frame of ``decision.candidates`` (customer features plus the candidate's columns) and keep the
 LightGBM booster, the feature order and the categories they were fitted with, so that a frame
 built at serving time is read exactly like the training frame.
 """
@@ -51,9 +51,9 @@ def to_matrix(X: pd.DataFrame, columns: list[str], categories: dict) -> np.ndarr
     LightGBM reads a categorical feature as the code of its value in the categories it was
     fitted with; passing those codes directly skips pandas' per-call conversions (the result
     equals predicting on the aligned frame). Unseen values are missing. The conversion is
-    ``training.candidates``' (the scoring path), applied to a whole frame.
+    ``decision.candidates``' (the scoring path), applied to a whole frame.
     """
-    from training.candidates import CustomerArrays, model_input
+    from nextbest.decision.candidates import CustomerArrays, model_input
 
     missing = [c for c in columns if c not in X]
     if missing:

@@ -28,8 +28,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from training.logged_learner import Design, LoggedBanditLearner
-from training.ope import CrossFitRewardModel, LoggedBandit, estimate
+from nextbest.training.logged_learner import Design, LoggedBanditLearner
+from nextbest.training.ope import CrossFitRewardModel, LoggedBandit, estimate
 
 log = logging.getLogger(__name__)
 

@@ -29,13 +29,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from features.config import Config
-from features.eventlog import EventLog
-from features.history import Population, engagement_history
-from features.objective import channel_costs, offer_costs
-from training.ope import CrossFitRewardModel, estimate_reduced
-from training.policy import DecisionPolicy, Request
-from training.rules import ContactHistory
+from nextbest.features.config import Config
+from nextbest.features.eventlog import EventLog
+from nextbest.features.history import Population, engagement_history
+from nextbest.decision.objective import channel_costs, offer_costs
+from nextbest.training.ope import CrossFitRewardModel, estimate_reduced
+from nextbest.decision.policy import DecisionPolicy, Request
+from nextbest.decision.rules import ContactHistory
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class LoggedRounds:
 def logged_rounds(data_dir: str | Path, config: Config, days: int = 7, max_rounds: int | None = 20000,
                   reward_window_hours: float = 24.0, seed: int = 0) -> LoggedRounds:
     """Rounds from the last ``days`` whole days of a data directory whose reward window is complete."""
-    from training.train import load_training_data
+    from nextbest.training.train import load_training_data
 
     ds = load_training_data(data_dir, config)
     dec = ds.decisions.copy()

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from features.config import Config
-from training import registry
-from training.offpolicy import evaluate_policies, logged_rounds, promotion_gate
+from nextbest.features.config import Config
+from nextbest.decision import registry
+from nextbest.training.offpolicy import evaluate_policies, logged_rounds, promotion_gate
 
 log = logging.getLogger(__name__)
 

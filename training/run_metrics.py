@@ -25,7 +25,7 @@ import re
 import numpy as np
 import pandas as pd
 
-# the simulation's approaches (training.simulation_eval) -> the names marketers see
+# the simulation's approaches (sim.simulation_eval) -> the names marketers see
 APPROACHES = {"policy": "nextbest_policy", "suppress": "send_nothing", "best_single_channel": "best_single_channel",
               "random": "random_choice", "oracle": "perfect_knowledge"}
 PROFIT = "profit_per_1000_customers"

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from features.config import Config, ConfigError, section
+from nextbest.features.config import Config, ConfigError, section
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class TrainingSettings:
         unknown = sorted(set(merged) - set(LIGHTGBM_KEYS))
         if unknown:
             raise ConfigError(f"training.lightgbm: unknown parameter(s) {unknown}; known: {list(LIGHTGBM_KEYS)}")
-        from training.policy import UPLIFT_MODES
+        from nextbest.decision.policy import UPLIFT_MODES
 
         if self.uplift_mode not in UPLIFT_MODES:
             raise ConfigError(f"training.uplift_mode: expected one of {UPLIFT_MODES}, got {self.uplift_mode!r}")

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from training.ope import CrossFitRewardModel, LoggedBandit, estimate
-from training.uplift import UpliftLearner
+from nextbest.training.ope import CrossFitRewardModel, LoggedBandit, estimate
+from nextbest.training.uplift import UpliftLearner
 
 log = logging.getLogger(__name__)
 

@@ -13,13 +13,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from features.config import Config
-from training import registry, run_metrics
-from training.evaluate import measured_incrementality, response_metrics, uplift_evaluation
-from training.report import ReportData, write_report
-from training.settings import TrainingSettings
-from training.simulation_eval import evaluate_on_world, load_truth
-from training.train import TrainResult, train
+from nextbest.features.config import Config
+from nextbest.decision import registry
+from nextbest.training import run_metrics
+from nextbest.training.evaluate import measured_incrementality, response_metrics, uplift_evaluation
+from nextbest.training.report import ReportData, write_report
+from nextbest.training.settings import TrainingSettings
+from nextbest.sim.simulation_eval import evaluate_on_world, load_truth
+from nextbest.training.train import TrainResult, train
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def run_training(data_dir: str | Path, config: Config, settings: TrainingSetting
     import mlflow
     from mlflow.models import infer_signature
 
-    from training.pyfunc import PolicyModel, save_artifacts, signature_example
+    from nextbest.decision.pyfunc import PolicyModel, save_artifacts, signature_example
 
     registry.setup()
     settings = settings or TrainingSettings.from_config(config)
@@ -119,7 +120,7 @@ def run_training(data_dir: str | Path, config: Config, settings: TrainingSetting
         summary = {"run_id": run.info.run_id, "version": version, "timings": res.timings, "metrics": metrics,
                    "report": f"{run.info.artifact_uri}/report/index.html"}
     if promote and version is not None:
-        from training.ope_tracking import promotion_check
+        from nextbest.training.ope_tracking import promotion_check
 
         ok, reason = promotion_check(version)  # a first version passes; later ones need `nextbest evaluate`
         summary["promoted"] = ok
@@ -139,7 +140,7 @@ def report_for_version(data_dir: str | Path, config: Config, version: str | None
     """
     import mlflow
 
-    from training.train import Stopwatch, TrainResult, prepare
+    from nextbest.training.train import Stopwatch, TrainResult, prepare
 
     registry.setup()
     version = version or registry.champion_version()

@@ -31,17 +31,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.config import Config
-from features.eventlog import EventLog
-from features.examples import decision_examples
-from features.history import Population
-from features.io import find_table, load_dataset, read_table
-from features.validate import check
-from training.candidates import candidate_frame, customer_columns
-from training.models import ResponseClassifier, ValueRegressor
-from training.policy import NO_MESSAGE, DecisionPolicy, PolicyModels, with_open_estimate
-from training.settings import TrainingSettings
-from training.uplift import UpliftLearner
+from nextbest.features.config import Config
+from nextbest.features.eventlog import EventLog
+from nextbest.features.examples import decision_examples
+from nextbest.features.history import Population
+from nextbest.features.io import find_table, load_dataset, read_table
+from nextbest.features.validate import check
+from nextbest.decision.candidates import candidate_frame, customer_columns
+from nextbest.training.models import ResponseClassifier, ValueRegressor
+from nextbest.decision.policy import NO_MESSAGE, DecisionPolicy, PolicyModels, with_open_estimate
+from nextbest.training.settings import TrainingSettings
+from nextbest.training.uplift import UpliftLearner
 
 log = logging.getLogger(__name__)
 

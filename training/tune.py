@@ -20,9 +20,9 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from features.config import Config
-from training.settings import TrainingSettings
-from training.train import RESPONSES, Stopwatch, prepare, train
+from nextbest.features.config import Config
+from nextbest.training.settings import TrainingSettings
+from nextbest.training.train import RESPONSES, Stopwatch, prepare, train
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,8 @@ def tune(data_dir: str | Path, config: Config, settings: TrainingSettings, n_tri
     import mlflow
     import optuna
 
-    from training import registry
-    from training.evaluate import response_metrics
+    from nextbest.decision import registry
+    from nextbest.training.evaluate import response_metrics
 
     if n_trials < 1:
         raise ValueError(f"the trial budget must be at least 1, got {n_trials}")

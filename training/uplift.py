@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from training.models import _prepare, booster_predict, to_matrix
+from nextbest.training.models import _prepare, booster_predict, to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class UpliftLearner(BaseEstimator):
         return booster_predict(model.booster_, M, model.best_iteration_ or None)
 
     def _matrix(self, X) -> np.ndarray:
-        if isinstance(X, np.ndarray):  # already the model input (training.candidates.model_input)
+        if isinstance(X, np.ndarray):  # already the model input (decision.candidates.model_input)
             return X
         return to_matrix(pd.DataFrame(X), self.feature_names_in_, self.categories_)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.config import ConfigError, HourWindow, load_config
-from features.localtime import local_hour_dow
+from nextbest.features.config import ConfigError, HourWindow, load_config
+from nextbest.features.localtime import local_hour_dow
 
 
 def test_defaults_load_and_document_every_section(config):

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.examples import decision_examples, training_examples
+from nextbest.features.examples import decision_examples, training_examples
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.eventlog import EventLog
-from features.history import engagement_history
-from features.spec import feature_names
+from nextbest.features.eventlog import EventLog
+from nextbest.features.history import engagement_history
+from nextbest.features.spec import feature_names
 
 AS_OF = pd.Timestamp("2026-03-08 00:00", tz="UTC")
 
@@ -114,7 +114,7 @@ def test_responses_without_channel_are_linked_to_their_send(small_world, config)
 
 def test_parallel_sort_gives_the_same_log(small_world, config, monkeypatch):
     """The two-thread sort used on large logs orders events exactly like one sort."""
-    import features.eventlog as el
+    import nextbest.features.eventlog as el
 
     events, customers = small_world.events, small_world.customers
     one = EventLog.build(customers, events, config)
@@ -161,7 +161,7 @@ def test_categories_do_not_depend_on_which_customers_are_asked(small_log, small_
 
 def test_partitions_keyed_by_customer_give_the_same_features(small_world, small_log, config):
     """The Dask shape: encode each customer partition on its own, share one Population, concat."""
-    from features.history import Population
+    from nextbest.features.history import Population
 
     customers, events = small_world.customers, small_world.events
     whole = engagement_history(small_log, customers["customer_id"], small_world.end)
@@ -185,6 +185,6 @@ def test_a_log_without_events_gives_cold_start_rows(config):
     h = engagement_history(log_, ["A", "B", "C"], AS_OF)
     assert len(h) == 3 and (h["all_sent_90d"] == 0).all() and h["all_days_since_open"].isna().all()
     assert h["consent_email"].tolist() == [True, False, False]
-    from features.examples import training_examples
+    from nextbest.features.examples import training_examples
 
     assert len(training_examples(log_)) == 0

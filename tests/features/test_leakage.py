@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.eventlog import EV, EventLog
-from features.examples import training_examples
-from features.history import engagement_history
+from nextbest.features.eventlog import EV, EventLog
+from nextbest.features.examples import training_examples
+from nextbest.features.history import engagement_history
 
 
 @pytest.fixture(scope="module")

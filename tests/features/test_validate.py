@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.io import read_table, write_table
-from features.validate import ValidationError, check, validate, validate_dir
+from nextbest.features.io import read_table, write_table
+from nextbest.features.validate import ValidationError, check, validate, validate_dir
 
 NOW = pd.Timestamp("2026-06-01", tz="UTC")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from features.spec import feature_names
+from nextbest.features.spec import feature_names
 
 BIN = Path(sys.executable).parent / "nextbest"
 

@@ -88,7 +88,7 @@ def test_a_kernel_can_switch_projects(tmp_path, monkeypatch):
     import os
 
     from nextbest import notebooks
-    from training import registry
+    from nextbest.decision import registry
 
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
         monkeypatch.delenv(key, raising=False)

@@ -46,7 +46,7 @@ def test_retrain_twice_then_evaluate_and_promote(project, tmp_path, clean_mlflow
     assert passed != ("FAIL: " in text)
 
     monkeypatch.setenv("NEXTBEST_HOME", str(home))
-    from training import registry
+    from nextbest.decision import registry
 
     assert registry.champion_version() == ("2" if passed else "1")
     tags = MlflowClient(tracking_uri=registry.tracking_uri()).get_model_version("nextbest", "2").tags

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from serving.decision_log import DecisionLog, read_log, read_records
-from serving.engine import Engine
-from serving.schemas import DecideRequest, FeedbackRequest
-from serving.settings import ServeSettings
+from nextbest.serving.decision_log import DecisionLog, read_log, read_records
+from nextbest.serving.engine import Engine
+from nextbest.serving.schemas import DecideRequest, FeedbackRequest
+from nextbest.serving.settings import ServeSettings
 
 # two days ago at 09:30 UTC (requests must be within serving.max_clock_skew_days of the clock)
 DAY = (datetime.now(timezone.utc) - timedelta(days=2)).replace(hour=9, minute=30, second=0, microsecond=0)
@@ -24,7 +24,7 @@ def engines(project, tmp_path_factory, monkeypatch_module=None):
     """Two engines on separate stores and logs, with the project's champion."""
     import os
 
-    from training import registry
+    from nextbest.decision import registry
 
     old = {k: os.environ.get(k) for k in ("NEXTBEST_HOME", "MLFLOW_TRACKING_URI")}
     os.environ.update({k: project.env[k] for k in old})
@@ -66,7 +66,7 @@ def test_the_same_customer_twice_in_a_batch_sees_its_first_send(engines, custome
 def test_the_log_exports_as_a_data_directory_training_reads(engines, project, customers, tmp_path):
     one, _ = engines
     out = one.decide([DecideRequest(customer_id=c, now=DAY + timedelta(days=1, hours=1)) for c in customers(200, offset=500)])
-    from serving.engine import InvalidInput
+    from nextbest.serving.engine import InvalidInput
 
     for d in out[:50]:
         if d["action"] == "send":

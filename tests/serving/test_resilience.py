@@ -11,10 +11,10 @@ import httpx
 import pandas as pd
 import pytest
 
-from features.config import load_config
-from features.objective import channel_costs
-from serving.decision_log import read_records
-from serving.store import open_store
+from nextbest.features.config import load_config
+from nextbest.decision.objective import channel_costs
+from nextbest.serving.decision_log import read_records
+from nextbest.serving.store import open_store
 
 # yesterday 09:30 UTC: requests may not be further than serving.max_clock_skew_days from the clock
 NOW = (datetime.now(timezone.utc) - timedelta(days=1)).replace(hour=9, minute=30, second=0, microsecond=0)

@@ -11,9 +11,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from features.config import load_config
-from serving.decision_log import read_records
-from serving.store import open_store
+from nextbest.features.config import load_config
+from nextbest.serving.decision_log import read_records
+from nextbest.serving.store import open_store
 
 # yesterday 09:30 UTC: requests may not be further than serving.max_clock_skew_days from the clock
 NOW = (datetime.now(timezone.utc) - timedelta(days=1)).replace(hour=9, minute=30, second=0, microsecond=0)

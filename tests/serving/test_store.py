@@ -7,8 +7,8 @@ import threading
 import numpy as np
 import pytest
 
-from serving.contact import ContactState, history
-from serving.store import open_store
+from nextbest.serving.contact import ContactState, history
+from nextbest.serving.store import open_store
 
 
 @pytest.fixture(params=["sqlite", "redis"])

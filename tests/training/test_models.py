@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from training.evaluate import response_metrics
-from training.models import ResponseClassifier, ValueRegressor
+from nextbest.training.evaluate import response_metrics
+from nextbest.training.models import ResponseClassifier, ValueRegressor
 
 
 def frame(n, seed):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from training.obd import load_obd, run_obd
+from nextbest.training.obd import load_obd, run_obd
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.io import read_table
-from training.offpolicy import evaluate_policies, logged_rounds, promotion_gate, replay
+from nextbest.features.io import read_table
+from nextbest.training.offpolicy import evaluate_policies, logged_rounds, promotion_gate, replay
 
 
 @pytest.fixture(scope="module")

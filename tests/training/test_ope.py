@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.ope import CrossFitRewardModel, LoggedBandit, estimate
+from nextbest.training.ope import CrossFitRewardModel, LoggedBandit, estimate
 
 
 def test_estimators_match_hand_computed_values():

@@ -24,7 +24,7 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def two_runs(store, small_data_dir, config):
-    from training.tracking import run_training
+    from nextbest.training.tracking import run_training
 
     first = run_training(small_data_dir, config, seed=0)
     second = run_training(small_data_dir, config, seed=1)
@@ -32,7 +32,7 @@ def two_runs(store, small_data_dir, config):
 
 
 def test_runs_register_versions_in_the_project_sqlite_store(two_runs, store):
-    from training import registry
+    from nextbest.decision import registry
 
     assert registry.tracking_uri() == f"sqlite:///{store / 'mlflow.db'}"
     assert (store / "mlflow.db").exists()
@@ -46,7 +46,7 @@ def test_runs_register_versions_in_the_project_sqlite_store(two_runs, store):
 
 
 def test_promote_moves_the_champion_and_keeps_history(two_runs):
-    from training import registry
+    from nextbest.decision import registry
 
     registry.promote("1", note="first")
     registry.promote("2", note="better")
@@ -64,10 +64,10 @@ def test_promote_moves_the_champion_and_keeps_history(two_runs):
 def test_champion_serves_decisions_through_pyfunc(two_runs, small_world):
     import mlflow
 
-    from features.eventlog import EventLog
-    from features.history import engagement_history
-    from training import registry
-    from training.pyfunc import signature_example
+    from nextbest.features.eventlog import EventLog
+    from nextbest.features.history import engagement_history
+    from nextbest.decision import registry
+    from nextbest.decision.pyfunc import signature_example
 
     model = mlflow.pyfunc.load_model(registry.champion_uri())
     policy = model.unwrap_python_model().policy
@@ -83,7 +83,7 @@ def test_champion_serves_decisions_through_pyfunc(two_runs, small_world):
 def test_report_artifact_has_html_and_plots(two_runs):
     import mlflow
 
-    from training import registry
+    from nextbest.decision import registry
 
     registry.setup()
     run_id = two_runs[0]["run_id"]
@@ -102,7 +102,7 @@ def test_run_page_speaks_to_marketers(two_runs):
     """Readable metric names with intervals, the version as the run's name and a description."""
     import mlflow
 
-    from training import run_metrics
+    from nextbest.training import run_metrics
 
     run = mlflow.MlflowClient().get_run(two_runs[1]["run_id"])
     m, tags = run.data.metrics, run.data.tags
@@ -118,7 +118,8 @@ def test_run_page_speaks_to_marketers(two_runs):
 
 
 def test_a_version_whose_evaluation_fails_is_not_left_registered(two_runs, small_data_dir, config, monkeypatch):
-    from training import registry, tracking
+    from nextbest.decision import registry
+    from nextbest.training import tracking
 
     def broken(*args, **kwargs):
         raise RuntimeError("report failed")

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.table_uplift import evaluate_targeting, fit_uplift, load_table, targeting_policies
+from nextbest.training.table_uplift import evaluate_targeting, fit_uplift, load_table, targeting_policies
 
 # the coupon adds 10 points for half the customers (x > 0.5) and costs 3 points for the others
 BASE, GAIN, LOSS = 0.10, 0.10, 0.03

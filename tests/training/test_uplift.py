@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.uplift import UpliftLearner
-from training.uplift_eval import auuc, bootstrap_ci, qini_coefficient, qini_curve, uplift_by_decile
+from nextbest.training.uplift import UpliftLearner
+from nextbest.training.uplift_eval import auuc, bootstrap_ci, qini_coefficient, qini_curve, uplift_by_decile
 
 
 def known_effect_data(n=40_000, seed=0):

@@ -104,7 +104,7 @@ def test_training_run_page_shows_the_version_and_headline_metrics(project, links
     from mlflow import MlflowClient
     from playwright.sync_api import expect
 
-    from training import run_metrics
+    from nextbest.training import run_metrics
 
     home, _ = project
     url = links["training run of version 1 (champion)"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.config import Config
+from nextbest.features.config import Config
 
 
 def channel_costs(config: Config) -> np.ndarray:

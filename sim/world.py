@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.config import Config
-from features.objective import expected_profit
+from nextbest.features.config import Config
+from nextbest.decision.objective import expected_profit
 
 SEGMENTS = ("persuadable", "sure_thing", "lost_cause", "sleeping_dog")
 REGION_TIMEZONES = {
@@ -350,7 +350,7 @@ class World:
         Returns the true probabilities of each response (see :meth:`outcome_probs`), the local
         send hour, and the expected profit; ``channel=None`` asks about not sending anything.
         """
-        from features.localtime import local_hour_dow
+        from nextbest.features.localtime import local_hour_dow
 
         cfg = self.config
         ids = self.customers["customer_id"].to_numpy()

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from features.config import Config, ConfigError, section
+from nextbest.features.config import Config, ConfigError, section
 
 FEATURES = ("intercept", "baseline", "action_intercept", "offline_value", "p_open", "extra_revenue")
 D = len(FEATURES)

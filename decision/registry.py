@@ -145,7 +145,7 @@ def champion_uri() -> str:
 
 
 def load_champion():
-    """The champion's :class:`training.policy.DecisionPolicy` (raises if there is none)."""
+    """The champion's :class:`decision.policy.DecisionPolicy` (raises if there is none)."""
     version = champion_version()
     if version is None:
         raise LookupError(f"no version of model {MODEL_NAME!r} is the {CHAMPION!r}; run `nextbest promote VERSION`")
@@ -153,7 +153,7 @@ def load_champion():
 
 
 def load_version(version: str):
-    """The :class:`training.policy.DecisionPolicy` of a registered version (pinned, not an alias)."""
+    """The :class:`decision.policy.DecisionPolicy` of a registered version (pinned, not an alias)."""
     import mlflow
 
     setup()

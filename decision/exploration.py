@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from features.config import Config, ConfigError, section
+from nextbest.features.config import Config, ConfigError, section
 
 METHODS = ("greedy", "epsilon_greedy", "softmax", "thompson")
 

@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from features.config import Config, load_config
-from features.localtime import local_midnight_utc
-from features.world import TIMEZONES, World
+from nextbest.features.config import Config, load_config
+from nextbest.features.localtime import local_midnight_utc
+from nextbest.sim.world import TIMEZONES, World
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def generate(n_customers: int, days: int, seed: int, config: Config | None = Non
 
 def write(data: SimulatedData, out: str | Path, fmt: str = "parquet", seed: int | None = None) -> Path:
     """Write ``customers``, ``events``, ``logging_decisions`` and the world's truth under ``out``."""
-    from features.io import write_table
+    from nextbest.features.io import write_table
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,7 +289,7 @@ def simulate_if_missing(out: str | Path, n_customers: int, days: int, seed: int,
 
     What the notebooks call so that they run on a fresh clone; returns whether it simulated.
     """
-    from features.io import has_table
+    from nextbest.features.io import has_table
 
     if has_table(out, "customers"):
         return False

@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from scipy import integrate, stats
 
-from features.config import load_config
-from features.history import engagement_history
-from training.exploration import METHODS, Exploration, draw
-from training.policy import Request
-from training.rules import ContactHistory
+from nextbest.features.config import load_config
+from nextbest.features.history import engagement_history
+from nextbest.decision.exploration import METHODS, Exploration, draw
+from nextbest.decision.policy import Request
+from nextbest.decision.rules import ContactHistory
 
 NEG = -np.inf
 
@@ -102,7 +102,7 @@ def test_control_group_is_stable_and_of_the_configured_size(base):
 
 
 def test_bad_settings_are_refused(base):
-    from features.config import ConfigError
+    from nextbest.features.config import ConfigError
 
     with pytest.raises(ConfigError, match="method"):
         base.with_(method="ucb")
@@ -157,7 +157,7 @@ def test_explored_decisions_say_so(trained, snapshot, config):
 
 
 def test_reasons_use_the_learners_corrected_values(trained, snapshot, config):
-    from training.online import D, statistics
+    from nextbest.decision.online import D, statistics
 
     p = trained.policy.with_exploration(trained.policy.exploration.with_(method="greedy", control_share=0.0))
     keys = np.repeat(p.action_keys, 400)               # feedback: every message lost 5, suppressing 0

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.config import Condition, Config
+from nextbest.features.config import Condition, Config
 
 RULES = ("request", "consent", "channel_cap", "contact_cap", "collision", "quiet_hours", "horizon",
          "offer_channel", "offer_hours", "offer_rule", "fallback")

@@ -5,7 +5,7 @@ Each simulated day:
 1. engagement histories are rebuilt from every event so far (the history the policy was trained
    on plus what its own messages caused), exactly as serving would see them;
 2. the **learning** policy (the served one: exploration, control group, online learner) decides
-   for every customer; its messages are played in the world (``features.simulate.respond``):
+   for every customer; its messages are played in the world (``sim.simulate.respond``):
    opens, clicks, orders, unsubscribes and fatigue follow from the world's truth;
 3. each decision's realized profit of the day comes back as feedback and updates the learner.
 
@@ -33,16 +33,16 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from features.eventlog import EventLog
-from features.history import Population, engagement_history
-from features.localtime import local_midnight_utc
-from features.objective import channel_costs, offer_costs
-from features.simulate import SimulatedData, _Events, respond
-from features.world import TIMEZONES
-from training.online import OnlineLearner
-from training.policy import DecisionPolicy, Request
-from training.rules import ContactHistory
-from training.simulation_eval import random_policy_value, true_profit
+from nextbest.features.eventlog import EventLog
+from nextbest.features.history import Population, engagement_history
+from nextbest.features.localtime import local_midnight_utc
+from nextbest.decision.objective import channel_costs, offer_costs
+from nextbest.sim.simulate import SimulatedData, _Events, respond
+from nextbest.sim.world import TIMEZONES
+from nextbest.decision.online import OnlineLearner
+from nextbest.decision.policy import DecisionPolicy, Request
+from nextbest.decision.rules import ContactHistory
+from nextbest.sim.simulation_eval import random_policy_value, true_profit
 
 log = logging.getLogger(__name__)
 

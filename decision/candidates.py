@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from features.config import Config
-from features.spec import feature_names, history_features
+from nextbest.features.config import Config
+from nextbest.features.spec import feature_names, history_features
 
 CANDIDATE_COLUMNS = (
     "cand_channel", "cand_offer", "cand_hour", "cand_hour_gap", "cand_hour_open_share",

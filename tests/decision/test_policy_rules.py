@@ -1,19 +1,19 @@
 """The decision policy never breaks the business rules; eligibility and fallback rules work.
 
 Contract tests over every decision of the trained policy for the whole small population at
-several times of day, checked against the config independently of ``training.rules``.
+several times of day, checked against the config independently of ``decision.rules``.
 """
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from features.config import _deep_merge, default_config_dict, parse_config
-from features.eventlog import to_ms
-from features.history import engagement_history
-from features.localtime import local_hour_dow
-from training.policy import DecisionPolicy, Request
-from training.rules import ContactHistory, delay_to_hours, eligible
+from nextbest.features.config import _deep_merge, default_config_dict, parse_config
+from nextbest.features.eventlog import to_ms
+from nextbest.features.history import engagement_history
+from nextbest.features.localtime import local_hour_dow
+from nextbest.decision.policy import DecisionPolicy, Request
+from nextbest.decision.rules import ContactHistory, delay_to_hours, eligible
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_fallback_prefers_another_channel_after_unanswered_messages(snapshot, co
 
 
 def test_unknown_candidates_and_bad_conditions_are_refused(snapshot, config):
-    from features.config import ConfigError
+    from nextbest.features.config import ConfigError
 
     f = snapshot.iloc[:5]
     with pytest.raises(ValueError, match="unknown channel"):

@@ -6,22 +6,22 @@ whoever calls it fetches the features and the contact history and passes them in
 
 How a customer is scored
 ------------------------
-1. The rules (``training.rules``) leave a grid of allowed (channel, local hour, offer).
+1. The rules (``decision.rules``) leave a grid of allowed (channel, local hour, offer).
 2. **Send time**: the open model scores every allowed (channel, hour) for a message without an
    offer; per channel and offer the best hour is the allowed one with the highest of these open
    probabilities (an approximation when an offer shifts the best hour: the open model is called
    once per channel and hour, not once per offer too); P(open) is then re-scored with the offer.
 3. **Value** of each (channel, offer) at its best hour, as incremental profit over sending
-   nothing (the configured objective, ``features.objective``)::
+   nothing (the configured objective, ``decision.objective``)::
 
        margin x order value x uplift in P(order)          (uplift learner, offer arm vs no message)
        - offer cost x P(order that redeems the offer)     (conversion model)
        - channel cost - unsubscribe cost x P(unsubscribe) (unsubscribe model)
 
-4. **Online correction**: the online learner (``training.online``) turns each option's scores
+4. **Online correction**: the online learner (``decision.online``) turns each option's scores
    into a posterior over its reward; with no feedback yet it reproduces the offline values.
 5. **Choice**: "suppress" (worth 0 on this scale) and every allowed option get a probability
-   from the deployment's exploration method (``training.exploration``: greedy, epsilon-greedy,
+   from the deployment's exploration method (``decision.exploration``: greedy, epsilon-greedy,
    softmax or Thompson sampling, capped by the exploration budget); one is drawn, and the
    decision carries the exact probability of that action. Customers of the random control group
    get no marketing.
@@ -31,35 +31,63 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
-from features.config import Config
-from features.localtime import utc_offsets
-from features.objective import channel_costs, offer_costs
-from training.candidates import CustomerArrays, candidate_arrays, model_input
-from training.exploration import Exploration, draw
-from training.models import ResponseClassifier, ValueRegressor
-from training.online import D, SUPPRESS, OnlineLearner, OnlineSettings, action_key
-from training.rules import ContactHistory, delay_to_hours, eligible
-from training.uplift import UpliftLearner
+from nextbest.features.config import Config
+from nextbest.features.localtime import utc_offsets
+from nextbest.decision.objective import channel_costs, offer_costs
+from nextbest.decision.candidates import CustomerArrays, candidate_arrays, model_input
+from nextbest.decision.exploration import Exploration, draw
+from nextbest.decision.online import D, SUPPRESS, OnlineLearner, OnlineSettings, action_key
+from nextbest.decision.rules import ContactHistory, delay_to_hours, eligible
 
 NO_MESSAGE = "no_message"  # the control arm of the uplift learner
 OPEN_ESTIMATE = "cand_p_open"  # the open model's estimate, an input of the uplift learner
 UPLIFT_MODES = ("learner", "mediated", "blend")
 
 
+class Classifier(Protocol):
+    """What the policy needs of a response model: the inputs it reads and ``predict_proba``
+    on the float matrix ``decision.candidates.model_input`` builds, (r, F) -> (r, 2)."""
+
+    feature_names_in_: list[str]
+    categories_: dict
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray: ...
+
+
+class Regressor(Protocol):
+    feature_names_in_: list[str]
+    categories_: dict
+
+    def predict(self, X: np.ndarray) -> np.ndarray: ...
+
+
+class ArmModel(Protocol):
+    """Per-arm outcome model (the uplift learner): ``predict_arm(X, arm)`` -> P(order) (r,) and
+    ``predict(X)`` -> a frame of each offer arm's effect over ``NO_MESSAGE``."""
+
+    feature_names_in_: list[str]
+    categories_: dict
+
+    def predict_arm(self, X: np.ndarray, arm: str) -> np.ndarray: ...
+
+    def predict(self, X: np.ndarray) -> pd.DataFrame: ...
+
+
 @dataclass
 class PolicyModels:
-    """The fitted models a policy scores with."""
+    """The fitted models a policy scores with (anything that follows the protocols above)."""
 
-    open: ResponseClassifier
-    click: ResponseClassifier
-    conversion: ResponseClassifier   # an order that follows (and redeems) the message
-    unsubscribe: ResponseClassifier
-    value: ValueRegressor
-    uplift: UpliftLearner            # P(order in the window) per offer arm vs NO_MESSAGE
+    open: Classifier
+    click: Classifier
+    conversion: Classifier   # an order that follows (and redeems) the message
+    unsubscribe: Classifier
+    value: Regressor
+    uplift: ArmModel         # P(order in the window) per offer arm vs NO_MESSAGE
     customer_columns: list[str]
 
 
@@ -180,7 +208,7 @@ class DecisionPolicy:
         """Rules, best hour and value of every (channel, offer) for every customer.
 
         Each model is called once per batch on a float matrix built from per-column customer
-        arrays (``training.candidates.CustomerArrays``), so one customer or fifty thousand cost
+        arrays (``decision.candidates.CustomerArrays``), so one customer or fifty thousand cost
         about the same number of calls. ``arrays`` are those of ``features`` when the caller
         already has them (the service converts its snapshot once).
         """
@@ -259,7 +287,7 @@ class DecisionPolicy:
         return mediated if self.uplift_mode == "mediated" else 0.5 * (learner + mediated)
 
     def learner_inputs(self, s: Scores) -> np.ndarray:
-        """The online learner's input for every option, (n, 1 + K*O, D) (see ``training.online``):
+        """The online learner's input for every option, (n, 1 + K*O, D) (see ``decision.online``):
         the shared part (1, baseline) and the option's own (1, value, P(open), extra revenue),
         zero for suppress."""
         n = len(s.baseline)
@@ -279,7 +307,7 @@ class DecisionPolicy:
                arrays: CustomerArrays | None = None) -> Decisions:
         """Decide for every row of ``features``; see the module docstring.
 
-        ``rng`` (numpy Generator, or ``training.exploration.KeyedRandom`` for draws that depend
+        ``rng`` (numpy Generator, or ``decision.exploration.KeyedRandom`` for draws that depend
         only on each row's own key) drives exploration: the same seed gives the same decisions.
         ``learner`` is the online learner's current state (none: the offline values).
         """

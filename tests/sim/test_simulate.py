@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.simulate import LoggingPolicy, generate
-from features.world import World
+from nextbest.sim.simulate import LoggingPolicy, generate
+from nextbest.sim.world import World
 
 
 def test_same_seed_same_data_other_seed_other_data(config):
@@ -54,7 +54,7 @@ def test_logging_propensities_match_frequencies(config):
 
 
 def test_opens_cluster_around_the_preferred_hour(small_world, small_log):
-    from features.eventlog import EV
+    from nextbest.features.eventlog import EV
 
     opens = np.flatnonzero(small_log.event == EV["opened"])
     hour, _ = small_log.local_hour_dow(opens)

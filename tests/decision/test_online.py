@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from features.config import load_config
-from training.exploration import Exploration
-from training.online import (D, D_OWN, PRIOR_OWN, PRIOR_SHARED, SUPPRESS, LearnerState, OnlineLearner,
+from nextbest.features.config import load_config
+from nextbest.decision.exploration import Exploration
+from nextbest.decision.online import (D, D_OWN, PRIOR_OWN, PRIOR_SHARED, SUPPRESS, LearnerState, OnlineLearner,
                              OnlineSettings, RewardAssembler, statistics)
 
 KEYS = ["email/none", "sms/pct10"]
@@ -160,7 +160,7 @@ def test_decay_forgets_old_feedback_and_follows_a_change(settings):
 
 
 def test_feedback_events_carry_the_business_objective():
-    from training.online import event_reward
+    from nextbest.decision.online import event_reward
 
     cfg = load_config()
     m = cfg.objective.margin

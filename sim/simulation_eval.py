@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features.eventlog import EventLog
-from features.history import Population, engagement_history
-from features.world import World
-from training.policy import DecisionPolicy, Request
-from training.rules import ContactHistory
+from nextbest.features.eventlog import EventLog
+from nextbest.features.history import Population, engagement_history
+from nextbest.sim.world import World
+from nextbest.decision.policy import DecisionPolicy, Request
+from nextbest.decision.rules import ContactHistory
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def evaluate_on_world(policy: DecisionPolicy, truth: Truth, log_: EventLog, popu
 
 
 def true_profit(world: World, decisions) -> np.ndarray:
-    """True expected profit of each customer's decision (``training.policy.Decisions`` for every
+    """True expected profit of each customer's decision (``decision.policy.Decisions`` for every
     customer of ``world``, in its order), shape (n,)."""
     O = len(world.config.offer_names)
     send = decisions.choice > 0

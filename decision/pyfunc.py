@@ -16,14 +16,14 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 
-from training.rules import ContactHistory
+from nextbest.decision.rules import ContactHistory
 
 DECISION_COLUMNS = ("customer_id", "decision_id", "action", "channel", "local_hour", "send_at", "offer",
                     "propensity", "expected_value", "policy_version")
 
 
 class PolicyModel(mlflow.pyfunc.PythonModel):
-    """Loads the pickled :class:`training.policy.DecisionPolicy` and decides for a frame of features."""
+    """Loads the pickled :class:`decision.policy.DecisionPolicy` and decides for a frame of features."""
 
     def __init__(self, policy=None):
         self.policy = policy
@@ -35,7 +35,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         self.policy.version = meta["version"]
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        from training.policy import Request
+        from nextbest.decision.policy import Request
 
         params = params or {}
         features = typed_features(model_input, self.policy)
@@ -79,7 +79,7 @@ def save_artifacts(policy, directory: Path, version_note: str) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "policy.pkl", "wb") as fh:
         pickle.dump(policy, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    from features.spec import history_features
+    from nextbest.features.spec import history_features
 
     meta = {"version": version_note, "channels": list(policy.config.channel_names),
             "offers": list(policy.config.offer_names), "config": policy.config.raw,
