@@ -167,6 +167,7 @@ def mixed_load(home: Path, data: Path, workdir: Path, seconds: int) -> dict:
     from nextbest.features.config import load_config
     from nextbest.decision.objective import channel_costs
     from nextbest.serving.decision_log import read_records
+    from nextbest.serving.records import DecisionRecord
     from nextbest.serving.store import open_store
 
     exe = shutil.which("redis-server")
@@ -233,8 +234,8 @@ def mixed_load(home: Path, data: Path, workdir: Path, seconds: int) -> dict:
         per_decision[d] = per_decision.get(d, 0.0) + r
     wrong_reward = 0
     for d in (x for x in acked_dec if x["action"] == "send"):
-        rec = json.loads(store.get("decision", d["decision_id"]))
-        wrong_reward += abs(rec["r"] - (-costs[d["channel"]] + per_decision.get(d["decision_id"], 0.0))) > 1e-9
+        rec = DecisionRecord.from_json(store.get("decision", d["decision_id"]))
+        wrong_reward += abs(rec.reward - (-costs[d["channel"]] + per_decision.get(d["decision_id"], 0.0))) > 1e-9
     workers = {p.name.split("-")[1] for p in (workdir / "log").glob("*/decisions-*.jsonl")}
     os.killpg(redis_proc.pid, signal.SIGTERM)
     return {"decisions": len(acked_dec), "sends": int(len(sends)), "feedback_acknowledged": len(acked_fb),

@@ -49,7 +49,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from nextbest.features.config import Config, ConfigError, section
+from nextbest.features.config import Config, ConfigError
 
 METHODS = ("greedy", "epsilon_greedy", "softmax", "thompson")
 
@@ -80,9 +80,8 @@ class Exploration:
 
     @classmethod
     def from_config(cls, config: Config) -> "Exploration":
-        with section(config, "exploration") as raw:
-            return cls(str(raw["method"]), float(raw["epsilon"]), float(raw["temperature"]), int(raw["samples"]),
-                       float(raw["budget"]), float(raw["control_share"]), str(raw["control_salt"]))
+        s = config.exploration  # typed; the values are checked in __post_init__
+        return cls(s.method, s.epsilon, s.temperature, s.samples, s.budget, s.control_share, s.control_salt)
 
     def with_(self, **changes) -> "Exploration":
         return replace(self, **changes)

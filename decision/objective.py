@@ -6,6 +6,10 @@ profit = margin x order value x P(order)
          - unsubscribe_cost x P(unsubscribe)
 
 "Don't send" is an action too: its profit is ``margin x order value x P(order without a message)``.
+
+:func:`realized_profit` is the same sum over what did happen (orders, redemptions, unsubscribes):
+the reward of the off-policy evaluation, the measured incrementality, the closed loop's feedback
+and, event by event (``decision.online.event_reward``), the service's running reward of a decision.
 """
 
 from __future__ import annotations
@@ -65,3 +69,53 @@ def expected_profit(config: Config, channel: str | None, offer: str, p_order, or
     redeem = p_order if p_redeem is None else np.asarray(p_redeem, dtype=float)
     profit = profit - config.offers[offer].cost(order_value) * redeem
     return profit - config.channels[channel].cost - obj.unsubscribe_cost * np.asarray(p_unsubscribe, dtype=float)
+
+
+def realized_profit(config: Config, channel_code, offer_code, order_value, redeemed, unsubscribed,
+                    redeemed_value=None) -> np.ndarray:
+    """Realized profit of decisions from what followed them; arrays broadcast to (n,).
+
+    profit = margin x order value
+             - offer cost of the orders that redeem the message's offer
+             - channel cost (if a message was sent)
+             - unsubscribe_cost x unsubscribed (an unsubscribe from the message)
+
+    An offer's cost is a fixed part per redeeming order (``fixed`` offers) plus a share of the
+    redeeming orders' value (``percent`` offers), so several orders per decision add up exactly.
+    A decision that sent nothing has no channel, offer or unsubscribe cost.
+
+    Parameters
+    ----------
+    config : Config
+    channel_code : int array (n,)
+        The message's channel (codes into ``config.channel_names``); -1 where nothing was sent.
+    offer_code : int array (n,)
+        The message's offer (codes into ``config.offer_names``); ignored where nothing was sent.
+    order_value : float array (n,)
+        Value of all the decision's orders (with or without the offer) in its window.
+    redeemed : int or bool array (n,)
+        How many of those orders redeem the message's offer.
+    unsubscribed : bool array (n,)
+        Whether the message caused an unsubscribe.
+    redeemed_value : float array (n,), optional
+        Value of the redeeming orders; by default ``order_value`` where ``redeemed`` (every order
+        of the decision redeems).
+
+    Returns
+    -------
+    float array (n,)
+    """
+    obj = config.objective
+    channel_code = np.asarray(channel_code)
+    sent = channel_code >= 0
+    order_value = np.asarray(order_value, dtype=float)
+    redeemed = np.where(sent, np.asarray(redeemed, dtype=float), 0.0)
+    if redeemed_value is None:
+        redeemed_value = np.where(redeemed > 0, order_value, 0.0)
+    redeemed_value = np.where(sent, np.asarray(redeemed_value, dtype=float), 0.0)
+    offer_code = np.where(sent, offer_code, -1)
+    per_order = offer_costs(config, offer_code, 0.0)                    # the fixed part of each redeeming order
+    share = offer_costs(config, offer_code, redeemed_value) - per_order  # the part proportional to its value
+    channel = np.where(sent, channel_costs(config)[np.maximum(channel_code, 0)], 0.0)
+    unsub = np.where(sent, np.asarray(unsubscribed, dtype=float), 0.0)
+    return obj.margin * order_value - (per_order * redeemed + share) - channel - obj.unsubscribe_cost * unsub

@@ -20,22 +20,26 @@ The prior ``theta_0 ~ N((0, 1), .)``, ``theta_a ~ N((0, 1, 0, 0), .)`` (variance
 learner reproduces the offline policy exactly. A new action (a new offer) starts from that prior
 and is explored through the posterior's width.
 
-Customers change: the statistics decay (``half_life_days``, :meth:`OnlineLearner.decay`), so
-old feedback fades and the posterior widens again where nothing new arrives.
+Customers change: the statistics decay (``half_life_days``: :meth:`OnlineLearner.decay` in the
+closed loop, the store's ``decay_stats`` in the service, both by :func:`decay_factor`), so old
+feedback fades and the posterior widens again where nothing new arrives.
 
 State = sufficient statistics per action (count ``n``, ``X'X``, ``X'r``, ``r'r`` of the full
 input vector, :data:`FEATURES`). They add up: two workers' statistics merged with
 :meth:`LearnerState.merge` equal one worker that saw all the feedback, which is how several
 serving workers share one learner without lost updates (the store adds the deltas atomically).
-The joint posterior is assembled from them on demand (a few dozen dimensions); single updates
-are rank-one (Sherman-Morrison on the cached inverse precision).
+The joint posterior is assembled from them on demand (a few dozen dimensions).
 
-Rewards arrive late and in steps (delivered, opened, clicked, converted with value,
-unsubscribed): :class:`RewardAssembler` keeps each decision's running reward; a decision enters
-the statistics ``learn_after_hours`` after it was taken with the reward so far, and feedback that
-arrives later (inside the attribution window) adds its increment to ``X'r`` (and ``r'r``), which
-keeps the statistics exactly those of the final rewards (with forgetting on, a late increment
-enters at full weight while the rest of its decision has decayed: a small, documented skew).
+Rewards are realized profit (``decision.objective.realized_profit``) and arrive late and in steps
+(delivered, opened, clicked, converted with value, unsubscribed): :func:`event_reward` is one
+event's increment of it. The service keeps each decision's running reward in its store
+(``serving.feedback``); a decision enters the statistics ``learn_after_hours`` after it was
+taken with the reward so far (``serving.learning.observation``), and feedback that arrives later
+(inside the attribution window) adds its increment to ``X'r`` (and ``r'r``,
+``serving.learning.increment``), which keeps the statistics exactly those of the final rewards
+(with forgetting on, a late increment enters at full weight while the rest of its decision has
+decayed: a small, documented skew). The closed loop (``sim.closed_loop``) plays whole days and
+fits each day's realized profit at once.
 """
 
 from __future__ import annotations
@@ -45,7 +49,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nextbest.features.config import Config, ConfigError, section
+from nextbest.features.config import Config, ConfigError
+from nextbest.decision.objective import realized_profit
 
 FEATURES = ("intercept", "baseline", "action_intercept", "offline_value", "p_open", "extra_revenue")
 D = len(FEATURES)
@@ -69,15 +74,18 @@ class OnlineSettings:
     noise_sd: float
     learn_after_hours: float
     half_life_days: float
+    change_z: float
+    change_forget: float
 
     @classmethod
     def from_config(cls, config: Config) -> "OnlineSettings":
-        with section(config, "online") as raw:
-            out = cls(float(raw["prior_strength"]), float(raw["noise_sd"]), float(raw["learn_after_hours"]),
-                      float(raw["half_life_days"]))
+        s = config.online  # typed by the config
+        out = cls(s.prior_strength, s.noise_sd, s.learn_after_hours, s.half_life_days, s.change_z, s.change_forget)
         if out.prior_strength <= 0 or out.noise_sd <= 0 or out.learn_after_hours < 0 or out.half_life_days < 0:
             raise ConfigError("online: prior_strength and noise_sd must be positive, learn_after_hours and "
                               "half_life_days >= 0")
+        if out.change_z < 0 or not 0 <= out.change_forget <= 1:
+            raise ConfigError("online: change_z must be >= 0 (0 turns change detection off) and change_forget in [0, 1]")
         return out
 
 
@@ -174,13 +182,6 @@ class OnlineLearner:
         self._post = (keys, offsets, inv @ b, inv)
         return self._post
 
-    def _embed(self, key: str, x: np.ndarray, offsets: dict, dim: int) -> np.ndarray:
-        z = np.zeros(dim)
-        z[:2] = x[SHARED]
-        if key != SUPPRESS:
-            z[offsets[key]:offsets[key] + D_OWN] = x[OWN]
-        return z
-
     @property
     def noise_var(self) -> float:
         """Residual variance of the joint model, shrunk to ``noise_sd**2`` with weight ``prior_strength``."""
@@ -211,55 +212,53 @@ class OnlineLearner:
         return np.r_[mu[:2], mu[o:o + D_OWN]], inv[o:o + D_OWN, o:o + D_OWN]
 
     # ------------------------------------------------------------------ updates
-    def update(self, key: str, x: np.ndarray, reward: float) -> None:
-        """One observation (rank-one: Sherman-Morrison on the cached inverse precision)."""
-        x = np.asarray(x, float)
-        new_key = key != SUPPRESS and key not in self.state.stats
-        st = self.state.stats.setdefault(key, ActionStats())
-        st.n += 1
-        st.xx += np.outer(x, x)
-        st.xr += reward * x
-        st.rr += reward * reward
-        if self._post is None or new_key:
-            self._post = self._noise = None
-            return
-        keys, offsets, _, inv = self._post[:4]
-        z = self._embed(key, x, offsets, len(inv))
-        iz = inv @ z
-        inv = inv - np.outer(iz, iz) / (1.0 + z @ iz)
-        b = self._rhs(keys, offsets, len(inv))
-        self._post = (keys, offsets, inv @ b, inv)
-        self._noise = None
-
-    def _rhs(self, keys, offsets, dim) -> np.ndarray:
-        lam = self.settings.prior_strength
-        b = np.zeros(dim)
-        b[:2] = lam * PRIOR_SHARED
-        for k in keys:
-            b[offsets[k]:offsets[k] + D_OWN] = lam * PRIOR_OWN
-        for k, st in self.state.stats.items():
-            b[:2] += st.xr[SHARED]
-            if k != SUPPRESS:
-                b[offsets[k]:offsets[k] + D_OWN] += st.xr[OWN]
-        return b
-
     def partial_fit(self, keys, X: np.ndarray, reward: np.ndarray) -> "OnlineLearner":
-        """Many observations: ``keys`` (m,), ``X`` (m, D), ``reward`` (m,)."""
+        """Many observations: ``keys`` (m,), ``X`` (m, D), ``reward`` (m,). With change detection on
+        (``change_z > 0``), an action whose batch contradicts its posterior first forgets its past
+        (:meth:`changed_actions`)."""
         keys = np.asarray(keys, dtype=object)
         X, reward = np.asarray(X, float), np.asarray(reward, float)
+        if self.settings.change_z > 0:
+            changed = [k for k, z in self.changed_actions(keys, X, reward).items() if abs(z) > self.settings.change_z]
+            if changed:
+                self.state = LearnerState({k: (s.scaled(self.settings.change_forget) if k in changed else s)
+                                           for k, s in self.state.stats.items()})
+                self._post = self._noise = None
         return self.merge(statistics(keys, X, reward))
 
-    def add_reward(self, key: str, x: np.ndarray, delta: float, reward_before: float) -> None:
-        """A late increment ``delta`` to the reward of a decision already in the statistics."""
-        st = self.state.stats.setdefault(key, ActionStats())
-        st.xr += delta * np.asarray(x, float)
-        st.rr += 2.0 * reward_before * delta + delta * delta
-        self._post = self._noise = None
+    def changed_actions(self, keys, X: np.ndarray, reward: np.ndarray, min_batch: int = 30) -> dict[str, float]:
+        """Change detection: per action already in the statistics with at least ``min_batch`` new
+        observations, the z-score of the batch's mean residual under the current posterior mean,
+        ``mean(r - x . theta) / sqrt(noise_var / m)``.
+
+        A batch whose mean reward sits ``change_z`` standard errors away from what the action's
+        posterior predicts is evidence that the action changed (a channel fell out of favour, an
+        offer stopped working): the action then keeps only ``change_forget`` of its old
+        statistics and follows the new data at once. Without a change the z-score is a standard
+        normal draw and ``|z| > 4`` happens about once in 16,000 batches per action, so a stable
+        action keeps its memory (``tests/decision/test_online.py`` checks both).
+        """
+        keys = np.asarray(keys, dtype=object)
+        out = {}
+        if self.state.n == 0:
+            return out
+        noise = self.noise_var
+        for key in dict.fromkeys(keys.tolist()):
+            old = self.state.stats.get(key)
+            sel = keys == key
+            m = int(sel.sum())
+            if key == SUPPRESS or old is None or old.n < min_batch or m < min_batch:
+                continue
+            mean, _ = self.posterior(key)
+            resid = reward[sel] - X[sel] @ mean
+            out[str(key)] = float(resid.mean() / np.sqrt(noise / m))
+        return out
 
     def decay(self, days: float) -> "OnlineLearner":
         """Forget: older feedback loses half its weight every ``half_life_days`` (none if 0)."""
-        if self.settings.half_life_days > 0 and days > 0:
-            self.state = self.state.scaled(0.5 ** (days / self.settings.half_life_days))
+        factor = decay_factor(self.settings.half_life_days, days)
+        if factor < 1.0:
+            self.state = self.state.scaled(factor)
             self._post = self._noise = None
         return self
 
@@ -314,74 +313,32 @@ def statistics(keys, X: np.ndarray, reward: np.ndarray) -> LearnerState:
 FEEDBACK_EVENTS = ("delivered", "bounced", "opened", "clicked", "converted", "unsubscribed")
 
 
-def event_reward(config: Config, offer: str | None, event: str, value: float | None = None,
+def event_reward(config: Config, channel: str | None, offer: str | None, event: str, value: float | None = None,
                  redeems: bool = True) -> float:
-    """The profit a feedback event adds to its decision's reward (the business objective, step by step).
+    """The profit one feedback event adds to its decision's realized profit.
 
-    ``converted`` adds margin x order value, minus the offer's cost if the order ``redeems`` the
-    message's offer; ``unsubscribed`` subtracts the unsubscribe cost; delivery, opens and clicks
-    add nothing by themselves (their value arrives with the order). The channel cost is the
-    decision's immediate reward (:meth:`RewardAssembler.register`).
+    The increment of :func:`decision.objective.realized_profit` by the event (it is linear in
+    what happened): ``converted`` adds margin x order value, minus the offer's cost if the order
+    ``redeems`` the message's offer; ``unsubscribed`` subtracts the unsubscribe cost; delivery,
+    opens and clicks add nothing by themselves (their value arrives with the order). The channel
+    cost is the decision's own realized profit before any event (``realized_profit`` of nothing
+    happening). ``channel`` None: the decision sent nothing (an order is then an order without
+    a message).
     """
     if event not in FEEDBACK_EVENTS:
         raise ValueError(f"unknown feedback event {event!r}; expected one of {FEEDBACK_EVENTS}")
-    obj = config.objective
-    if event == "converted":
-        if value is None or not np.isfinite(value) or value < 0:
-            raise ValueError(f"a conversion needs a non-negative order value, got {value!r}")
-        cost = config.offers[offer].cost(np.array([value]))[0] if (offer and redeems) else 0.0
-        return float(obj.margin * value - cost)
-    if event == "unsubscribed":
-        return -float(obj.unsubscribe_cost)
-    return 0.0
+    if event == "converted" and (value is None or not np.isfinite(value) or value < 0):
+        raise ValueError(f"a conversion needs a non-negative order value, got {value!r}")
+    k = -1 if channel is None else config.channel_names.index(channel)
+    j = config.offer_names.index(offer if offer is not None else "none")
+    order = float(value) if event == "converted" else 0.0
+    after = realized_profit(config, [k], [j], [order], [event == "converted" and redeems], [event == "unsubscribed"])
+    before = realized_profit(config, [k], [j], [0.0], [False], [False])
+    return float(after[0] - before[0])
 
 
-class RewardAssembler:
-    """Running reward per decision from stepwise feedback, fed to the learner.
-
-    ``register`` a decision when it is taken (its immediate reward is the channel cost),
-    ``feedback`` events as they arrive (idempotent per ``(decision_id, event_id)``), and ``mature``
-    at a time to move decisions older than ``learn_after_hours`` into the learner. Feedback
-    after a decision's attribution window is ignored; feedback for a matured decision adds its
-    increment to the learner directly.
-    """
-
-    @classmethod
-    def for_config(cls, learner: OnlineLearner, config: Config) -> "RewardAssembler":
-        """Attribution window from the business objective."""
-        return cls(learner, config.objective.attribution_window_hours)
-
-    def __init__(self, learner: OnlineLearner, window_hours: float):
-        self.learner = learner
-        self.window_s = window_hours * 3600.0
-        self.pending: dict[str, list] = {}    # decision_id -> [key, x, reward, t_decided, matured]
-        self.seen: set[tuple[str, str]] = set()
-
-    def register(self, decision_id: str, key: str, x: np.ndarray, t: float, immediate_reward: float = 0.0):
-        self.pending[decision_id] = [key, np.asarray(x, float), float(immediate_reward), float(t), False]
-
-    def feedback(self, decision_id: str, event_id: str, t: float, reward: float) -> bool:
-        """Add ``reward`` (the event's profit increment); returns False if it was ignored."""
-        rec = self.pending.get(decision_id)
-        if rec is None or (decision_id, event_id) in self.seen or t - rec[3] > self.window_s:
-            return False
-        self.seen.add((decision_id, event_id))
-        if rec[4]:
-            self.learner.add_reward(rec[0], rec[1], reward, rec[2])
-        rec[2] += reward
-        return True
-
-    def mature(self, now: float) -> int:
-        """Move decisions taken at least ``learn_after_hours`` before ``now`` into the learner."""
-        after = self.learner.settings.learn_after_hours * 3600.0
-        ready = [d for d, rec in self.pending.items() if not rec[4] and now - rec[3] >= after]
-        if ready:
-            recs = [self.pending[d] for d in ready]
-            self.learner.partial_fit([r[0] for r in recs], np.stack([r[1] for r in recs]),
-                                     np.array([r[2] for r in recs]))
-            for r in recs:
-                r[4] = True
-        closed = [d for d, rec in self.pending.items() if rec[4] and now - rec[3] > self.window_s]
-        for d in closed:
-            del self.pending[d]
-        return len(ready)
+def decay_factor(half_life_days: float, days: float) -> float:
+    """What statistics ``days`` old keep of their weight: half per ``half_life_days`` (1 if 0: never forget)."""
+    if half_life_days <= 0 or days <= 0:
+        return 1.0
+    return float(0.5 ** (days / half_life_days))

@@ -107,13 +107,14 @@ class Request:
     contexts: list[dict] | None = None
     channels: list[str] | None = None
     offers: list[str] | None = None
-    horizon_hours: float | np.ndarray = 24.0
+    horizon_hours: float | np.ndarray | None = None  # None (or NaN/None per row): the config's decision.horizon_hours
     type: str = "marketing"
 
     def __post_init__(self):
         if self.type not in ("marketing", "transactional"):
             raise ValueError(f"type must be 'marketing' or 'transactional', got {self.type!r}")
-        if not np.all(np.asarray(self.horizon_hours) > 0):
+        h = np.asarray(self.horizon_hours, dtype=float)
+        if not np.all(np.isnan(h) | (h > 0)):
             raise ValueError(f"horizon_hours must be positive, got {self.horizon_hours}")
         if np.ndim(self.now) == 0:
             ts = pd.Timestamp(self.now).as_unit("ns")
@@ -130,8 +131,10 @@ class Request:
             return self.now.asi8.astype(np.int64)
         return np.full(n, self.now.value, dtype=np.int64)
 
-    def horizons(self, n: int) -> np.ndarray:
-        return np.broadcast_to(np.asarray(self.horizon_hours, dtype=float), (n,))
+    def horizons(self, n: int, default: float) -> np.ndarray:
+        """Horizon per customer (n,); ``default`` where the request gives none."""
+        h = np.broadcast_to(np.asarray(self.horizon_hours, dtype=float), (n,))
+        return np.where(np.isnan(h), default, h)
 
 
 @dataclass
@@ -170,13 +173,15 @@ class DecisionPolicy:
     models : PolicyModels
     version : str
         Written on every decision (the registered model version when served).
-    uplift_mode : str
+    uplift_mode : str, optional
+        Defaults to the config's ``training.uplift_mode``.
     exploration : Exploration, optional
         Defaults to the config's ``exploration`` section.
     """
 
-    def __init__(self, config: Config, models: PolicyModels, version: str = "dev", uplift_mode: str = "learner",
+    def __init__(self, config: Config, models: PolicyModels, version: str = "dev", uplift_mode: str | None = None,
                  exploration: Exploration | None = None):
+        uplift_mode = config.training.uplift_mode if uplift_mode is None else uplift_mode
         if uplift_mode not in UPLIFT_MODES:
             raise ValueError(f"uplift_mode must be one of {UPLIFT_MODES}, got {uplift_mode!r}")
         self.config = config
@@ -219,7 +224,7 @@ class DecisionPolicy:
         tz_code = features["timezone"].cat.codes.to_numpy()
         local = now_s + utc_offsets(now_s, tz_code, tz_names)
         delay = delay_to_hours((local // 3600) % 24, (local % 3600) // 60)
-        elig = eligible(features, contact, cfg, delay, request.contexts, request.horizons(n),
+        elig = eligible(features, contact, cfg, delay, request.contexts, request.horizons(n, cfg.decision.horizon_hours),
                         request.type == "transactional", request.channels, request.offers)
         allowed = elig.allowed
         value = np.full((n, K, O), -np.inf)

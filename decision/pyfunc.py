@@ -1,15 +1,18 @@
 """The policy as one MLflow model: features spec, models, config and version in one artifact.
 
-``PolicyModel`` is an ``mlflow.pyfunc.PythonModel``. Its input is a frame of customer features
-(the columns of ``features.spec`` plus the customer attributes the models were trained with, as
+``PolicyModel`` is an ``mlflow.pyfunc.PythonModel`` logged as *models from code*: MLflow stores
+the small file ``decision/pyfunc_model.py`` (which names this class with
+``mlflow.models.set_model``) instead of a pickle of the object, and the policy itself as open
+data (``decision.artifact``: LightGBM model text, the config as YAML, metadata as JSON) in the
+artifact ``policy``. Its input is a frame of customer features (the columns of
+``features.spec`` plus the customer attributes the models were trained with, as
 ``engagement_history`` returns them), its output one decision per row. ``params`` may carry
-``now`` (UTC ISO time; default: the current time), ``horizon_hours`` and ``type``.
+``now`` (UTC ISO time; default: the current time), ``horizon_hours``, ``type`` and ``seed``
+(a non-negative integer makes the exploration draws reproducible; default -1: fresh draws).
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -20,19 +23,21 @@ from nextbest.decision.rules import ContactHistory
 
 DECISION_COLUMNS = ("customer_id", "decision_id", "action", "channel", "local_hour", "send_at", "offer",
                     "propensity", "expected_value", "policy_version")
+MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # what log_model(python_model=...) stores
+PARAMS = {"now": "", "horizon_hours": 24.0, "type": "marketing", "seed": -1}  # the signature's params and defaults
 
 
 class PolicyModel(mlflow.pyfunc.PythonModel):
-    """Loads the pickled :class:`decision.policy.DecisionPolicy` and decides for a frame of features."""
+    """Rebuilds the :class:`decision.policy.DecisionPolicy` from the ``policy`` artifact
+    (``decision.artifact.load_policy``) and decides for a frame of features."""
 
     def __init__(self, policy=None):
         self.policy = policy
 
     def load_context(self, context):
-        with open(context.artifacts["policy"], "rb") as fh:
-            self.policy = pickle.load(fh)
-        meta = json.loads(Path(context.artifacts["meta"]).read_text())
-        self.policy.version = meta["version"]
+        from nextbest.decision.artifact import load_policy
+
+        self.policy = load_policy(context.artifacts["policy"])
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         from nextbest.decision.policy import Request
@@ -42,7 +47,9 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         request = Request(now=params.get("now") or pd.Timestamp.now(tz="UTC"),
                           horizon_hours=float(params.get("horizon_hours", 24.0)),
                           type=params.get("type", "marketing"))
-        out = self.policy.decide(features, ContactHistory.from_features(features, self.policy.config), request)
+        seed = params.get("seed")
+        rng = np.random.default_rng(int(seed)) if seed is not None and int(seed) >= 0 else None
+        out = self.policy.decide(features, ContactHistory.from_features(features, self.policy.config), request, rng=rng)
         frame = out.frame.copy()
         frame["send_at"] = frame["send_at"].astype("str")
         frame["reasons"] = [" | ".join(r) for r in out.reasons]
@@ -75,16 +82,9 @@ def signature_example(features: pd.DataFrame, policy, rows: int = 5) -> pd.DataF
 
 
 def save_artifacts(policy, directory: Path, version_note: str) -> dict:
-    """Pickle the policy and write its metadata; returns the ``artifacts`` mapping for log_model."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / "policy.pkl", "wb") as fh:
-        pickle.dump(policy, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    from nextbest.features.spec import history_features
+    """Write the policy as open data (``decision.artifact.save_policy``); returns the
+    ``artifacts`` mapping for ``mlflow.pyfunc.log_model``."""
+    from nextbest.decision.artifact import save_policy
 
-    meta = {"version": version_note, "channels": list(policy.config.channel_names),
-            "offers": list(policy.config.offer_names), "config": policy.config.raw,
-            "features": [{"name": f.name, "family": f.family, "description": f.description}
-                         for f in history_features(policy.config)],
-            "model_inputs": policy.models.customer_columns}
-    (directory / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
-    return {"policy": str(directory / "policy.pkl"), "meta": str(directory / "meta.json")}
+    save_policy(policy, directory, note=version_note)
+    return {"policy": str(directory)}

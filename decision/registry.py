@@ -153,10 +153,45 @@ def load_champion():
 
 
 def load_version(version: str):
-    """The :class:`decision.policy.DecisionPolicy` of a registered version (pinned, not an alias)."""
+    """The :class:`decision.policy.DecisionPolicy` of a registered version (pinned, not an alias).
+
+    The version's files are downloaded and the policy rebuilt from its open-format artifact
+    (``decision.artifact.load_policy``): nothing is unpickled and none of its code runs. A version
+    registered by an older nextbest (a pickled policy) or with a corrupt file is refused with an
+    :class:`~decision.artifact.ArtifactError` that names the version.
+    """
+    import tempfile
+
     import mlflow
 
+    from nextbest.decision.artifact import ArtifactError, load_policy
+
     setup()
-    policy = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}").unwrap_python_model().policy
-    policy.version = f"{MODEL_NAME}/{version}"
-    return policy
+    version = str(version)
+    with tempfile.TemporaryDirectory(prefix="nextbest-model-") as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL_NAME}/{version}", dst_path=tmp))
+        try:
+            return load_policy(policy_directory(local), version=f"{MODEL_NAME}/{version}")
+        except ArtifactError as exc:
+            raise ArtifactError(f"{MODEL_NAME} version {version}: {exc}") from None
+
+
+def policy_directory(model_dir: Path) -> Path:
+    """The ``policy`` artifact inside a downloaded MLflow model directory (read from ``MLmodel``)."""
+    import yaml
+
+    from nextbest.decision.artifact import ArtifactError
+
+    mlmodel = Path(model_dir) / "MLmodel"
+    if not mlmodel.is_file():
+        raise ArtifactError("the model has no MLmodel file")
+    flavor = ((yaml.safe_load(mlmodel.read_text()) or {}).get("flavors") or {}).get("python_function") or {}
+    artifacts = flavor.get("artifacts") or {}
+    if "python_model" in flavor or "meta" in artifacts or any(Path(model_dir).rglob("*.pkl")):
+        raise ArtifactError("registered by an older nextbest (a pickled policy), which is never unpickled: loading "
+                            "it would run whatever code the pickle holds; retrain it with `nextbest train` and "
+                            "promote the new version")
+    rel = (artifacts.get("policy") or {}).get("path")
+    if not rel:
+        raise ArtifactError("the model has no `policy` artifact")
+    return Path(model_dir) / rel

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.features.config import Condition, Config
+from nextbest.features.localtime import DAY_HOURS, WEEK_HOURS
 
 RULES = ("request", "consent", "channel_cap", "contact_cap", "collision", "quiet_hours", "horizon",
          "offer_channel", "offer_hours", "offer_rule", "fallback")
@@ -69,7 +70,7 @@ class ContactHistory:
             return np.stack([features[f"{c}_sent_{hours}h"].to_numpy(np.int64) for c in ch], axis=1)
 
         days = features["all_days_since_send"].to_numpy(dtype=float)
-        return cls(window(24), window(168), np.where(np.isnan(days), np.inf, days * 24.0),
+        return cls(window(DAY_HOURS), window(WEEK_HOURS), np.where(np.isnan(days), np.inf, days * 24.0),
                    np.stack([features[f"{c}_unanswered"].to_numpy(np.int64) for c in ch], axis=1))
 
     @classmethod
@@ -158,7 +159,7 @@ def condition_holds(cond: Condition, features: pd.DataFrame, contexts: list[dict
 
 
 def eligible(features: pd.DataFrame, contact: ContactHistory, config: Config, delay_hours: np.ndarray,
-             contexts: list[dict] | None = None, horizon_hours: float | np.ndarray = 24.0, transactional: bool = False,
+             contexts: list[dict] | None = None, horizon_hours: float | np.ndarray | None = None, transactional: bool = False,
              channels: list[str] | None = None, offers: list[str] | None = None) -> Eligibility:
     """Apply every rule; see the module docstring for the list and order.
 
@@ -197,7 +198,8 @@ def eligible(features: pd.DataFrame, contact: ContactHistory, config: Config, de
         removed["collision"] = (delay_hours < wait[:, None])[:, None, :, None]
         quiet = np.stack([cfg.channels[c].quiet_hours.contains(HOURS) for c in cfg.channel_names])  # (K, 24)
         removed["quiet_hours"] = quiet[None, :, :, None]
-    horizon = np.asarray(horizon_hours, dtype=float).reshape(-1, 1)  # one for all, or one per customer
+    horizon = np.asarray(cfg.decision.horizon_hours if horizon_hours is None else horizon_hours,
+                         dtype=float).reshape(-1, 1)  # one for all, or one per customer
     # a transactional message goes out now: only the current local hour (delay 0) is allowed
     removed["horizon"] = ((delay_hours > 0) if transactional else (delay_hours >= horizon))[:, None, :, None]
     if not transactional:

@@ -1,7 +1,14 @@
-"""The business config: channels, offers, contact rules, the objective and feature settings.
+"""The business config: one typed model of every section, validated once.
 
-The defaults are written once, in ``defaults.yaml`` beside this module. A deployment's YAML is
-merged over them key by key (``load_config(path)``), then validated once into frozen dataclasses.
+The defaults are written once, in ``defaults.yaml`` beside this module, and nowhere in code. A
+deployment's YAML is merged over them (:func:`merge_config`): its ``channels:`` and ``offers:``
+replace the default collections (so a deployment can drop a default channel or offer), every
+other section is merged key by key, at any depth. The merged dict is then validated by pydantic
+models that refuse unknown keys; an error names the key's full path (``channels.email.cost``)
+and suggests the closest known key.
+
+``channels`` and ``offers`` become the frozen dataclasses below (what the decision core reads);
+the other sections are the pydantic models themselves (``config.training.lightgbm.num_leaves``).
 
 The config lives in ``features`` (the lowest layer) because validation and the simulator need
 the channel and offer lists, and nothing may import upward.
@@ -10,21 +17,207 @@ the channel and offer lists, and nothing may import upward.
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 DEFAULTS_FILE = "defaults.yaml"
+COLLECTIONS = ("channels", "offers")  # a deployment's YAML replaces these whole
+
+Int = Annotated[int, Strict()]      # no bools, no floats, no strings
+Num = Annotated[float, Strict()]    # ints are fine, bools and strings are not
+Str = Annotated[str, Strict()]
+Bool = Annotated[bool, Strict()]
 
 
 class ConfigError(ValueError):
     """The business config is malformed; the message names the key."""
 
 
+# ---------------------------------------------------------------------------- typed sections
+class Section(BaseModel):
+    """A config section: frozen, every key required unless documented, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            known = [f.alias or name for name, f in cls.model_fields.items()]
+            unknown = [str(k) for k in data if k not in known]
+            if unknown:
+                raise PydanticCustomError("unknown_key", "unknown key(s) {keys}", {"keys": unknown, "known": known})
+        return data
+
+
+class Hours(Section):
+    """Local clock hours ``start <= h < end`` (0-24); wraps midnight when ``start > end``."""
+
+    start: Int = Field(ge=0, le=24)
+    end: Int = Field(ge=0, le=24)
+
+
+class Caps(Section):
+    per_day: Int = Field(ge=0)
+    per_week: Int = Field(ge=0)
+
+
+class ChannelSpec(Section):
+    cost: Num = Field(ge=0)
+    quiet_hours: Hours
+    caps: Caps
+
+
+class Bounds(Section):
+    """A customer clause: ``{min: x}``, ``{max: x}`` (inclusive) and/or ``{in: [...]}``."""
+
+    min: Int | Num | None = None   # an int stays an int (``review_count >= 5`` in reasons)
+    max: Int | Num | None = None
+    in_: list[Any] | None = Field(None, alias="in")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> "Bounds":
+        if self.min is None and self.max is None and self.in_ is None:
+            raise ValueError("expected {min: x}, {max: x} or {in: [...]}")
+        return self
+
+
+class When(Section):
+    context: dict[str, Any] = Field(default_factory=dict)   # key -> allowed value or values
+    customer: dict[str, Bounds] = Field(default_factory=dict)
+
+
+class OfferSpec(Section):
+    kind: Literal["none", "percent", "fixed"]
+    value: Num = Field(ge=0)
+    channels: list[Str]
+    valid_hours: Hours
+    when: When | None = None  # no rules: always eligible
+
+
+class ContactRules(Section):
+    max_per_day: Int = Field(ge=0)
+    max_per_week: Int = Field(ge=0)
+    min_hours_between: Num = Field(ge=0)
+    fallback_after_unanswered: Int = Field(ge=0)  # 0 disables the fallback rule
+
+
+class Objective(Section):
+    margin: Num = Field(ge=0)
+    unsubscribe_cost: Num = Field(ge=0)
+    attribution_window_hours: Num = Field(ge=1)
+
+
+class FeatureSettings(Section):
+    windows_days: tuple[Int, ...]
+    fatigue_hours: tuple[Int, ...]
+    prior_strength: Num = Field(ge=0)
+    prior_days: Int = Field(ge=1)
+
+
+class Customers(Section):
+    default_timezone: Str
+
+
+class LightGBMParams(Section):
+    """LightGBM parameters a deployment may set; an absent one keeps LightGBM's own default."""
+
+    n_estimators: Int | None = Field(None, ge=1)
+    learning_rate: Num | None = Field(None, gt=0)
+    num_leaves: Int | None = Field(None, ge=2)
+    min_child_samples: Int | None = Field(None, ge=1)
+    subsample: Num | None = Field(None, gt=0, le=1)
+    subsample_freq: Int | None = Field(None, ge=0)
+    colsample_bytree: Num | None = Field(None, gt=0, le=1)
+    reg_lambda: Num | None = Field(None, ge=0)
+    reg_alpha: Num | None = Field(None, ge=0)
+    max_bin: Int | None = Field(None, ge=2)
+    min_split_gain: Num | None = Field(None, ge=0)
+    max_depth: Int | None = None
+
+    def params(self) -> dict:
+        """The parameters that are set, as LightGBM keyword arguments."""
+        return self.model_dump(exclude_none=True)
+
+
+class Training(Section):
+    warmup_days: Int = Field(ge=0)
+    validation_days: Int = Field(ge=1)
+    max_rows_per_model: Int = Field(ge=1000)
+    early_stopping_rounds: Int = Field(ge=1)
+    uplift_mode: Str          # checked against the policy's modes by TrainingSettings / DecisionPolicy
+    lightgbm: LightGBMParams
+
+
+class RetrainSection(Section):
+    min_gain: Num
+    eval_days: Int = Field(ge=1)
+    max_rounds: Int = Field(ge=2)
+    n_boot: Int = Field(ge=100)
+    schedule_hours: Num = Field(ge=0)
+
+
+class ExplorationSection(Section):
+    method: Str               # checked against the methods by decision.exploration.Exploration
+    epsilon: Num
+    temperature: Num
+    samples: Int
+    budget: Num
+    control_share: Num
+    control_salt: Str
+
+
+class OnlineSection(Section):
+    prior_strength: Num = Field(gt=0)
+    noise_sd: Num = Field(gt=0)
+    learn_after_hours: Num = Field(ge=0)
+    half_life_days: Num = Field(ge=0)
+    change_z: Num = Field(ge=0)
+    change_forget: Num = Field(ge=0, le=1)
+
+
+class DecisionSection(Section):
+    horizon_hours: Num = Field(gt=0)
+
+
+class ServingSection(Section):
+    store_url: Str
+    log_dir: Str
+    log_fsync: Bool
+    workers: Int = Field(ge=1)
+    reload_seconds: Num = Field(gt=0)
+    learner_sync_seconds: Num = Field(gt=0)
+    micro_batch_ms: Num = Field(ge=0)
+    micro_batch_max: Int = Field(ge=1)
+    max_clock_skew_days: Num = Field(gt=0)
+
+
+class ConfigSpec(Section):
+    """The whole merged config, as written in YAML."""
+
+    channels: dict[Str, ChannelSpec]
+    offers: dict[Str, OfferSpec]
+    contact_rules: ContactRules
+    objective: Objective
+    features: FeatureSettings
+    customers: Customers
+    decision: DecisionSection
+    training: Training
+    retrain: RetrainSection
+    exploration: ExplorationSection
+    online: OnlineSection
+    serving: ServingSection
+
+
+# ---------------------------------------------------------------------------- what the decision core reads
 @dataclass(frozen=True)
 class HourWindow:
     """A window of local clock hours ``start <= h < end``; wraps midnight when ``start > end``."""
@@ -38,6 +231,10 @@ class HourWindow:
         if self.start <= self.end:  # start == end is an empty window
             return (hour >= self.start) & (hour < self.end)
         return (hour >= self.start) | (hour < self.end)
+
+    @classmethod
+    def of(cls, hours: Hours) -> "HourWindow":
+        return cls(0 if hours.start == 24 else hours.start, hours.end)
 
 
 @dataclass(frozen=True)
@@ -73,6 +270,14 @@ class Condition:
             parts += [f"{k} in {list(b['in'])}"] if "in" in b else []
         return " and ".join(parts) or "always"
 
+    @classmethod
+    def of(cls, when: When | None) -> "Condition":
+        if when is None:
+            return cls()
+        context = {str(k): tuple(str(v) for v in (vs if isinstance(vs, list) else [vs])) for k, vs in when.context.items()}
+        customer = {k: b.model_dump(by_alias=True, exclude_none=True) for k, b in when.customer.items()}
+        return cls(context, customer)
+
 
 @dataclass(frozen=True)
 class Offer:
@@ -93,37 +298,20 @@ class Offer:
 
 
 @dataclass(frozen=True)
-class ContactRules:
-    max_per_day: int
-    max_per_week: int
-    min_hours_between: float
-    fallback_after_unanswered: int  # 0 disables the fallback rule
-
-
-@dataclass(frozen=True)
-class Objective:
-    margin: float
-    unsubscribe_cost: float
-    attribution_window_hours: float
-
-
-@dataclass(frozen=True)
-class FeatureSettings:
-    windows_days: tuple[int, ...]
-    fatigue_hours: tuple[int, ...]
-    prior_strength: float
-    prior_days: int
-
-
-@dataclass(frozen=True)
 class Config:
+    """The validated business config; ``raw`` is the merged plain dict it was built from."""
+
     channels: dict[str, Channel]
     offers: dict[str, Offer]
-    contact_rules: ContactRules
-    objective: Objective
-    features: FeatureSettings
-    default_timezone: str
+    spec: ConfigSpec  # every other section, typed: ``config.training``, ``config.online``, ... read through it
     raw: dict
+
+    def __getattr__(self, name: str):
+        """The typed sections of :class:`ConfigSpec` (``contact_rules``, ``objective``, ``features``,
+        ``customers``, ``decision``, ``training``, ``retrain``, ``exploration``, ``online``, ``serving``)."""
+        if name != "spec" and name in ConfigSpec.model_fields:
+            return getattr(self.spec, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def channel_names(self) -> tuple[str, ...]:
@@ -133,41 +321,33 @@ class Config:
     def offer_names(self) -> tuple[str, ...]:
         return tuple(self.offers)
 
+    @property
+    def default_timezone(self) -> str:
+        return self.customers.default_timezone
 
-def section(config: Config, name: str):
-    """Read the ``name`` section of ``config`` as a dataclass-building context: yields the raw dict and
-    turns a missing key or a bad value into a ConfigError naming ``name.key``.
-
-    Usage: ``with section(config, "online") as raw: return Settings(float(raw["x"]), ...)``
-    """
-    return _Section(config, name)
-
-
-class _Section:
-    def __init__(self, config: Config, name: str):
-        self.name = name
-        self.raw = config.raw.get(name)
-
-    def __enter__(self) -> dict:
-        if not isinstance(self.raw, dict):
-            raise ConfigError(f"{self.name}: missing section")
-        return self.raw
-
-    def __exit__(self, kind, exc, tb):
-        if isinstance(exc, KeyError):
-            raise ConfigError(f"missing config key {self.name}.{exc.args[0]}") from None
-        if isinstance(exc, (TypeError, ValueError)) and not isinstance(exc, ConfigError):
-            raise ConfigError(f"{self.name}: {exc}") from None
-        return False
+    def to_yaml(self) -> str:
+        """The merged config as YAML; ``parse_config(yaml.safe_load(text))`` gives this config back."""
+        return yaml.safe_dump(self.raw, sort_keys=False)
 
 
-def _deep_merge(base: dict, override: dict) -> dict:
+# ---------------------------------------------------------------------------- loading
+def merge_config(base: dict, override: dict) -> dict:
+    """``override`` over ``base``: top-level ``channels`` and ``offers`` are replaced whole,
+    every other mapping is merged key by key at any depth."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+        if key not in COLLECTIONS and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
+    return out
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if both else copy.deepcopy(value)
     return out
 
 
@@ -176,103 +356,54 @@ def default_config_dict() -> dict:
     return yaml.safe_load(text)
 
 
-def _hours(raw: Any, where: str) -> HourWindow:
-    if not isinstance(raw, dict) or set(raw) != {"start", "end"}:
-        raise ConfigError(f"{where}: expected {{start: H, end: H}}, got {raw!r}")
-    start, end = raw["start"], raw["end"]
-    for name, h in (("start", start), ("end", end)):
-        if not isinstance(h, int) or not 0 <= h <= 24:
-            raise ConfigError(f"{where}.{name}: expected a local hour 0-24, got {h!r}")
-    return HourWindow(start % 24 if start == 24 else start, end)
-
-
-def _number(raw: Any, where: str, minimum: float = 0.0) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < minimum:
-        raise ConfigError(f"{where}: expected a number >= {minimum}, got {raw!r}")
-    return float(raw)
-
-
-def _condition(raw: Any, where: str) -> Condition:
-    if raw is None:
-        return Condition()
-    if not isinstance(raw, dict) or set(raw) - {"context", "customer"}:
-        raise ConfigError(f"{where}: expected {{context: ..., customer: ...}}, got {raw!r}")
-    context = {}
-    for key, values in (raw.get("context") or {}).items():
-        values = values if isinstance(values, list) else [values]
-        context[str(key)] = tuple(str(v) for v in values)
-    customer = {}
-    for key, bounds in (raw.get("customer") or {}).items():
-        if not isinstance(bounds, dict) or not bounds or set(bounds) - {"min", "max", "in"}:
-            raise ConfigError(f"{where}.customer.{key}: expected {{min: x}}, {{max: x}} or {{in: [...]}}, got {bounds!r}")
-        for b in ("min", "max"):
-            if b in bounds:
-                _number(bounds[b], f"{where}.customer.{key}.{b}", minimum=-float("inf"))
-        if "in" in bounds and not isinstance(bounds["in"], list):
-            raise ConfigError(f"{where}.customer.{key}.in: expected a list, got {bounds['in']!r}")
-        customer[str(key)] = dict(bounds)
-    return Condition(context, customer)
+def _messages(exc: ValidationError) -> list[str]:
+    """One ``path: problem`` line per pydantic error."""
+    out = []
+    for err in exc.errors(include_url=False):
+        loc = [str(part) for part in err["loc"]]
+        if err["type"] == "unknown_key":
+            for key in err["ctx"]["keys"]:
+                near = difflib.get_close_matches(key, err["ctx"]["known"], n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(err['ctx']['known'])}"
+                out.append(f"{'.'.join([*loc, key])}: unknown key{hint}")
+        elif err["type"] == "missing":
+            out.append(f"{'.'.join(loc)}: missing")
+        elif err["type"] == "value_error":
+            out.append(f"{'.'.join(loc) or 'config'}: {err['ctx']['error']}, got {err['input']!r}")
+        else:
+            out.append(f"{'.'.join(loc) or 'config'}: {err['msg'][0].lower()}{err['msg'][1:]}, got {err['input']!r}")
+    return out
 
 
 def parse_config(raw: dict) -> Config:
-    """Validate a merged config dict into a :class:`Config`."""
+    """Validate a full merged config dict into a :class:`Config` (raises :class:`ConfigError`)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping, got {raw!r}")
     try:
-        channels = {
-            name: Channel(
-                name=name,
-                cost=_number(c["cost"], f"channels.{name}.cost"),
-                quiet_hours=_hours(c["quiet_hours"], f"channels.{name}.quiet_hours"),
-                cap_per_day=int(_number(c["caps"]["per_day"], f"channels.{name}.caps.per_day")),
-                cap_per_week=int(_number(c["caps"]["per_week"], f"channels.{name}.caps.per_week")),
-            )
-            for name, c in raw["channels"].items()
-        }
-        if not channels:
-            raise ConfigError("channels: at least one channel is needed")
-        offers = {}
-        for name, o in raw["offers"].items():
-            if o["kind"] not in ("none", "percent", "fixed"):
-                raise ConfigError(f"offers.{name}.kind: expected none, percent or fixed, got {o['kind']!r}")
-            unknown = sorted(set(o["channels"]) - set(channels))
-            if unknown:
-                raise ConfigError(f"offers.{name}.channels: unknown channel(s) {unknown}")
-            value = _number(o["value"], f"offers.{name}.value")
-            if o["kind"] == "percent" and value > 1:
-                raise ConfigError(f"offers.{name}.value: a percent offer is a share in [0, 1], got {value}")
-            offers[name] = Offer(name, o["kind"], value, tuple(o["channels"]),
-                                 _hours(o["valid_hours"], f"offers.{name}.valid_hours"),
-                                 _condition(o.get("when"), f"offers.{name}.when"))
-        if "none" not in offers:
-            raise ConfigError("offers: the offer `none` (a message without an offer) must exist")
-        cr, ob, fs = raw["contact_rules"], raw["objective"], raw["features"]
-        windows = tuple(int(w) for w in fs["windows_days"])
-        if not windows or sorted(windows) != list(windows) or windows[0] <= 0:
-            raise ConfigError(f"features.windows_days: expected increasing positive days, got {windows}")
-        return Config(
-            channels=channels,
-            offers=offers,
-            contact_rules=ContactRules(
-                int(_number(cr["max_per_day"], "contact_rules.max_per_day")),
-                int(_number(cr["max_per_week"], "contact_rules.max_per_week")),
-                _number(cr["min_hours_between"], "contact_rules.min_hours_between"),
-                int(_number(cr["fallback_after_unanswered"], "contact_rules.fallback_after_unanswered")),
-            ),
-            objective=Objective(
-                _number(ob["margin"], "objective.margin"),
-                _number(ob["unsubscribe_cost"], "objective.unsubscribe_cost"),
-                _number(ob["attribution_window_hours"], "objective.attribution_window_hours", 1.0),
-            ),
-            features=FeatureSettings(
-                windows_days=windows,
-                fatigue_hours=tuple(int(h) for h in fs["fatigue_hours"]),
-                prior_strength=_number(fs["prior_strength"], "features.prior_strength"),
-                prior_days=int(_number(fs["prior_days"], "features.prior_days", 1)),
-            ),
-            default_timezone=str(raw["customers"]["default_timezone"]),
-            raw=raw,
-        )
-    except KeyError as exc:
-        raise ConfigError(f"missing config key {exc}") from None
+        spec = ConfigSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_messages(exc))) from None
+    channels = {name: Channel(name, c.cost, HourWindow.of(c.quiet_hours), c.caps.per_day, c.caps.per_week)
+                for name, c in spec.channels.items()}
+    if not channels:
+        raise ConfigError("channels: at least one channel is needed")
+    offers = {}
+    for name, o in spec.offers.items():
+        unknown = sorted(set(o.channels) - set(channels))
+        if unknown:
+            raise ConfigError(f"offers.{name}.channels: unknown channel(s) {unknown}; configured: {list(channels)}")
+        if o.kind == "percent" and o.value > 1:
+            raise ConfigError(f"offers.{name}.value: a percent offer is a share in [0, 1], got {o.value}")
+        offers[name] = Offer(name, o.kind, o.value, tuple(o.channels), HourWindow.of(o.valid_hours),
+                             Condition.of(o.when))
+    if "none" not in offers:
+        raise ConfigError("offers: the offer `none` (a message without an offer) must exist")
+    windows = spec.features.windows_days
+    if not windows or sorted(windows) != list(windows) or windows[0] <= 0:
+        raise ConfigError(f"features.windows_days: expected increasing positive days, got {list(windows)}")
+    if any(h <= 0 for h in spec.features.fatigue_hours):
+        raise ConfigError(f"features.fatigue_hours: expected positive hours, got {list(spec.features.fatigue_hours)}")
+    return Config(channels=channels, offers=offers, spec=spec, raw=copy.deepcopy(raw))
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -285,5 +416,6 @@ def load_config(path: str | Path | None = None) -> Config:
         override = yaml.safe_load(path.read_text()) or {}
         if not isinstance(override, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
-        raw = _deep_merge(raw, override)
+        raw = merge_config(raw, override)
     return parse_config(raw)
+

@@ -15,6 +15,9 @@ import numpy as np
 import pandas as pd
 
 GRID_S = 15 * 60
+DAY_HOURS = 24
+WEEK_HOURS = 7 * DAY_HOURS   # the contact caps' week, the longest request horizon
+WEEK_S = WEEK_HOURS * 3600
 _EPOCH_DOW = 3  # 1970-01-01 was a Thursday; Monday = 0
 
 

@@ -133,9 +133,20 @@ def _files(data_dir):
 
 
 # ---------------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that takes ``--config``; its subcommands, at any depth, are parsers of the
+    same class (``add_subparsers`` builds them with ``type(self)``), so ``--config`` is accepted
+    before or after the subcommand. Subcommands leave it unset unless given (the later one wins)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--config", default=argparse.SUPPRESS,
+                          help="business config YAML merged over the defaults (features/defaults.yaml)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nextbest", description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="business config YAML merged over the defaults (features/defaults.yaml)")
+    p = _Parser(prog="nextbest", description=__doc__.splitlines()[0])
+    p.set_defaults(config=None)  # only the top parser has a default: no --config anywhere = the defaults
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     top = p.add_subparsers(dest="command", required=True)
@@ -162,11 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "examples' outcomes alike; default: the end of the last event's day")
     b.add_argument("--examples", help="also write training examples (one row per send) to this Parquet file")
     b.set_defaults(func=cmd_features_build)
-    from nextbest import cli_models, cli_serve, cli_ui
+    from nextbest import cli_models, cli_retrain, cli_serve, cli_ui
 
     cli_models.add_commands(top)
     cli_serve.add_commands(top)
     cli_ui.add_commands(top)
+    cli_retrain.add_commands(top)
     return p
 
 

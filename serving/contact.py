@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nextbest.decision.rules import ContactHistory
+from nextbest.features.localtime import WEEK_S
 
-WEEK_S = 7 * 86400
 DAY_S = 86400
 RESET_UNANSWERED = ("opened", "clicked", "converted")
 

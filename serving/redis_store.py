@@ -1,8 +1,9 @@
 """The Redis backend of ``serving.store.Store`` (several workers and replicas share one server).
 
 Compare-and-set runs as one Lua script per batch (Redis runs a script atomically); statistics
-are hash fields ``"{action}|{i}"`` changed with HINCRBYFLOAT inside MULTI; the learner queue is
-a sorted set by due time, and ZREM tells exactly one claimer that it removed an id.
+are hash fields ``"{action}|{i}"`` changed with HINCRBYFLOAT inside MULTI and decayed by one
+Lua script (scale every field, note the time); the learner queue is a sorted set by due time,
+and ZREM tells exactly one claimer that it removed an id.
 """
 
 from __future__ import annotations
@@ -28,6 +29,26 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+_DECAY = """
+local now = tonumber(ARGV[1])
+local last = redis.call('GET', KEYS[1])
+if not last then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return '1'
+end
+local dt = now - tonumber(last)
+if dt < tonumber(ARGV[3]) or tonumber(ARGV[2]) <= 0 then return '1' end
+local f = 0.5 ^ (dt / tonumber(ARGV[2]))
+local h = redis.call('HGETALL', KEYS[2])
+for i = 1, #h, 2 do
+  if string.sub(h[i], -5) ~= '|size' then
+    redis.call('HSET', KEYS[2], h[i], string.format('%.17g', tonumber(h[i + 1]) * f))
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('INCR', KEYS[3])
+return string.format('%.17g', f)
+"""
 
 
 class RedisStore(Store):
@@ -36,6 +57,7 @@ class RedisStore(Store):
         self.r.ping()  # fail at start, with the URL, rather than at the first request
         self.p = prefix
         self._cas = self.r.register_script(_CAS)
+        self._decay = self.r.register_script(_DECAY)
 
     def _k(self, ns, key):
         return f"{self.p}:{ns}:{key}"
@@ -92,6 +114,10 @@ class RedisStore(Store):
 
     def stats_version(self):
         return int(self.r.get(f"{self.p}:stats_version") or 0)
+
+    def decay_stats(self, half_life_s, now_s, every_s):
+        keys = [f"{self.p}:stats_decayed_at", f"{self.p}:stats", f"{self.p}:stats_version"]
+        return float(self._decay(keys=keys, args=[repr(float(now_s)), repr(float(half_life_s)), repr(float(every_s))]))
 
     def enqueue(self, items):
         if items:

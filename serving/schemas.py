@@ -14,10 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nextbest.decision.online import FEEDBACK_EVENTS
+from nextbest.features.localtime import WEEK_HOURS
 
 MAX_BATCH = 10_000
 MAX_ORDER_VALUE = 1e7  # one order; anything larger is a unit mistake and would swamp the learner
-MAX_HORIZON_HOURS = 168.0  # a week: decisions further out would be planned on stale state
+MAX_HORIZON_HOURS = float(WEEK_HOURS)  # a week: decisions further out would be planned on stale state
 MIN_HORIZON_HOURS = 1 / 60  # a minute. (``ge``, not ``gt=0``: BentoML publishes OpenAPI 3.0, where a
                             # numeric exclusiveMinimum is invalid and schema checkers reject it)
 FeedbackEvent = Literal[FEEDBACK_EVENTS]
@@ -61,7 +62,9 @@ class DecideRequest(Strict):
                                       description="candidate channels (default: every configured channel)")
     offers: list[str] | None = Field(None, min_length=1, json_schema_extra=NULLABLE,
                                      description="candidate offers (default: every configured offer)")
-    horizon_hours: float = Field(24.0, ge=MIN_HORIZON_HOURS, le=MAX_HORIZON_HOURS, description="the send must fall within this window")
+    horizon_hours: float | None = Field(None, ge=MIN_HORIZON_HOURS, le=MAX_HORIZON_HOURS, json_schema_extra=NULLABLE,
+                                        description="the send must fall within this window (default: the config's "
+                                                    "decision.horizon_hours)")
     type: Literal["marketing", "transactional"] = "marketing"
     request_id: str | None = Field(None, min_length=1, max_length=200, json_schema_extra=NULLABLE,
                                    description="idempotency key: the same id gets the same decision, recorded once")

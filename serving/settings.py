@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nextbest.features.config import ConfigError, load_config, section
+from nextbest.features.config import ConfigError, load_config
 
 
 @dataclass(frozen=True)
@@ -33,22 +33,26 @@ class ServeSettings:
         env = os.environ if env is None else env
         cfg = load_config(env.get("NEXTBEST_CONFIG") or None)
         home = Path(env.get("NEXTBEST_HOME", ".")).resolve()
-        with section(cfg, "serving") as raw:
-            store = env.get("NEXTBEST_STORE_URL") or str(raw["store_url"])
-            if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_absolute():
-                store = f"sqlite:///{home / store[len('sqlite:///'):]}"
-            out = cls(
-                data_dir=env.get("NEXTBEST_DATA_DIR", ""),
-                store_url=store,
-                log_dir=str(home / (env.get("NEXTBEST_LOG_DIR") or str(raw["log_dir"]))),
-                log_fsync=bool(raw["log_fsync"]),
-                reload_seconds=float(raw["reload_seconds"]),
-                learner_sync_seconds=float(raw["learner_sync_seconds"]),
-                micro_batch_ms=float(raw["micro_batch_ms"]),
-                micro_batch_max=int(raw["micro_batch_max"]),
-                workers=int(env.get("NEXTBEST_WORKERS") or raw["workers"]),
-                max_clock_skew_days=float(raw["max_clock_skew_days"]),
-            )
+        s = cfg.serving  # typed and range-checked by the config
+        store = env.get("NEXTBEST_STORE_URL") or s.store_url
+        if store.startswith("sqlite:///") and not Path(store[len("sqlite:///"):]).is_absolute():
+            store = f"sqlite:///{home / store[len('sqlite:///'):]}"
+        try:
+            workers = int(env.get("NEXTBEST_WORKERS") or s.workers)
+        except ValueError:
+            raise ConfigError(f"NEXTBEST_WORKERS: expected an integer, got {env.get('NEXTBEST_WORKERS')!r}") from None
+        out = cls(
+            data_dir=env.get("NEXTBEST_DATA_DIR", ""),
+            store_url=store,
+            log_dir=str(home / (env.get("NEXTBEST_LOG_DIR") or s.log_dir)),
+            log_fsync=s.log_fsync,
+            reload_seconds=s.reload_seconds,
+            learner_sync_seconds=s.learner_sync_seconds,
+            micro_batch_ms=s.micro_batch_ms,
+            micro_batch_max=s.micro_batch_max,
+            workers=workers,
+            max_clock_skew_days=s.max_clock_skew_days,
+        )
         if not out.data_dir:
             raise ConfigError("NEXTBEST_DATA_DIR must name the data directory the service takes customers "
                               "and their histories from (`nextbest serve DATA_DIR` sets it)")

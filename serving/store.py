@@ -10,8 +10,13 @@ What it holds (namespaces of string keys with JSON values):
   reward), kept for the attribution window.
 - ``request``: idempotency keys of decisions (feedback events are keyed inside their decision).
 - the online learner's sufficient statistics, one vector per action, changed only by atomic adds
-  (``add_stats``), so workers' updates never overwrite each other; and a queue of decisions
-  waiting to enter the learner (``enqueue`` / ``due`` / ``claim``).
+  (``add_stats``), so workers' updates never overwrite each other, and decayed (forgetting) by
+  one atomic scaling per period (``decay_stats``, whichever worker asks first); and a queue of
+  decisions waiting to enter the learner (``enqueue`` / ``due`` / ``claim``).
+
+Every read-modify-write of a value goes through :meth:`Store.update` (read, change, compare-and-set,
+retried up to :data:`MAX_ATTEMPTS` times, then :class:`Conflict`); the decide path's batch of
+contact states uses ``cas_many`` directly, with the same bound (``serving.engine``).
 
 Backends: ``sqlite:///path/state.db`` (the embedded default; WAL mode, so several worker
 processes on one machine share it) and ``redis://host:port/db`` (several workers and replicas).
@@ -26,7 +31,16 @@ import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 
+from typing import Callable
+
 import numpy as np
+
+MAX_ATTEMPTS = 100  # compare-and-set rounds on a value that keeps changing before the caller is told to retry
+
+
+class Conflict(RuntimeError):
+    """A value kept changing under compare-and-set, or a request id is being decided by another
+    call; the request can be retried."""
 
 
 class Store(ABC):
@@ -80,8 +94,45 @@ class Store(ABC):
     def delete(self, ns: str, keys: list[str]) -> None:
         """Remove keys (absent ones are ignored)."""
 
+    @abstractmethod
+    def decay_stats(self, half_life_s: float, now_s: float, every_s: float) -> float:
+        """Forget: scale every statistic by ``0.5 ** (dt / half_life_s)``, ``dt`` the time since
+        the last decay, if that is at least ``every_s`` (the first call only starts the clock).
+        Atomic, so any number of workers may call it: the statistics decay once per period.
+        Returns the factor applied (1.0 when nothing was done)."""
+
     def get(self, ns: str, key: str) -> str | None:
         return self.get_many(ns, [key])[0]
+
+    def update(self, ns: str, key: str, fn: Callable[[str | None], str | None], ttl_s: float | None = None) -> str | None:
+        """Change one value by read, ``fn``, compare-and-set, retried while others change it.
+
+        Parameters
+        ----------
+        ns, key : str
+        fn : callable
+            The new value from the current one (None: absent); it may run several times, so it
+            must not have effects beyond its result. Returning None, or the current value,
+            writes nothing.
+        ttl_s : float, optional
+            Expiry of the written value.
+
+        Returns
+        -------
+        str or None
+            What ``fn`` returned on the round that counted (None: nothing written).
+
+        Raises
+        ------
+        Conflict
+            The value changed under every one of :data:`MAX_ATTEMPTS` rounds.
+        """
+        for _ in range(MAX_ATTEMPTS):
+            current = self.get(ns, key)
+            new = fn(current)
+            if new is None or new == current or self.cas_many(ns, [(key, current, new)], ttl_s)[0]:
+                return new
+        raise Conflict(f"{ns} {key!r} kept changing; retry")
 
     def prune(self) -> int:
         """Drop expired keys where the backend does not do it itself; returns how many."""
@@ -203,6 +254,23 @@ class SQLiteStore(Store):
 
     def stats_version(self):
         return int(self._db().execute("SELECT value FROM meta WHERE name = 'stats_version'").fetchone()[0])
+
+    def decay_stats(self, half_life_s, now_s, every_s):
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM meta WHERE name = 'stats_decayed_at'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('stats_decayed_at', ?)", (float(now_s),))
+                return 1.0
+            dt = now_s - float(row[0])
+            if dt < every_s or half_life_s <= 0:
+                return 1.0
+            factor = 0.5 ** (dt / half_life_s)
+            rows = db.execute("SELECT action, value FROM stats").fetchall()
+            db.executemany("UPDATE stats SET value = ? WHERE action = ?",
+                           [((np.frombuffer(v, dtype=np.float64) * factor).tobytes(), a) for a, v in rows])
+            db.execute("UPDATE meta SET value = ? WHERE name = 'stats_decayed_at'", (float(now_s),))
+            db.execute("UPDATE meta SET value = value + 1 WHERE name = 'stats_version'")
+        return factor
 
     def enqueue(self, items):
         if items:

@@ -13,6 +13,7 @@ from sklearn.metrics import log_loss, roc_auc_score
 
 from nextbest.features.config import Config
 from nextbest.decision.candidates import candidate_frame
+from nextbest.decision.objective import realized_profit
 from nextbest.decision.policy import NO_MESSAGE, DecisionPolicy, with_open_estimate
 from nextbest.training.train import RESPONSES, Split
 from nextbest.training.uplift_eval import auuc, bootstrap_ci, qini_coefficient, qini_curve, uplift_by_decile
@@ -97,23 +98,16 @@ def measured_incrementality(config: Config, valid: Split, n_boot: int = 200, see
 
     Inverse-propensity weighted means of each group's orders and profit minus those of the
     no-message decisions, with 95% bootstrap CIs. Profit per decision = margin x order value -
-    offer cost of redeemed orders - channel cost - unsubscribe cost, as in the objective.
+    offer cost of redeemed orders - channel cost - unsubscribe cost
+    (``decision.objective.realized_profit``).
     """
     ex = valid.examples
-    obj = config.objective
     send = valid.send
     ch = ex["channel"].astype(object).to_numpy()
     off = ex["offer"].astype(object).to_numpy()
-    value = ex["order_value"].to_numpy(dtype=float)
-    profit = obj.margin * value
-    redeemed = ex["converted_attributed"].to_numpy()
-    for o in config.offer_names:
-        sel = send & (off == o)
-        profit[sel] -= config.offers[o].cost(value[sel]) * redeemed[sel]
-    for c in config.channel_names:
-        sel = send & (ch == c)
-        profit[sel] -= config.channels[c].cost
-    profit -= obj.unsubscribe_cost * ex["unsubscribed"].to_numpy()
+    profit = realized_profit(config, np.where(send, pd.Index(config.channel_names).get_indexer(ch), -1),
+                             pd.Index(config.offer_names).get_indexer(off), ex["order_value"].to_numpy(dtype=float),
+                             ex["converted_attributed"].to_numpy(), ex["unsubscribed"].to_numpy(dtype=bool))
     conv = ex["converted"].to_numpy(dtype=float)
     w = 1.0 / np.maximum(ex["propensity"].to_numpy(dtype=float), 1e-3)
     hour = ex["local_hour"].to_numpy()

@@ -18,6 +18,10 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import log_loss
 
+# the scoring helpers live with the loaded models (decision may not import training)
+from nextbest.decision.artifact import (SMALL_BATCH, BoosterClassifier, BoosterRegressor,  # noqa: F401
+                                        IsotonicMap, booster_predict)
+
 log = logging.getLogger(__name__)
 
 
@@ -61,20 +65,10 @@ def to_matrix(X: pd.DataFrame, columns: list[str], categories: dict) -> np.ndarr
     return model_input(columns, categories, CustomerArrays(X), np.arange(len(X)), {})
 
 
-SMALL_BATCH = 2000  # rows below which one thread predicts faster than a pool (thread start-up dominates)
-
-
-def booster_predict(booster, M: np.ndarray, num_iteration=None) -> np.ndarray:
-    """``booster.predict`` on a float matrix; single-threaded for small batches (a single decision
-    scores a few dozen rows, where starting the OpenMP pool costs more than the trees)."""
-    extra = {"num_threads": 1} if len(M) < SMALL_BATCH else {}
-    return booster.predict(M, num_iteration=num_iteration, **extra)
-
-
 class _LGBMBase(BaseEstimator):
     _objective = "binary"
 
-    def __init__(self, params: dict | None = None, early_stopping_rounds: int = 30, random_state: int = 0):
+    def __init__(self, params: dict | None = None, early_stopping_rounds: int | None = None, random_state: int = 0):
         self.params = params
         self.early_stopping_rounds = early_stopping_rounds
         self.random_state = random_state
@@ -91,7 +85,8 @@ class _LGBMBase(BaseEstimator):
         if eval_set is not None:
             Xv, yv = eval_set
             kwargs["eval_X"], kwargs["eval_y"] = (self._frame(Xv),), (np.asarray(yv),)
-            cbs.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
+            if self.early_stopping_rounds:  # None: no early stopping (the project passes training.early_stopping_rounds)
+                cbs.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
         model.fit(X, np.asarray(y), sample_weight=sample_weight, callbacks=cbs, **kwargs)
         self.booster_ = model.booster_
         self.best_iteration_ = int(model.best_iteration_ or model.n_estimators)
@@ -126,7 +121,7 @@ class ResponseClassifier(_LGBMBase, ClassifierMixin):
         it lowers the log loss on the second half; ``True`` always keeps it.
     """
 
-    def __init__(self, params: dict | None = None, early_stopping_rounds: int = 30, random_state: int = 0,
+    def __init__(self, params: dict | None = None, early_stopping_rounds: int | None = None, random_state: int = 0,
                  calibrate="auto"):
         super().__init__(params, early_stopping_rounds, random_state)
         self.calibrate = calibrate
@@ -154,7 +149,8 @@ class ResponseClassifier(_LGBMBase, ClassifierMixin):
         before = log_loss(yv[half:], np.clip(p[half:], 1e-6, 1 - 1e-6), labels=[0, 1])
         after = log_loss(yv[half:], iso.predict(p[half:]), labels=[0, 1])
         if self.calibrate is True or after < before:
-            self.calibrator_ = iso.fit(p, yv)  # keep: refit on the whole validation set
+            iso.fit(p, yv)  # keep: refit on the whole validation set, as its thresholds (open data)
+            self.calibrator_ = IsotonicMap(iso.X_thresholds_, iso.y_thresholds_)
         log.debug("calibration: log loss %.5f -> %.5f (%s)", before, after,
                   "kept" if self.calibrator_ is not None else "dropped")
 
@@ -168,6 +164,11 @@ class ResponseClassifier(_LGBMBase, ClassifierMixin):
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+    def to_artifact(self) -> BoosterClassifier:
+        """The fitted model as ``decision.artifact.BoosterClassifier`` (what a registered policy stores)."""
+        return BoosterClassifier(self.booster_, self.feature_names_in_, self.categories_, self.best_iteration_,
+                                 getattr(self, "calibrator_", None))
 
 
 class ValueRegressor(_LGBMBase, RegressorMixin):
@@ -185,3 +186,8 @@ class ValueRegressor(_LGBMBase, RegressorMixin):
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         return np.maximum(self._raw(X), self.floor_)
+
+    def to_artifact(self) -> BoosterRegressor:
+        """The fitted model as ``decision.artifact.BoosterRegressor`` (what a registered policy stores)."""
+        return BoosterRegressor(self.booster_, self.feature_names_in_, self.categories_, self.best_iteration_,
+                                self.floor_)

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from nextbest.features.config import Config
 from nextbest.features.eventlog import EventLog
 from nextbest.features.history import Population, engagement_history
-from nextbest.decision.objective import channel_costs, offer_costs
+from nextbest.decision.objective import realized_profit
 from nextbest.training.ope import CrossFitRewardModel, estimate_reduced
 from nextbest.decision.policy import DecisionPolicy, Request
 from nextbest.decision.rules import ContactHistory
@@ -55,12 +55,15 @@ class LoggedRounds:
 
 
 def logged_rounds(data_dir: str | Path, config: Config, days: int = 7, max_rounds: int | None = 20000,
-                  reward_window_hours: float = 24.0, seed: int = 0) -> LoggedRounds:
-    """Rounds from the last ``days`` whole days of a data directory whose reward window is complete."""
+                  reward_window_hours: float = 24.0, seed: int = 0, message_ids=None) -> LoggedRounds:
+    """Rounds from the last ``days`` whole days of a data directory whose reward window is complete
+    (only the decisions whose ``message_id`` is in ``message_ids``, if given: e.g. the served ones)."""
     from nextbest.training.train import load_training_data
 
     ds = load_training_data(data_dir, config)
     dec = ds.decisions.copy()
+    if message_ids is not None:
+        dec = dec[dec["message_id"].isin(set(message_ids))].reset_index(drop=True)
     dec["day"] = dec["ts"].dt.floor("D")
     data_end = ds.events["ts"].max()
     complete = dec["day"] + pd.Timedelta(hours=reward_window_hours) <= data_end
@@ -94,8 +97,9 @@ def logged_rounds(data_dir: str | Path, config: Config, days: int = 7, max_round
 
 def _rewards(dec: pd.DataFrame, events: pd.DataFrame, config: Config, window_hours: float, send: np.ndarray,
              channel: np.ndarray, offer: np.ndarray):
-    """Each round's profit in its window; ``channel``/``offer`` codes of the sends (-1 elsewhere)."""
-    obj = config.objective
+    """Each round's realized profit in its window (``decision.objective.realized_profit``):
+    every order of the customer in the window counts, those of the round's message redeem its
+    offer; ``channel``/``offer`` codes of the sends (-1 elsewhere)."""
     ev = events[["customer_id", "ts", "event", "message_id", "value"]]
     orders = ev[ev["event"] == "converted"]
     start = dec["day"].to_numpy()
@@ -104,15 +108,14 @@ def _rewards(dec: pd.DataFrame, events: pd.DataFrame, config: Config, window_hou
                         "t0": start, "msg": msg})
     m = key.merge(orders.assign(customer_id=orders["customer_id"].astype(str)), on="customer_id")
     m = m[(m["ts"] >= m["t0"]) & (m["ts"] < m["t0"] + pd.Timedelta(hours=window_hours))]
-    revenue = np.bincount(m["row"], weights=obj.margin * m["value"].to_numpy(float), minlength=len(dec))
+    value = np.bincount(m["row"], weights=m["value"].to_numpy(float), minlength=len(dec))
     order_msg = m["message_id"].astype(object).where(m["message_id"].notna(), "-").to_numpy()
     redeem = m[order_msg == m["msg"].to_numpy()]
     rows = redeem["row"].to_numpy()
-    offer_cost = np.bincount(rows, weights=offer_costs(config, offer[rows], redeem["value"].to_numpy(float)),
-                             minlength=len(dec))
+    redeemed = np.bincount(rows, minlength=len(dec))
+    redeemed_value = np.bincount(rows, weights=redeem["value"].to_numpy(float), minlength=len(dec))
     unsub = key["msg"].isin(ev.loc[ev["event"] == "unsubscribed", "message_id"].dropna().astype(object)).to_numpy()
-    ch_cost = np.where(send, channel_costs(config)[np.maximum(channel, 0)], 0.0)
-    return revenue - offer_cost - ch_cost - obj.unsubscribe_cost * (unsub & send)
+    return realized_profit(config, np.where(send, channel, -1), offer, value, redeemed, unsub, redeemed_value)
 
 
 @dataclass

@@ -24,12 +24,7 @@ GATE_ESTIMATOR = "dr"
 
 
 def load_version(version: str):
-    import mlflow
-
-    registry.setup()
-    policy = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{version}").unwrap_python_model().policy
-    policy.version = f"{registry.MODEL_NAME}/{version}"
-    return policy
+    return registry.load_version(version)  # from the open-format artifact, never unpickled
 
 
 def evaluate_version(data_dir: str | Path, config: Config, version: str, against: str | None = None,

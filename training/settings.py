@@ -7,14 +7,12 @@ import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nextbest.features.config import Config, ConfigError, section
+from nextbest.features.config import Config, ConfigError, LightGBMParams
 
 log = logging.getLogger(__name__)
 
 # LightGBM parameters a deployment may set (the ones `nextbest tune` searches, and a few more)
-LIGHTGBM_KEYS = ("n_estimators", "learning_rate", "num_leaves", "min_child_samples", "subsample",
-                 "subsample_freq", "colsample_bytree", "reg_lambda", "reg_alpha", "max_bin",
-                 "min_split_gain", "max_depth")
+LIGHTGBM_KEYS = tuple(LightGBMParams.model_fields)
 
 
 @dataclass(frozen=True)
@@ -28,9 +26,9 @@ class TrainingSettings:
 
     @classmethod
     def from_config(cls, config: Config) -> "TrainingSettings":
-        with section(config, "training") as raw:
-            out = cls(int(raw["warmup_days"]), int(raw["validation_days"]), int(raw["max_rows_per_model"]),
-                      int(raw["early_stopping_rounds"]), str(raw["uplift_mode"]), dict(raw["lightgbm"]))
+        t = config.training  # typed and range-checked by the config
+        out = cls(t.warmup_days, t.validation_days, t.max_rows_per_model, t.early_stopping_rounds, t.uplift_mode,
+                  t.lightgbm.params())
         return out.with_lightgbm({})
 
     def with_lightgbm(self, params: dict) -> "TrainingSettings":

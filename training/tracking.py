@@ -73,7 +73,7 @@ def run_training(data_dir: str | Path, config: Config, settings: TrainingSetting
     import mlflow
     from mlflow.models import infer_signature
 
-    from nextbest.decision.pyfunc import PolicyModel, save_artifacts, signature_example
+    from nextbest.decision.pyfunc import MODEL_CODE, PARAMS, PolicyModel, save_artifacts, signature_example
 
     registry.setup()
     settings = settings or TrainingSettings.from_config(config)
@@ -91,9 +91,9 @@ def run_training(data_dir: str | Path, config: Config, settings: TrainingSetting
             example = signature_example(res.valid.examples.set_index("customer_id"), res.policy)
             wrapper = PolicyModel(res.policy)
             output = wrapper.predict(None, example, {"now": res.info["data_end"]})
-            info = mlflow.pyfunc.log_model(
-                name="policy", python_model=PolicyModel(), artifacts=artifacts,
-                signature=infer_signature(example, output, params={"now": "", "horizon_hours": 24.0, "type": "marketing"}),
+            info = mlflow.pyfunc.log_model(  # models from code: the class by its file, the policy as open data
+                name="policy", python_model=str(MODEL_CODE), artifacts=artifacts,
+                signature=infer_signature(example, output, params=PARAMS),
                 registered_model_name=registry.MODEL_NAME if register else None, pip_requirements=[])
             res.timings["log_model"] = time.perf_counter() - t0
             version = getattr(info, "registered_model_version", None)
@@ -146,8 +146,7 @@ def report_for_version(data_dir: str | Path, config: Config, version: str | None
     version = version or registry.champion_version()
     if version is None:
         raise LookupError("no champion yet: pass --version or run `nextbest promote VERSION`")
-    policy = mlflow.pyfunc.load_model(f"models:/{registry.MODEL_NAME}/{version}").unwrap_python_model().policy
-    policy.version = f"{registry.MODEL_NAME}/{version}"
+    policy = registry.load_version(version)  # from the open-format artifact, never unpickled
     settings = TrainingSettings.from_config(config)
     watch = Stopwatch()
     p = prepare(data_dir, config, settings, watch, seed)

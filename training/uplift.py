@@ -31,7 +31,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
-from nextbest.training.models import _prepare, booster_predict, to_matrix
+from nextbest.decision.artifact import BoosterArmModel, booster_predict
+from nextbest.training.models import _prepare, to_matrix
 
 log = logging.getLogger(__name__)
 
@@ -204,3 +205,12 @@ class UpliftLearner(BaseEstimator):
                                 index=getattr(X, "index", None))
         mu = self.predict_outcomes(X)
         return mu[self.treatments_[1:]].sub(mu[self.control], axis=0)
+
+    def to_artifact(self) -> BoosterArmModel:
+        """The fitted learner as ``decision.artifact.BoosterArmModel`` (what a registered policy stores)."""
+        def pair(model):
+            return model.booster_, model.best_iteration_ or None
+
+        effects = {a: pair(m) for a, m in self.effect_models_.items()} if self.method == "dr" else None
+        return BoosterArmModel(self.control, {a: pair(m) for a, m in self.models_.items()}, self.feature_names_in_,
+                               self.categories_, effects)

@@ -1,4 +1,8 @@
-"""The online learner: exact Bayesian updates, mergeable statistics, late rewards, new actions."""
+"""The online learner: exact Bayesian updates, mergeable statistics, new actions, forgetting.
+
+Late stepwise rewards (feedback before and after a decision enters the learner) are tested on
+the service's own path in ``tests/serving/test_feedback.py``.
+"""
 
 import numpy as np
 import pytest
@@ -6,7 +10,8 @@ import pytest
 from nextbest.features.config import load_config
 from nextbest.decision.exploration import Exploration
 from nextbest.decision.online import (D, D_OWN, PRIOR_OWN, PRIOR_SHARED, SUPPRESS, LearnerState, OnlineLearner,
-                             OnlineSettings, RewardAssembler, statistics)
+                             OnlineSettings, statistics)
+from nextbest.serving import learning
 
 KEYS = ["email/none", "sms/pct10"]
 
@@ -17,7 +22,7 @@ def settings():
     import dataclasses
 
     return dataclasses.replace(OnlineSettings.from_config(load_config()), prior_strength=200.0, noise_sd=5.0,
-                               half_life_days=7.0)
+                               half_life_days=7.0, change_z=0.0)
 
 
 def data(n, seed, own=((0.05, 0.8, 0.5, 0.3), (-0.05, 1.2, 0.0, 0.6)), shared=(0.1, 1.0)):
@@ -28,11 +33,11 @@ def data(n, seed, own=((0.05, 0.8, 0.5, 0.3), (-0.05, 1.2, 0.0, 0.6)), shared=(0
     X[:, 0], X[:, 1] = 1.0, rng.gamma(2.0, 0.3, n)
     send = keys != SUPPRESS
     X[send, 2] = 1.0
-    X[send, 3:] = rng.normal(0, 1, (send.sum(), 3))
+    X[send, 3:] = rng.normal(0, 1, (send.sum(), D - 3))
     r = X[:, :2] @ np.asarray(shared)
     for k, th in zip(KEYS, own):
         sel = keys == k
-        r[sel] += X[sel, 2:] @ np.asarray(th)
+        r[sel] += X[sel, 2:] @ np.r_[th, np.zeros(D_OWN - len(th))]  # the contact context adds nothing here
     return keys, X, r + rng.normal(0, 0.5, n)
 
 
@@ -60,16 +65,26 @@ def test_posterior_is_the_closed_form_joint_ridge_toward_the_prior(settings):
     lam = settings.prior_strength
     mu0 = np.r_[PRIOR_SHARED, PRIOR_OWN, PRIOR_OWN]
     expected = np.linalg.solve(lam * np.eye(Z.shape[1]) + Z.T @ Z, lam * mu0 + Z.T @ r)
-    assert np.allclose(learner.posterior("email/none")[0], np.r_[expected[:2], expected[2:6]])
-    assert np.allclose(learner.posterior("sms/pct10")[0], np.r_[expected[:2], expected[6:10]])
-    assert np.allclose(expected, [0.1, 1.0, 0.05, 0.8, 0.5, 0.3, -0.05, 1.2, 0.0, 0.6], atol=0.1)  # learns the truth
+    a, b = slice(2, 2 + D_OWN), slice(2 + D_OWN, 2 + 2 * D_OWN)
+    assert np.allclose(learner.posterior("email/none")[0], np.r_[expected[:2], expected[a]])
+    assert np.allclose(learner.posterior("sms/pct10")[0], np.r_[expected[:2], expected[b]])
+    pad = np.zeros(D_OWN - 4)  # the contact context adds nothing in this data
+    truth = np.r_[0.1, 1.0, 0.05, 0.8, 0.5, 0.3, pad, -0.05, 1.2, 0.0, 0.6, pad]
+    assert np.allclose(expected, truth, atol=0.1)  # learns the truth
 
 
-def test_rank_one_updates_equal_the_batch_posterior(settings):
-    keys, X, r = data(500, 2)
-    one = OnlineLearner(settings)
+def one_by_one(keys, X, r) -> LearnerState:
+    """Statistics as the service builds them: one vector per decision (``serving.learning``),
+    added up per action as the store's atomic adds do."""
+    vectors: dict = {}
     for k, x, y in zip(keys, X, r):
-        one.update(k, x, y)
+        learning.add(vectors, str(k), learning.observation(x, y))
+    return learning.state_from_vectors(vectors)
+
+
+def test_decisions_added_one_by_one_equal_the_batch_posterior(settings):
+    keys, X, r = data(500, 2)
+    one = OnlineLearner(settings, one_by_one(keys, X, r))
     batch = OnlineLearner(settings).partial_fit(keys, X, r)
     for k in KEYS:
         m1, inv1 = one.posterior(k)
@@ -81,9 +96,7 @@ def test_two_workers_merged_equal_one_worker_that_saw_everything(settings):
     keys, X, r = data(4000, 3)
     half = len(r) // 2
     w1 = OnlineLearner(settings).partial_fit(keys[:half], X[:half], r[:half])
-    w2 = OnlineLearner(settings)
-    for k, x, y in zip(keys[half:], X[half:], r[half:]):
-        w2.update(k, x, y)
+    w2 = OnlineLearner(settings, one_by_one(keys[half:], X[half:], r[half:]))  # the service's way
     merged = OnlineLearner(settings, w1.state.merge(w2.state))
     single = OnlineLearner(settings).partial_fit(keys, X, r)
     for k in KEYS + [SUPPRESS]:
@@ -97,42 +110,11 @@ def test_two_workers_merged_equal_one_worker_that_saw_everything(settings):
     assert np.allclose(again.stats["sms/pct10"].xx, merged.state.stats["sms/pct10"].xx)
 
 
-def test_late_stepwise_rewards_end_in_the_same_statistics(settings):
-    rng = np.random.default_rng(4)
-    learner = OnlineLearner(settings)
-    asm = RewardAssembler(learner, window_hours=72)
-    final = {}
-    for i in range(50):
-        x = np.r_[1.0, rng.gamma(2, 0.3), 1.0, rng.normal(size=D - 3)]
-        asm.register(f"d{i}", "email/none", x, t=0.0, immediate_reward=-0.002)
-        final[f"d{i}"] = (x, -0.002)
-    steps = [(f"d{i}", ev, t, v) for i in range(50)
-             for ev, t, v in [("opened", 3600.0 * (i % 30), 0.0), ("converted", 3600.0 * (i % 60), 5.0 * (i % 3))]]
-    rng.shuffle(steps)
-    for d, ev, t, v in steps[: len(steps) // 2]:
-        assert asm.feedback(d, ev, t, v)
-    assert asm.mature(now=24 * 3600.0) == 50          # enter the learner with the reward so far
-    for d, ev, t, v in steps[len(steps) // 2:]:
-        assert asm.feedback(d, ev, t, v)              # later increments go straight to the statistics
-    assert not asm.feedback(steps[0][0], steps[0][1], steps[0][2], steps[0][3])  # the same event twice counts once
-    assert not asm.feedback("d1", "converted-2", 100 * 3600.0, 9.0)             # outside the attribution window
-    for d, ev, t, v in steps:
-        x, r0 = final[d]
-        final[d] = (x, r0 + v)
-    X = np.stack([v[0] for v in final.values()])
-    r = np.array([v[1] for v in final.values()])
-    want = statistics(np.array(["email/none"] * 50, dtype=object), X, r).stats["email/none"]
-    got = learner.state.stats["email/none"]
-    assert got.n == want.n and np.allclose(got.xr, want.xr) and np.isclose(got.rr, want.rr)
-    assert np.allclose(learner.posterior("email/none")[0], OnlineLearner(settings).partial_fit(
-        np.array(["email/none"] * 50, dtype=object), X, r).posterior("email/none")[0])
-
-
 def test_a_new_action_starts_from_the_prior_and_is_explored(settings):
     keys, X, r = data(20000, 5, own=(PRIOR_OWN, PRIOR_OWN))  # the offline scores are right for known actions
     learner = OnlineLearner(settings).partial_fit(keys, X, r)
     ex = Exploration.from_config(load_config()).with_(method="thompson", budget=1.0, samples=256)
-    ctx = np.tile(np.r_[1.0, 0.5, 1.0, 0.2, 0.3, 0.1], (200, 4, 1))
+    ctx = np.tile(np.r_[1.0, 0.5, 1.0, 0.2, 0.3, 0.1, np.zeros(D - 6)], (200, 4, 1))
     ctx[:, 3, 2:] = 0.0
     mean, sd = learner.predict(["email/none", "sms/pct10", "push/brand_new", SUPPRESS], ctx)
     assert np.allclose(mean[:, 2], 0.2)               # prior: the offline value
@@ -164,16 +146,16 @@ def test_feedback_events_carry_the_business_objective():
 
     cfg = load_config()
     m = cfg.objective.margin
-    assert event_reward(cfg, "pct10", "converted", 50.0) == pytest.approx(m * 50 - 0.10 * 50)
-    assert event_reward(cfg, "free_shipping", "converted", 50.0) == pytest.approx(m * 50 - 6.0)
-    assert event_reward(cfg, "pct10", "converted", 50.0, redeems=False) == pytest.approx(m * 50)
-    assert event_reward(cfg, None, "converted", 50.0) == pytest.approx(m * 50)  # an order after "suppress"
-    assert event_reward(cfg, "none", "unsubscribed") == -cfg.objective.unsubscribe_cost
-    assert event_reward(cfg, "none", "opened") == 0.0
+    assert event_reward(cfg, "email", "pct10", "converted", 50.0) == pytest.approx(m * 50 - 0.10 * 50)
+    assert event_reward(cfg, "email", "free_shipping", "converted", 50.0) == pytest.approx(m * 50 - 6.0)
+    assert event_reward(cfg, "email", "pct10", "converted", 50.0, redeems=False) == pytest.approx(m * 50)
+    assert event_reward(cfg, None, None, "converted", 50.0) == pytest.approx(m * 50)  # an order after "suppress"
+    assert event_reward(cfg, "sms", "none", "unsubscribed") == pytest.approx(-cfg.objective.unsubscribe_cost)
+    assert event_reward(cfg, "sms", "none", "opened") == 0.0
     with pytest.raises(ValueError, match="unknown feedback event"):
-        event_reward(cfg, "none", "liked")
+        event_reward(cfg, "sms", "none", "liked")
     with pytest.raises(ValueError, match="order value"):
-        event_reward(cfg, "none", "converted", None)
+        event_reward(cfg, "sms", "none", "converted", None)
 
 
 def test_merging_never_shares_statistics_with_its_inputs(settings):
@@ -181,6 +163,37 @@ def test_merging_never_shares_statistics_with_its_inputs(settings):
     delta = statistics(keys, X, r)
     n_before = {k: s.n for k, s in delta.stats.items()}
     learner = OnlineLearner(settings).merge(delta)
-    learner.update(keys[0], X[0], r[0])                 # in place on the learner's own copy
-    learner.add_reward(keys[1], X[1], 1.0, r[1])
+    own = learner.state.stats[keys[0]]                  # changed in place on the learner's own copy
+    own.n += 1
+    own.xx += np.outer(X[0], X[0])
+    own.xr += 1.0 * X[1]
     assert {k: s.n for k, s in delta.stats.items()} == n_before  # the merged-in delta is untouched
+
+
+def test_change_detection_forgets_after_a_shift_and_not_otherwise(settings):
+    """The learner tracks a shift on synthetic data: one action's effect drops; with change detection
+    the learner's estimate is near the new truth after two days of feedback, without it it lags;
+    on stable data it never forgets (every observation is still in the statistics)."""
+    import dataclasses
+
+    detect = dataclasses.replace(settings, half_life_days=0.0, change_z=4.0, change_forget=0.1)
+    stubborn_settings = dataclasses.replace(detect, change_z=0.0)
+    keys, X, r = data(20000, 6)
+    alert, stubborn = OnlineLearner(detect).partial_fit(keys, X, r), OnlineLearner(stubborn_settings).partial_fit(keys, X, r)
+    assert alert.state.n == stubborn.state.n == 20000
+    # stable: 10 more days of the same world, nothing forgotten
+    for day in range(10):
+        k, x, y = data(4000, 100 + day)
+        alert.partial_fit(k, x, y)
+    assert alert.state.n == pytest.approx(60000)
+    # the shift: email/none's own intercept falls from 0.05 to -0.5
+    alert, stubborn = OnlineLearner(detect).partial_fit(keys, X, r), OnlineLearner(stubborn_settings).partial_fit(keys, X, r)
+    k2, x2, y2 = data(4000, 7, own=((-0.5, 0.8, 0.5, 0.3), (-0.05, 1.2, 0.0, 0.6)))
+    assert abs(alert.changed_actions(k2, x2, y2)["email/none"]) > 4 > abs(alert.changed_actions(k2, x2, y2)["sms/pct10"])
+    for day in range(2):  # two days of feedback after the shift
+        k2, x2, y2 = data(4000, 7 + day, own=((-0.5, 0.8, 0.5, 0.3), (-0.05, 1.2, 0.0, 0.6)))
+        alert.partial_fit(k2, x2, y2)
+        stubborn.partial_fit(k2, x2, y2)
+    assert alert.posterior("email/none")[0][2] == pytest.approx(-0.5, abs=0.12)
+    assert stubborn.posterior("email/none")[0][2] > -0.25          # a month of old statistics holds it back
+    assert alert.state.stats["sms/pct10"].n == stubborn.state.stats["sms/pct10"].n  # the unchanged action kept its past

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nextbest.features.config import _deep_merge, default_config_dict, parse_config
+from nextbest.features.config import default_config_dict, merge_config, parse_config
 from nextbest.features.eventlog import to_ms
 from nextbest.features.history import engagement_history
 from nextbest.features.localtime import local_hour_dow
@@ -94,7 +94,7 @@ def test_transactional_sends_without_offer_and_ignores_marketing_caps(trained, s
 
 def rules_config(**offers):
     raw = default_config_dict()
-    return parse_config(_deep_merge(raw, {"offers": offers}))
+    return parse_config(merge_config(raw, {"offers": {**raw["offers"], **offers}}))  # offers: replaced whole
 
 
 def test_eligibility_rules_over_context_and_customer_features(snapshot):

@@ -3,8 +3,9 @@
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from nextbest.features.config import ConfigError, HourWindow, load_config
+from nextbest.features.config import COLLECTIONS, ConfigError, HourWindow, default_config_dict, load_config
 from nextbest.features.localtime import local_hour_dow
 
 
@@ -15,24 +16,36 @@ def test_defaults_load_and_document_every_section(config):
     assert config.objective.margin > 0 and config.contact_rules.min_hours_between > 0
 
 
+def override(key: str, value) -> str:
+    """A deployment YAML setting the dotted ``key`` to ``value``; a collection (channels, offers) is
+    written whole, since a deployment's collection replaces the default one."""
+    top, *rest = key.split(".")
+    out = {top: default_config_dict()[top] if top in COLLECTIONS else {}}
+    node = out[top]
+    for part in rest[:-1]:
+        node = node.setdefault(part, {})
+    node[rest[-1]] = value
+    return yaml.safe_dump(out)
+
+
 def test_override_merges_over_defaults(tmp_path):
     path = tmp_path / "my.yaml"
-    path.write_text("channels:\n  sms:\n    cost: 0.1\nobjective:\n  margin: 0.5\n")
+    path.write_text(override("channels.sms.cost", 0.1) + override("objective.margin", 0.5))
     cfg = load_config(path)
     assert cfg.channels["sms"].cost == 0.1 and cfg.objective.margin == 0.5
     assert cfg.channels["email"].cost == load_config().channels["email"].cost
 
 
-@pytest.mark.parametrize("text, message", [
-    ("offers:\n  pct10:\n    channels: [fax]\n", "offers.pct10.channels: unknown channel"),
-    ("channels:\n  sms:\n    cost: -1\n", "channels.sms.cost"),
-    ("channels:\n  sms:\n    quiet_hours: {start: 25, end: 3}\n", "channels.sms.quiet_hours.start"),
-    ("offers:\n  pct10:\n    value: 2\n", "offers.pct10.value"),
-    ("features:\n  windows_days: [30, 7]\n", "features.windows_days"),
+@pytest.mark.parametrize("key, value, message", [
+    ("offers.pct10.channels", ["fax"], "offers.pct10.channels: unknown channel"),
+    ("channels.sms.cost", -1, "channels.sms.cost"),
+    ("channels.sms.quiet_hours", {"start": 25, "end": 3}, "channels.sms.quiet_hours.start"),
+    ("offers.pct10.value", 2, "offers.pct10.value"),
+    ("features.windows_days", [30, 7], "features.windows_days"),
 ])
-def test_bad_config_names_the_key(tmp_path, text, message):
+def test_bad_config_names_the_key(tmp_path, key, value, message):
     path = tmp_path / "bad.yaml"
-    path.write_text(text)
+    path.write_text(override(key, value))
     with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
         load_config(path)
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
+from nextbest.features.config import default_config_dict
 from nextbest.features.spec import feature_names
 
 BIN = Path(sys.executable).parent / "nextbest"
@@ -77,9 +79,32 @@ def test_bad_arguments_and_missing_data_exit_non_zero(tmp_path):
     proc = run("data", "validate", str(tmp_path / "nowhere"), check=False)
     assert proc.returncode == 2 and "data directory not found" in proc.stderr
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("offers:\n  pct10:\n    channels: [fax]\n")
+    offers = default_config_dict()["offers"]  # a deployment's offers replace the defaults: write them whole
+    cfg.write_text(yaml.safe_dump({"offers": {**offers, "pct10": {**offers["pct10"], "channels": ["fax"]}}}))
     proc = run("--config", str(cfg), "data", "validate", str(tmp_path), check=False)
     assert proc.returncode == 2 and "offers.pct10.channels" in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_config_before_or_after_the_subcommand(data_dir, tmp_path, where):
+    def validate(cfg, *extra):
+        args = ["data", "validate", str(data_dir), *extra]
+        return run(*(["--config", str(cfg), *args] if where == "before" else [*args, "--config", str(cfg)]),
+                   check=False)
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("contact_rules:\n  max_per_dya: 3\n")
+    proc = validate(typo)
+    assert proc.returncode == 2
+    assert "contact_rules.max_per_dya: unknown key; did you mean 'max_per_day'?" in proc.stderr
+    fewer = tmp_path / "fewer_offers.yaml"  # drops pct20 and free_shipping, which the logged history uses
+    offers = default_config_dict()["offers"]
+    fewer.write_text(yaml.safe_dump({"offers": {k: offers[k] for k in ("none", "pct10")}}))
+    proc = validate(fewer, "--report", str(tmp_path / "problems.csv"))
+    assert proc.returncode == 1 and "unknown_offer" in proc.stderr
+    problems = pd.read_csv(tmp_path / "problems.csv")
+    assert set(problems.loc[problems["rule"] == "unknown_offer", "value"]) == {"pct20", "free_shipping"}
+    assert run("data", "validate", str(data_dir)).returncode == 0  # no --config: the defaults
 
 
 def test_mlflow_run_entry_points_call_the_cli(tmp_path):

@@ -109,3 +109,23 @@ def test_schemathesis_finds_no_server_error_or_contract_violation(server, tmp_pa
                          capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stdout[-6000:]
     assert "passed" in res.stdout
+
+
+def test_the_reward_recorded_for_feedback_is_the_realized_profit(engines, customers):
+    """The service's running reward of a decision (its record in the store) after an order and an
+    unsubscribe equals ``decision.objective.realized_profit`` of those outcomes."""
+    from nextbest.decision.objective import realized_profit
+    from nextbest.serving.records import DecisionRecord
+
+    one, _ = engines
+    out = one.decide([DecideRequest(customer_id=c, now=DAY + timedelta(days=1, hours=3))
+                      for c in customers(100, offset=900)])
+    d = next(x for x in out if x["action"] == "send" and x["offer"] not in (None, "none"))
+    sent = datetime.fromisoformat(d["send_at"].replace("Z", "+00:00"))
+    for event, value, hours in (("opened", None, 1), ("converted", 100.0, 2), ("unsubscribed", None, 3)):
+        one.feedback(FeedbackRequest(decision_id=d["decision_id"], event=event, value=value,
+                                     ts=sent + timedelta(hours=hours)))
+    cfg = one.config
+    want = realized_profit(cfg, [cfg.channel_names.index(d["channel"])], [cfg.offer_names.index(d["offer"])],
+                           [100.0], [True], [True])[0]
+    assert DecisionRecord.from_json(one.store.get("decision", d["decision_id"])).reward == pytest.approx(want)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -14,6 +13,7 @@ import pytest
 from nextbest.features.config import load_config
 from nextbest.decision.objective import channel_costs
 from nextbest.serving.decision_log import read_records
+from nextbest.serving.records import DecisionRecord
 from nextbest.serving.store import open_store
 
 # yesterday 09:30 UTC: requests may not be further than serving.max_clock_skew_days from the clock
@@ -169,5 +169,5 @@ def test_two_workers_on_redis_keep_caps_and_lose_no_feedback(server_factory, red
     for d, _, _, reward in traffic.feedbacks:
         by_decision[d] = by_decision.get(d, 0.0) + reward
     for d in (x for x in traffic.decisions if x["action"] == "send"):
-        rec = json.loads(store.get("decision", d["decision_id"]))
-        assert rec["r"] == pytest.approx(-costs[d["channel"]] + by_decision.get(d["decision_id"], 0.0))
+        rec = DecisionRecord.from_json(store.get("decision", d["decision_id"]))
+        assert rec.reward == pytest.approx(-costs[d["channel"]] + by_decision.get(d["decision_id"], 0.0))

@@ -11,6 +11,15 @@ from nextbest.serving.contact import ContactState, history
 from nextbest.serving.store import open_store
 
 
+def run_concurrently(work, n: int) -> None:
+    """``work`` in ``n`` threads at once; returns when all are done."""
+    threads = [threading.Thread(target=work) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 @pytest.fixture(params=["sqlite", "redis"])
 def store_url(request, tmp_path):
     if request.param == "sqlite":
@@ -43,11 +52,7 @@ def test_concurrent_increments_by_compare_and_set_lose_nothing(store_url):
                 if st.cas_many("contact", [("k", cur, new)])[0]:
                     break
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_concurrently(work, 8)
     assert s.get("contact", "k") == "400"
 
 
@@ -99,3 +104,54 @@ def test_contact_history_counts_planned_sends_and_feedback():
     assert h.unanswered[0].tolist() == [0, 1, 0] and unsub[0].tolist() == [False, True, False]
     assert h.sent_week[1].sum() == 0 and np.isinf(h.hours_since_last[1])
     assert ContactState.from_json(st.to_json()) == st
+
+
+def test_update_reads_changes_and_retries_until_its_write_counts(store_url):
+    """``Store.update``, the one read-modify-write of the service: 8 threads x 50 increments lose
+    nothing; None or the same value writes nothing; a value that always changes ends in Conflict."""
+    from nextbest.serving.store import MAX_ATTEMPTS, Conflict
+
+    s = open_store(store_url)
+
+    def work():
+        st = open_store(store_url)
+        for _ in range(50):
+            st.update("contact", "u", lambda cur: str(int(cur or 0) + 1))
+
+    run_concurrently(work, 8)
+    assert s.get("contact", "u") == "400"
+    assert s.update("contact", "u", lambda cur: None) is None and s.get("contact", "u") == "400"
+    assert s.update("contact", "u", lambda cur: cur) == "400"
+    rounds = []
+    other = open_store(store_url)
+
+    def meddle(cur):  # another writer changes the value between every read and its write
+        rounds.append(cur)
+        other.put("contact", "u", str(len(rounds)))
+        return "mine"
+
+    with pytest.raises(Conflict, match="kept changing"):
+        s.update("contact", "u", meddle)
+    assert len(rounds) == MAX_ATTEMPTS and s.get("contact", "u") == str(MAX_ATTEMPTS)
+
+
+def test_statistics_decay_once_per_period_whoever_asks(store_url):
+    s = open_store(store_url)
+    s.add_stats({"email/none": np.arange(1.0, 5.0)})
+    assert s.decay_stats(7 * 86400.0, 1000.0, 3600.0) == 1.0          # the first call starts the clock
+    v0 = s.stats_version()
+    assert s.decay_stats(7 * 86400.0, 1000.0 + 1800.0, 3600.0) == 1.0  # within the period: nothing
+    assert s.stats_version() == v0
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(open_store(store_url).decay_stats(
+        7 * 86400.0, 1000.0 + 7 * 86400.0, 3600.0))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == [0.5, 1.0, 1.0, 1.0]                            # one worker decayed, once
+    version, stats = s.stats()
+    assert version == v0 + 1
+    np.testing.assert_allclose(stats["email/none"], 0.5 * np.arange(1.0, 5.0), rtol=1e-12)
+    s.add_stats({"email/none": np.ones(4)})                               # adds still add after a decay
+    np.testing.assert_allclose(s.stats()[1]["email/none"], 0.5 * np.arange(1.0, 5.0) + 1, rtol=1e-12)

@@ -41,6 +41,27 @@ def test_classifier_reads_unseen_categories_and_refuses_missing_columns():
         ResponseClassifier().fit(X, np.zeros(len(X)))
 
 
+def test_fitted_models_export_to_open_data_that_predicts_the_same():
+    """``to_artifact()``: the booster as model text, the calibration as its thresholds."""
+    import lightgbm as lgb
+
+    from nextbest.decision.artifact import BoosterClassifier, BoosterRegressor, IsotonicMap
+
+    X, y, _ = frame(8_000, 5)
+    Xv, yv, _ = frame(4_000, 6)
+    model = ResponseClassifier({"n_estimators": 300, "learning_rate": 0.1}, calibrate=True).fit(X, y, eval_set=(Xv, yv))
+    art = model.to_artifact()
+    assert isinstance(art, BoosterClassifier) and isinstance(art.calibrator_, IsotonicMap)
+    text = art.booster_.model_to_string(num_iteration=art.num_iteration)
+    loaded = BoosterClassifier(lgb.Booster(model_str=text), art.feature_names_in_, art.categories_,
+                               calibration=IsotonicMap(art.calibrator_.x.tolist(), art.calibrator_.y.tolist()))
+    np.testing.assert_array_equal(loaded.predict_proba(Xv), model.predict_proba(Xv))
+    value = ValueRegressor({"n_estimators": 30}).fit(X[["a", "b"]], np.exp(X["a"]))
+    art = value.to_artifact()
+    assert isinstance(art, BoosterRegressor) and art.floor_ == value.floor_
+    np.testing.assert_array_equal(art.predict(Xv), value.predict(Xv))
+
+
 def test_value_regressor_predicts_positive_order_values():
     rng = np.random.default_rng(4)
     X = pd.DataFrame({"v": rng.lognormal(4, 0.3, 5000)})

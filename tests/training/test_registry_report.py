@@ -1,5 +1,5 @@
-"""A real MLflow SQLite store: train twice, register, promote with history, load the champion,
-and the uplift report artifact with its charts."""
+"""A real MLflow SQLite store: train twice, register, promote with history, load the champion
+(open data, no pickles; also in a fresh process), and the uplift report artifact with its charts."""
 
 
 import pandas as pd
@@ -78,6 +78,77 @@ def test_champion_serves_decisions_through_pyfunc(two_runs, small_world):
     assert out["reasons"].str.len().min() > 0
     sent_at = pd.to_datetime(out.loc[out["action"] == "send", "send_at"], utc=True)
     assert (sent_at >= pd.Timestamp("2026-10-01 08:00", tz="UTC")).all()
+
+
+def test_registered_version_is_open_data_without_pickles(two_runs, tmp_path):
+    """Models from code: MLmodel names the code file, the policy is LightGBM text, YAML and JSON."""
+    import json
+    from pathlib import Path
+
+    import mlflow
+    import yaml
+
+    from nextbest.decision import registry
+
+    registry.setup()
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/nextbest/2", dst_path=str(tmp_path)))
+    files = [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
+    assert not [f for f in files if Path(f).suffix in (".pkl", ".pickle", ".cloudpickle", ".joblib")], files
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    flavor = mlmodel["flavors"]["python_function"]
+    assert {p["name"] for p in json.loads(mlmodel["signature"]["params"])} == {"now", "horizon_hours", "type", "seed"}
+    assert "python_model" not in flavor and flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert flavor["model_code_path"].endswith("pyfunc_model.py")
+    policy_dir = registry.policy_directory(local)
+    assert {p.suffix for p in policy_dir.rglob("*") if p.is_file()} == {".json", ".yaml", ".txt"}
+
+
+def test_champion_decides_in_a_fresh_process_as_the_registry_loads_it(two_runs, small_world, tmp_path):
+    """``mlflow.pyfunc.load_model`` in a new interpreter and ``registry.load_version`` (what the
+    service loads) give the same decisions for the same features, time and seed."""
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    import mlflow
+
+    from nextbest.features.eventlog import EventLog
+    from nextbest.features.history import engagement_history
+    from nextbest.decision import registry
+    from nextbest.decision.policy import Request
+    from nextbest.decision.pyfunc import signature_example, typed_features
+    from nextbest.decision.rules import ContactHistory
+
+    version = registry.champion_version()
+    policy = registry.load_version(version)
+    assert policy.version == f"nextbest/{version}"
+    log_ = EventLog.build(small_world.customers, small_world.events, policy.config)
+    snap = engagement_history(log_, small_world.customers["customer_id"][:60], small_world.end)
+    example = signature_example(snap, policy, rows=60)
+    example.to_parquet(tmp_path / "in.parquet")
+    now, seed = "2026-10-01T08:00:00Z", 11
+    script = ("import sys, mlflow, pandas as pd\n"
+              "mlflow.set_tracking_uri(sys.argv[1])\n"
+              "model = mlflow.pyfunc.load_model(sys.argv[2])\n"
+              "params = {'now': sys.argv[4], 'seed': int(sys.argv[5])}\n"
+              "out = model.predict(pd.read_parquet(sys.argv[3]), params=params)\n"
+              "out.to_parquet(sys.argv[6])\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    subprocess.run([sys.executable, "-c", script, registry.tracking_uri(), f"models:/nextbest/{version}",
+                    str(tmp_path / "in.parquet"), now, str(seed), str(tmp_path / "out.parquet")],
+                   cwd=tmp_path, env=env, check=True, timeout=600)
+    served = pd.read_parquet(tmp_path / "out.parquet")
+    features = typed_features(example, policy)
+    out = policy.decide(features, ContactHistory.from_features(features, policy.config), Request(now=now),
+                        rng=np.random.default_rng(seed))
+    here = out.frame.assign(send_at=out.frame["send_at"].astype("str"), reasons=[" | ".join(r) for r in out.reasons])
+    cols = [c for c in here.columns if c not in ("decision_id", "policy_version")]
+    assert len(served) == 60 and (served["action"] == "send").any()
+    pd.testing.assert_frame_equal(served[cols].reset_index(drop=True), here[cols].reset_index(drop=True),
+                                  check_dtype=False)
+    run_id = mlflow.MlflowClient().get_model_version("nextbest", version).run_id
+    assert set(served["policy_version"]) == {run_id}  # the pyfunc names the training run
 
 
 def test_report_artifact_has_html_and_plots(two_runs):

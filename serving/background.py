@@ -1,0 +1,151 @@
+"""An engine's background work: the learner sync and the champion hot swap, each in a daemon
+thread that runs it every so many seconds (``serving.learner_sync_seconds``, ``reload_seconds``)
+and keeps serving if a round fails (the next round retries).
+
+Learner sync (:class:`LearnerSync`), every worker:
+
+1. **Mature**: decisions due ``learn_after_hours`` after they were taken are claimed from the
+   store's queue (each by one worker), marked as matured on their record (``Store.update``) and
+   their reward so far added to the shared statistics (``serving.learning.observation``);
+   feedback that arrives later adds its increment directly (``serving.feedback``).
+2. **Forget** (``online.half_life_days``): the shared statistics lose half their weight per
+   half-life. Decision: the service decays the *store's* statistics, once per
+   :data:`DECAY_EVERY_S` by one atomic ``Store.decay_stats`` (whichever worker asks first;
+   the factor covers the time since the last decay), rather than each worker decaying its own
+   copy: scaling commutes with adding, so every worker then reads the same decayed learner, as
+   the closed loop's :meth:`OnlineLearner.decay` does once per simulated day. 0 (the default)
+   never forgets.
+3. **Reload** the shared statistics when their version changed.
+
+Hot swap (:func:`newer_champion`): a newly promoted champion with the same channels, offers and
+features is loaded and swapped in (requests in flight finish on the old one).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+
+from nextbest.decision.online import OnlineLearner
+from nextbest.serving import learning
+from nextbest.serving.records import DecisionRecord, ttl
+from nextbest.serving.store import Conflict, Store
+
+log = logging.getLogger(__name__)
+
+DECAY_EVERY_S = 3600.0   # the shared statistics are decayed at most this often
+PRUNE_EVERY_S = 300.0    # expired keys are dropped (where the backend does not) at most this often
+RETRY_AFTER_S = 1.0      # a decision whose record kept changing is matured again this much later
+
+
+class Every:
+    """Daemon threads, each running a function every so many seconds until :meth:`stop`."""
+
+    def __init__(self):
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, fn, seconds: float) -> None:
+        t = threading.Thread(target=self._loop, args=(fn, seconds), daemon=True, name=fn.__name__)
+        t.start()
+        self._threads.append(t)
+
+    def _loop(self, fn, seconds: float) -> None:
+        while not self._stop.wait(seconds):
+            try:
+                fn()
+            except Exception:  # keep serving; the next round retries
+                log.exception("background %s failed", fn.__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+
+class LearnerSync:
+    """Mature due decisions, decay and reload the shared statistics (see the module docstring).
+
+    Parameters
+    ----------
+    store : Store
+    """
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._version = -1
+        self._pruned = 0.0
+
+    def run(self, online, keep_s: float, now_s: float | None = None) -> tuple[int, OnlineLearner | None]:
+        """One round at ``now_s`` (default: the clock) with the serving policy's ``online``
+        settings and records kept ``keep_s``; returns how many decisions matured and a learner
+        on the new statistics (None if they did not change)."""
+        now_s = time.time() if now_s is None else now_s
+        matured = 0
+        while True:
+            ids = self.store.claim(self.store.due(now_s))
+            if not ids:
+                break
+            matured += mature(self.store, ids, keep_s, now_s)
+        if online.half_life_days > 0:
+            self.store.decay_stats(online.half_life_days * 86400.0, now_s, DECAY_EVERY_S)
+        if now_s - self._pruned > PRUNE_EVERY_S:
+            self.store.prune()
+            self._pruned = now_s
+        if self.store.stats_version() == self._version:
+            return matured, None
+        self._version, stats = self.store.stats()
+        return matured, OnlineLearner(online, learning.state_from_vectors(stats))
+
+
+def mature(store: Store, ids: list[str], keep_s: float, now_s: float) -> int:
+    """Mark claimed decisions as matured and add their reward so far to the shared statistics;
+    returns how many were claimed. A record that expired is skipped; one that kept changing is
+    queued again (:data:`RETRY_AFTER_S`)."""
+    deltas: dict[str, np.ndarray] = {}
+
+    def flip(raw: str | None) -> str | None:
+        if raw is None:
+            return None  # expired
+        rec = DecisionRecord.from_json(raw)
+        return None if rec.matured else rec.as_matured().to_json()
+
+    try:
+        for did, raw in zip(ids, store.get_many("decision", ids)):
+            if raw is None:
+                continue
+            try:
+                new = store.update("decision", did, flip, ttl(DecisionRecord.from_json(raw).decided_at, keep_s, time.time()))
+            except Conflict:
+                store.enqueue([(did, now_s + RETRY_AFTER_S)])
+                continue
+            if new is not None:
+                rec = DecisionRecord.from_json(new)
+                learning.add(deltas, rec.action_key, learning.observation(np.array(rec.learner_input), rec.reward))
+    finally:
+        store.add_stats(deltas)  # what was marked as matured is in the statistics, whatever failed after
+    return len(ids)
+
+
+def newer_champion(policy, snapshot):
+    """The newly promoted champion if there is one the running service can load (same channels,
+    offers and features), else None."""
+    from nextbest.decision import registry
+
+    version = registry.champion_version()
+    if version is None or f"{registry.MODEL_NAME}/{version}" == policy.version:
+        return None
+    new = registry.load_version(version)
+    if new.config.channel_names != policy.config.channel_names or new.config.offer_names != policy.config.offer_names:
+        log.error("champion %s has other channels or offers than the running one; restart the service to "
+                  "load it (the snapshot and contact states follow the configured channels)", version)
+        return None
+    missing = sorted(set(new.models.customer_columns) - set(snapshot.frame.columns))
+    if missing:
+        log.error("champion %s needs features the running snapshot lacks (%s); restart the service to load it",
+                  version, missing[:5])
+        return None
+    return new

@@ -1,0 +1,196 @@
+"""What the service keeps of each decision: the record feedback and the learner need, and the
+answer and log line of a decision as it is taken.
+
+A :class:`DecisionRecord` is stored as JSON under the decision id (store namespace ``decision``)
+for the attribution window plus the learner's delay (:func:`keep_seconds`); it changes only by
+compare-and-set (``Store.update``). Its ``reward`` is the decision's realized profit so far
+(``decision.objective.realized_profit`` of what its feedback reported: the channel cost when it
+is taken, then each event's increment, ``decision.online.event_reward``).
+
+:func:`pending_rows` turns the policy's decision for a group of requests into :class:`Pending`
+rows: the response (``serving.schemas.DecideResponse``), the record, the contact state to write
+for a marketing send, and what the decision log keeps (:func:`log_row`; the log's format is a
+contract read by ``nextbest log export`` and off-policy evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+
+import numpy as np
+
+from nextbest.decision.objective import realized_profit
+from nextbest.decision.online import SUPPRESS
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One decision as feedback and the learner see it.
+
+    Attributes
+    ----------
+    customer_id : str
+    action_key : str
+        The learner's name of the action (``"email/pct10"`` or ``"suppress"``).
+    channel, offer : str or None
+        What was sent (None for a suppression).
+    learner_input : tuple of float (D,)
+        The online learner's input vector of the chosen action.
+    decided_at : float
+        When the decision was taken (epoch seconds; the request's ``now``).
+    sent_at : float
+        When the message goes out (``send_at``), or ``decided_at`` for a suppression.
+    type : str
+        ``marketing`` or ``transactional``.
+    reward : float
+        Realized profit so far.
+    matured : bool
+        Already in the learner's shared statistics.
+    counted : tuple of str
+        Keys ``"{event}|{ts}"`` of the feedback events in ``reward``.
+    """
+
+    customer_id: str
+    action_key: str
+    channel: str | None
+    offer: str | None
+    learner_input: tuple[float, ...]
+    decided_at: float
+    sent_at: float
+    type: str
+    reward: float
+    matured: bool = False
+    counted: tuple[str, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "DecisionRecord":
+        raw = json.loads(text)
+        return cls(**{**raw, "learner_input": tuple(raw["learner_input"]), "counted": tuple(raw["counted"])})
+
+    def with_event(self, key: str, reward: float) -> "DecisionRecord":
+        """The record with a feedback event counted (``reward``: its increment)."""
+        return replace(self, reward=self.reward + reward, counted=self.counted + (key,))
+
+    def as_matured(self) -> "DecisionRecord":
+        return replace(self, matured=True)
+
+
+def start_reward(config, channel: str | None, offer: str | None) -> float:
+    """A decision's realized profit before any feedback (the channel cost of a send, 0 for a
+    suppression); feedback events add their increments (``decision.online.event_reward``)."""
+    k = -1 if channel is None else config.channel_names.index(channel)
+    j = config.offer_names.index(offer if offer is not None else "none")
+    return float(realized_profit(config, [k], [j], [0.0], [False], [False])[0])
+
+
+def keep_seconds(config, online) -> float:
+    """How long a decision's record is kept after it was taken: the attribution window, the
+    learner's delay and an hour's margin."""
+    return (config.objective.attribution_window_hours + online.learn_after_hours + 1.0) * 3600.0
+
+
+def ttl(decided_at: float, keep_s: float, now_s: float) -> float:
+    """Seconds a record taken at ``decided_at`` has left (at least a minute)."""
+    return max(max(decided_at, now_s) + keep_s - now_s, 60.0)
+
+
+@dataclass
+class Pending:
+    """A decided row waiting to be recorded."""
+
+    row: int                         # position in the request list
+    decision: dict                   # the response
+    record: DecisionRecord           # what the store keeps for feedback
+    contact: tuple | None            # (customer, expected state JSON, new state JSON) for a marketing send
+    inputs: dict | None = None       # for the log: the request and what the decision was taken on
+
+
+def log_row(p: Pending) -> dict:
+    """The decision log's line of a decision (its format is a contract: ``serving.decision_log``)."""
+    return {**p.decision, "now": datetime.fromtimestamp(p.record.decided_at, timezone.utc).isoformat(),
+            "type": p.record.type, "action_key": p.record.action_key, "learner_input": list(p.record.learner_input),
+            **(p.inputs or {})}
+
+
+def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind, hist, config,
+                 features_as_of: str) -> list[Pending]:
+    """Answers, records and contact writes of one policy call.
+
+    Parameters
+    ----------
+    d : decision.policy.Decision
+        The policy's decision for the group (m rows).
+    js : int array (m,)
+        The group's positions in ``reqs`` (and ``keys``, ``known``, ``states``, ``raw_states``, ``now_s``).
+    reqs : list of DecideRequest
+    rows : list of int
+        Each of ``reqs``'s position in the caller's request list.
+    keys : list of str
+        Each request's exploration key (its request id, else a fresh decision id).
+    known : bool array
+        Whether the snapshot knows the customer.
+    states, raw_states : list
+        Contact states read from the store (``serving.contact.ContactState``) and their JSON.
+    now_s : int array
+        Each request's ``now`` in epoch seconds.
+    kind : str
+        ``marketing`` or ``transactional``.
+    hist : decision.rules.ContactHistory
+        The group's contact history (m rows), logged with the decision.
+    config : Config
+    features_as_of : str
+        The snapshot's day (ISO), logged: the features are reproducible from it.
+    """
+    K, O = len(config.channel_names), len(config.offer_names)
+    f = {c: d.frame[c].tolist() for c in ("action", "channel", "offer", "local_hour", "propensity",
+                                           "expected_value", "explored", "control", "policy_version", "action_key")}
+    send_at_ns = d.frame["send_at"].to_numpy("datetime64[ns]")
+    out = []
+    for pos, j in enumerate(js):
+        r = reqs[j]
+        send = f["action"][pos] == "send"
+        ch, off = (f["channel"][pos], f["offer"][pos]) if send else (None, None)
+        if kind == "transactional":
+            allowed = np.isfinite(d.values[pos, 1:]).reshape(K, O).any(axis=1)
+            channels = [c for k, c in enumerate(config.channel_names) if allowed[k]]
+        else:
+            channels = [ch] if send else []
+        scores = [{"channel": config.channel_names[a // O], "offer": config.offer_names[a % O],
+                   "local_hour": int(d.scores.hour[pos, a // O, a % O]),
+                   "expected_value": float(d.values[pos, a + 1]), "probability": float(d.action_dist[pos, a + 1])}
+                  for a in np.flatnonzero(np.isfinite(d.values[pos, 1:]))]
+        send_s = int(send_at_ns[pos].astype(np.int64)) / 1e9 if send else None
+        decision = {
+            "decision_id": keys[j] if not r.request_id else uuid.uuid5(uuid.NAMESPACE_URL, keys[j]).hex,
+            "request_id": r.request_id, "customer_id": r.customer_id, "action": f["action"][pos],
+            "channel": ch, "channels": channels, "send_at": str(send_at_ns[pos])[:26] + "Z" if send else None,
+            "local_hour": int(f["local_hour"][pos]) if send else None, "offer": off,
+            "propensity": f["propensity"][pos], "expected_value": f["expected_value"][pos],
+            "explored": f["explored"][pos], "control": f["control"][pos],
+            "known_customer": bool(known[j]), "scores": scores, "reasons": d.reasons[pos],
+            "policy_version": f["policy_version"][pos],
+        }
+        record = DecisionRecord(
+            customer_id=r.customer_id, action_key=f["action_key"][pos] if send else SUPPRESS, channel=ch, offer=off,
+            learner_input=tuple(d.learner_inputs[pos, int(d.choice[pos])].tolist()), decided_at=float(now_s[j]),
+            sent_at=send_s if send else float(now_s[j]), type=kind, reward=start_reward(config, ch, off))
+        contact = None
+        if send and kind == "marketing":
+            contact = (r.customer_id, raw_states[j], states[j].with_send(send_s, ch).to_json())
+        # the features are those of the snapshot (reproducible from the data directory as of
+        # its day) plus the contact history read from the store: both are logged by reference
+        inputs = {"request": {"context": r.context, "channels": r.channels, "offers": r.offers,
+                              "horizon_hours": r.horizon_hours, "type": r.type},
+                  "features_as_of": features_as_of,
+                  "contact": {"sent_24h": hist.sent_day[pos].tolist(), "sent_168h": hist.sent_week[pos].tolist(),
+                              "hours_since_last": float(hist.hours_since_last[pos])
+                              if np.isfinite(hist.hours_since_last[pos]) else None,
+                              "unanswered": hist.unanswered[pos].tolist()}}
+        out.append(Pending(rows[j], decision, record, contact, inputs))
+    return out

@@ -1,0 +1,97 @@
+"""The features the service decides on: every customer's engagement history as of the data's
+last day, computed once at start with the training code (``features.history``), plus the
+cold-start row for customers the data does not know."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from nextbest.features.eventlog import EventLog
+from nextbest.features.history import Population, engagement_history
+from nextbest.features.io import load_dataset
+from nextbest.decision.candidates import CustomerArrays
+from nextbest.serving.contact import ContactState
+
+log = logging.getLogger(__name__)
+
+COLD = "\x00cold-start"
+
+
+class Snapshot:
+    """Engagement histories of every customer of a data directory as of its last day, plus the
+    cold-start row; built once at start with the training code (``features.history``).
+
+    Parameters
+    ----------
+    data_dir : str
+    config : Config
+    """
+
+    def __init__(self, data_dir: str, config):
+        customers, events = load_dataset(data_dir)
+        self.as_of = events["ts"].max().ceil("D") if len(events) else pd.Timestamp.now(tz="UTC").ceil("D")
+        log_ = EventLog.build(customers, events[events["ts"] < self.as_of], config)
+        ids = customers["customer_id"].astype(str).to_numpy()
+        pop = Population.from_log(log_)
+        feats = engagement_history(log_, np.append(ids, COLD), self.as_of, pop)
+        self.frame = feats
+        # the data's sends of the last week: a customer's contact state until the service has one
+        recent = events[(events["event"] == "sent") & (events["ts"] >= self.as_of - pd.Timedelta(days=7))
+                        & (events["ts"] < self.as_of)]
+        self._recent = {str(c): [[t.timestamp(), ch] for t, ch in zip(g["ts"], g["channel"].astype(str))]
+                        for c, g in recent.groupby("customer_id", observed=True)}
+        self.arrays = CustomerArrays(feats)  # converted to float arrays once; batches take rows of it
+        self.index = pd.Index(ids)
+        self.channels = config.channel_names
+        self.default_timezone = config.default_timezone
+        log.info("features of %d customers as of %s", len(ids), self.as_of)
+
+    def contact_state(self, customer: str, stored: str | None = None) -> ContactState:
+        """The customer's contact state: the ``stored`` one (JSON) if the service has one, else
+        what the data shows (sends of the last week before the snapshot, unanswered messages per
+        channel); empty for an unknown customer."""
+        if stored is not None:
+            return ContactState.from_json(stored)
+        i = self.index.get_indexer([customer])[0]
+        if i < 0:
+            return ContactState()
+        row = self.frame.iloc[i]
+        unanswered = {c: int(row[f"{c}_unanswered"]) for c in self.channels if row[f"{c}_unanswered"] > 0}
+        return ContactState(list(self._recent.get(customer, [])), unanswered, [])
+
+    def rows(self, customer_ids: list[str], profiles: list) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+        """Feature rows (index = customer ids), which customers are known, and each row's
+        position in the snapshot (the cold-start row for unknown customers); shapes (n, ...), (n,), (n,)."""
+        codes = self.index.get_indexer(customer_ids)
+        known = codes >= 0
+        pos = np.where(known, codes, len(self.index))
+        out = self.frame.iloc[pos]
+        out.index = pd.Index(customer_ids, name="customer_id")
+        cold = np.flatnonzero(~known)
+        if len(cold):
+            out = out.copy()
+            for i in cold:
+                p = profiles[i]
+                tz = (p.timezone if p and p.timezone else None) or self.default_timezone
+                if tz not in out["timezone"].cat.categories:
+                    out["timezone"] = out["timezone"].cat.add_categories([tz])
+                out.iloc[i, out.columns.get_loc("timezone")] = tz
+                for c in self.channels:
+                    out.iloc[i, out.columns.get_loc(f"consent_{c}")] = bool(p and p.consent.get(c, False))
+        return out, known, pos
+
+    def features(self, customer_ids: list[str], profiles: list,
+                 unsubscribed: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
+        """:meth:`rows` with the unsubscribes feedback reported, (n, K) bool, applied; plus the
+        columns that differ from the snapshot's (for ``CustomerArrays.take``)."""
+        feats, known, pos = self.rows(customer_ids, profiles)
+        edited = [f"consent_{c}" for c in self.channels] if not known.all() else []
+        if unsubscribed.any():
+            feats = feats.copy()
+            for k, c in enumerate(self.channels):
+                feats[f"{c}_unsubscribed"] = np.where(unsubscribed[:, k], 1, feats[f"{c}_unsubscribed"].to_numpy())
+                edited.append(f"{c}_unsubscribed")
+        return feats, known, pos, edited
