@@ -174,9 +174,9 @@ def cmd_log_export(args) -> int:
     """Write the base data directory plus the decision log as one data directory."""
     from nextbest.serving.decision_log import export_data_dir
 
-    n_decisions, n_events = export_data_dir(args.data_dir, args.log_dir, args.out)
+    n_decisions, n_events = export_data_dir(args.data_dir, args.log_dir, args.out, as_of=args.as_of)
     _out(f"wrote {n_decisions:,} logged decisions and {n_events:,} events from {args.log_dir} "
-         f"with {args.data_dir} to {args.out}")
+         f"with {args.data_dir} to {args.out}" + (f" (as of {args.as_of})" if args.as_of else ""))
     return 0
 
 
@@ -198,4 +198,6 @@ def add_commands(top) -> None:
     e.add_argument("data_dir")
     e.add_argument("--log-dir", required=True)
     e.add_argument("--out", required=True)
+    e.add_argument("--as-of", help="export time (UTC; default: now): sends planned for later and feedback dated "
+                                   "later wait for the next export, so the export always validates")
     e.set_defaults(func=cmd_log_export)

@@ -97,13 +97,26 @@ def read_records(log_dir: str | Path, kind: str) -> list[dict]:
     return out
 
 
-def read_log(log_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_log(log_dir: str | Path, as_of=None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The log as the data contract's ``logging_decisions`` and ``events`` tables.
 
     Decisions answered from an idempotency key appear once; feedback repeated (a retried
     request) counts once, keyed by ``(decision_id, event, ts)``. Transactional messages are
     left out (they are not marketing decisions); an order reported on a suppressed decision is
     an order without a message.
+
+    Parameters
+    ----------
+    log_dir : path
+    as_of : timestamp, optional
+        What was known at this time (UTC; naive = UTC): a decision taken later is left out, a
+        planned send (``send_at`` after ``as_of``) is left out with its decision until it is
+        due, and feedback dated after ``as_of`` waits. ``None`` keeps everything.
+
+    Returns
+    -------
+    decisions : DataFrame (n_decisions, 9)
+    events : DataFrame (n_events, 8)
     """
     dec = pd.DataFrame(read_records(log_dir, "decisions"))
     fb = pd.DataFrame(read_records(log_dir, "feedback"))
@@ -111,6 +124,20 @@ def read_log(log_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         return _empty_decisions(), _empty_events()
     dec = dec.drop_duplicates("decision_id")
     ts = pd.to_datetime(dec["now"], utc=True, format="ISO8601")
+    send_at = pd.to_datetime(dec["send_at"], utc=True, format="ISO8601")
+    if as_of is not None:
+        as_of = _utc(as_of)
+        due = (ts <= as_of) & (send_at.isna() | (send_at <= as_of))
+        if not due.all():
+            log.info("as of %s: %d decision(s) taken later or with a send not yet due wait for a later export",
+                     as_of, int((~due).sum()))
+        dec, ts, send_at = dec[due.to_numpy()], ts[due], send_at[due]
+        if not fb.empty:
+            fb_ts = pd.to_datetime(fb["ts"], utc=True, format="ISO8601")
+            if (fb_ts > as_of).any():
+                log.info("as of %s: %d feedback event(s) dated later wait for a later export", as_of,
+                         int((fb_ts > as_of).sum()))
+            fb = fb[(fb_ts <= as_of).to_numpy()]
     marketing = dec["type"] == "marketing"
     decisions = pd.DataFrame({
         "customer_id": dec["customer_id"].astype(str), "ts": ts, "action": dec["action"],
@@ -118,9 +145,10 @@ def read_log(log_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         "propensity": dec["propensity"].astype(float), "message_id": dec["decision_id"],
         "policy_version": dec["policy_version"],
     })[marketing.to_numpy()].reset_index(drop=True)
-    sends = dec[(dec["action"] == "send") & marketing]  # service messages are not marketing history
+    is_send = ((dec["action"] == "send") & marketing).to_numpy()  # service messages are not marketing history
+    sends = dec[is_send]
     sent = pd.DataFrame({
-        "customer_id": sends["customer_id"].astype(str), "ts": pd.to_datetime(sends["send_at"], utc=True, format="ISO8601"),
+        "customer_id": sends["customer_id"].astype(str), "ts": send_at[is_send],
         "event": "sent", "message_id": sends["decision_id"], "channel": sends["channel"],
         "offer": sends["offer"].fillna("none"), "value": float("nan"), "propensity": sends["propensity"].astype(float),
     })
@@ -138,6 +166,11 @@ def read_log(log_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return decisions, events
 
 
+def _utc(t) -> pd.Timestamp:
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
 def _empty_decisions() -> pd.DataFrame:
     return pd.DataFrame({c: [] for c in ("customer_id", "ts", "action", "channel", "local_hour", "offer",
                                          "propensity", "message_id", "policy_version")})
@@ -148,18 +181,26 @@ def _empty_events() -> pd.DataFrame:
                                          "propensity")})
 
 
-def export_data_dir(data_dir: str | Path, log_dir: str | Path, out: str | Path) -> tuple[int, int]:
+def export_data_dir(data_dir: str | Path, log_dir: str | Path, out: str | Path, as_of=None) -> tuple[int, int]:
     """Write ``data_dir`` plus the decision log in ``log_dir`` as one data directory ``out``.
 
-    What ``nextbest log export`` and the evaluation notebook call; ``train`` and ``evaluate``
-    read the result. Returns the numbers of decisions and events taken from the log.
+    What ``nextbest log export``, ``nextbest retrain`` and the evaluation notebook call;
+    ``train`` and ``evaluate`` read the result. The export holds what was known at ``as_of``
+    (default: now; see :func:`read_log`), so it always validates: a planned send appears once it
+    is due, feedback dated later waits for the next export. ``data_dir`` is copied as it is.
+    Returns the numbers of decisions and events taken from the log.
     """
     from nextbest.features.io import load_dataset, read_table, write_table
 
+    now = pd.Timestamp.now(tz="UTC")
+    as_of = now if as_of is None else _utc(as_of)
+    if as_of > now:
+        raise ValueError(f"--as-of {as_of} is later than the clock ({now}): an export cannot hold what has not "
+                         "happened yet")
     customers, events = load_dataset(data_dir)
-    decisions, logged = read_log(log_dir)
+    decisions, logged = read_log(log_dir, as_of)
     if decisions.empty:
-        raise ValueError(f"no decisions in {log_dir}")
+        raise ValueError(f"no marketing decision in {log_dir} taken (and, for a send, due) by {as_of}")
     try:
         base = read_table(data_dir, "logging_decisions")
     except FileNotFoundError:

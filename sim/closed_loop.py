@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from nextbest.features.eventlog import EventLog
 from nextbest.features.history import Population, engagement_history
 from nextbest.features.localtime import local_midnight_utc
-from nextbest.decision.objective import channel_costs, offer_costs
+from nextbest.decision.objective import realized_profit
 from nextbest.sim.simulate import SimulatedData, _Events, respond
 from nextbest.sim.world import TIMEZONES
 from nextbest.decision.online import OnlineLearner
@@ -47,6 +47,105 @@ from nextbest.sim.simulation_eval import random_policy_value, true_profit
 log = logging.getLogger(__name__)
 
 ARMS = ("policy", "policy_treated", "frozen", "random", "suppress", "oracle")
+VIOLATIONS = ("consent", "quiet_hours", "channel_cap", "contact_cap", "collision", "horizon")
+
+
+@dataclass
+class DayContext:
+    """What a peer policy sees on a closed-loop day (``sim.peers`` style: decide, then learn)."""
+
+    day: int                   # index of the closed-loop day
+    history_day: int           # the same day counted from the start of the history
+    day_start: pd.Timestamp    # decision time (UTC midnight of the day)
+    weekday: int               # local weekday of the day (Monday = 0)
+    features: pd.DataFrame     # engagement histories as of ``day_start`` (what the served policy sees)
+    events: pd.DataFrame       # every event logged so far (history and the played days)
+    allowed: np.ndarray        # (n, K, 24, O) the business rules of the day, consent and quiet hours
+    sim: SimulatedData         # the history (customers, events, logging decisions, start, end)
+
+
+def shadow_outcomes(world, rng, ch, hour, off) -> dict:
+    """Draw what a decision per customer would have caused today, without changing the world.
+
+    A peer's decisions are scored on the same world state as the other arms and it learns from
+    these draws (the world follows the played policy only). Returns arrays (n,): ``sent``,
+    ``opened``, ``order``, ``message_order`` (an order after the opened message), ``value``,
+    ``unsubscribed``, ``profit`` (realized profit under the business objective).
+    """
+    cfg = world.config
+    idx = np.arange(world.n)
+    p = world.outcome_probs(idx, ch, hour, off)
+    sent = ch >= 0
+    opened = sent & (rng.random(world.n) < p["open"])
+    unopened_p = p.get("order_given_unopened", world.p0)
+    order_p = np.where(opened, p["order_given_open"], np.where(sent, unopened_p, world.p0))
+    order = rng.random(world.n) < order_p
+    unsub = opened & (rng.random(world.n) < p["unsubscribe"] / np.maximum(p["open"], 1e-12))
+    value = np.where(order, world.order_value * rng.lognormal(-0.045, 0.3, world.n), 0.0)
+    msg_order = order & opened
+    profit = realized_profit(cfg, np.where(sent, ch, -1), off, value, msg_order & sent, unsub & sent)
+    return {"sent": sent, "opened": opened, "order": order, "message_order": msg_order, "value": value,
+            "unsubscribed": unsub, "profit": profit}
+
+
+class RuleAudit:
+    """Counts the played policy's sends that break a rule against the world's state.
+
+    Consent (the customer's consent as of the decision: the world's current consent, less any
+    unsubscribe the world already applied but whose event is dated after the decision time: no
+    policy can honour an unsubscribe it has not been told of yet; ``known_consent``), quiet hours (the local send hour), the channel caps
+    and the contact caps (rolling 24 hours and 7 days up to the send, history sends included),
+    the collision rule (``min_hours_between`` after the previous send) and the horizon (send time
+    within ``[now, now + horizon)``).
+    """
+
+    def __init__(self, cfg, sim: SimulatedData, horizon_hours: float = 24.0):
+        self.cfg, self.horizon = cfg, horizon_hours
+        sent = sim.events[sim.events["event"] == "sent"]
+        code = pd.Index(sim.customers["customer_id"].astype(str))
+        self.cust = code.get_indexer(sent["customer_id"].astype(str)).astype(np.int64)
+        self.chan = pd.Index(cfg.channel_names).get_indexer(sent["channel"].astype(str)).astype(np.int64)
+        self.ts = (sent["ts"].astype("int64").to_numpy() // 10**9).astype(np.int64)
+        self.counts = {v: 0 for v in VIOLATIONS}
+
+    def check(self, world, now: pd.Timestamp, idx, ch, hour, send_ts, known_consent=None) -> dict:
+        """Count violations of today's sends (call before they are played); returns today's counts.
+
+        ``known_consent`` (n, K) bool: consent as the events dated before ``now`` show it (the
+        customer table's consent less the unsubscribes logged so far); the world's own consent
+        where not given."""
+        cfg = self.cfg
+        today = {v: 0 for v in VIOLATIONS}
+        if len(idx):
+            consent = world.consent if known_consent is None else known_consent
+            today["consent"] = int((~consent[idx, ch]).sum())
+            quiet = np.stack([cfg.channels[c].quiet_hours.contains(np.arange(24)) for c in cfg.channel_names])
+            today["quiet_hours"] = int(quiet[ch, hour].sum())
+            now_s = now.value // 10**9
+            today["horizon"] = int(((send_ts < now_s) | (send_ts >= now_s + self.horizon * 3600)).sum())
+            recent = self.ts >= now_s - 8 * 86400
+            prev = pd.DataFrame({"c": self.cust[recent], "k": self.chan[recent], "t": self.ts[recent]})
+            new = pd.DataFrame({"c": idx, "k_new": ch, "t_new": send_ts, "row": np.arange(len(idx))})
+            pair = new.merge(prev, on="c", how="left")
+            dt = pair["t_new"] - pair["t"]
+            same = pair["k"] == pair["k_new"]
+            day_, week = (dt >= 0) & (dt < 86400), (dt >= 0) & (dt < 7 * 86400)
+            g = pd.DataFrame({"row": pair["row"], "cd": day_ & same, "cw": week & same, "d": day_, "w": week,
+                              "close": (dt >= 0) & (dt < cfg.contact_rules.min_hours_between * 3600)})
+            tot = g.groupby("row")[["cd", "cw", "d", "w", "close"]].sum().reindex(np.arange(len(idx)), fill_value=0)
+            day_cap = np.array([cfg.channels[c].cap_per_day for c in cfg.channel_names])[ch]
+            week_cap = np.array([cfg.channels[c].cap_per_week for c in cfg.channel_names])[ch]
+            cr = cfg.contact_rules
+            today["channel_cap"] = int(((tot["cd"].to_numpy() + 1 > day_cap) | (tot["cw"].to_numpy() + 1 > week_cap)).sum())
+            today["contact_cap"] = int(((tot["d"].to_numpy() + 1 > cr.max_per_day)
+                                        | (tot["w"].to_numpy() + 1 > cr.max_per_week)).sum())
+            today["collision"] = int((tot["close"].to_numpy() > 0).sum())
+            self.cust = np.concatenate([self.cust, idx])
+            self.chan = np.concatenate([self.chan, ch])
+            self.ts = np.concatenate([self.ts, send_ts])
+        for v, c in today.items():
+            self.counts[v] += c
+        return today
 
 
 @dataclass(frozen=True)
@@ -60,11 +159,12 @@ class Shift:
     offer: str | None = "pct10"
 
     def apply(self, world) -> None:
-        cfg = world.config
-        if self.channel is not None:
-            world.open_base[:, cfg.channel_names.index(self.channel)] *= self.channel_factor
-        if self.offer is not None:
-            world.offer_lift[:, cfg.offer_names.index(self.offer)] = 0.0
+        world.apply_shift(self.channel, self.channel_factor, self.offer)
+
+    @classmethod
+    def for_world(cls, world, day: int) -> "Shift":
+        """The shift the world names as its own (every member of the family has one), on ``day``."""
+        return cls(day=day, **world.default_shift())
 
 
 @dataclass
@@ -92,19 +192,33 @@ def normalized(profit: pd.Series) -> pd.Series:
 
 
 def _realized_profit(cfg, idx, ch, off, resp) -> np.ndarray:
-    """Each customer's realized profit of the day (the feedback the learner gets); ``idx``, ``ch``,
-    ``off``: the customers messaged, with their channel and offer codes."""
-    obj = cfg.objective
-    profit = obj.margin * resp.organic_value
-    value = resp.message_value
-    profit[idx] += (obj.margin * value - np.where(resp.message_order, offer_costs(cfg, off, value), 0.0)
-                    - channel_costs(cfg)[ch] - obj.unsubscribe_cost * resp.unsubscribed)
-    return profit
+    """Each customer's realized profit of the day (the feedback the learner gets;
+    ``decision.objective.realized_profit``); ``idx``, ``ch``, ``off``: the customers messaged,
+    with their channel and offer codes. An order after the opened message redeems its offer;
+    organic orders do not."""
+    n = len(resp.organic_value)
+    channel, offer, message = np.full(n, -1), np.zeros(n, dtype=int), np.zeros(n)
+    redeemed, unsub = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+    channel[idx], offer[idx], message[idx] = ch, off, resp.message_value  # 0 where the message led to no order
+    redeemed[idx], unsub[idx] = resp.message_order, resp.unsubscribed
+    return realized_profit(cfg, channel, offer, resp.organic_value + message, redeemed, unsub, message)
 
 
 def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed: int = 0,
-                    shift: Shift | None = None, learn: bool = True, progress: bool = True) -> ClosedLoopResult:
-    """Play ``days`` days after the end of ``sim``'s history (``sim.world`` moves on; see module doc)."""
+                    shift: Shift | None = None, learn: bool = True, progress: bool = True,
+                    peers: dict | None = None) -> ClosedLoopResult:
+    """Play ``days`` days after the end of ``sim``'s history (``sim.world`` moves on; see module doc).
+
+    ``peers``: name -> object with ``decide(ctx: DayContext) -> (channel, local_hour, offer)`` code
+    arrays (n,) (channel -1 = suppress) and ``learn(ctx, channel, local_hour, offer, outcomes)``;
+    each is scored like the other arms on the same world state and learns from
+    :func:`shadow_outcomes` of its own decisions. The daily table also counts the played policy's
+    rule violations (``violations_<rule>``, see :class:`RuleAudit`) and the peers' sends outside
+    the allowed cells (``peer_violations_<name>``).
+    """
+    peers = peers or {}
+    audit = RuleAudit(policy.config, sim)
+    peer_rng = np.random.default_rng([seed, 5])
     cfg = policy.config
     world = sim.world
     frozen = policy.with_exploration(policy.exploration.with_(method="greedy", control_share=0.0))
@@ -124,7 +238,8 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
         day_s = int(day_start.timestamp())
         world.start_day(history_days + d)
         new = events.frame(cfg, cust_ids, day_s)
-        log_ = EventLog.build(world.customers, pd.concat([sim.events, new], ignore_index=True), cfg)
+        log_events = pd.concat([sim.events, new], ignore_index=True)
+        log_ = EventLog.build(world.customers, log_events, cfg)
         feats = engagement_history(log_, ids, day_start, Population.from_log(log_))
         contact = ContactHistory.from_features(feats, cfg)
         request = Request(now=day_start)
@@ -135,6 +250,19 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
         v["suppress"] = world.expected_profit(idx_all, -1, 0, 0)
         v["oracle"] = world.oracle(idx_all, allowed=allowed)["expected_profit"].to_numpy()
         v["random"] = random_policy_value(world, world.allowed(idx_all) & allowed, v["suppress"], rng)
+        peer_rows = {}
+        if peers:
+            ctx = DayContext(d, history_days + d, day_start, world.weekday_of(history_days + d), feats,
+                             log_events, world.allowed(idx_all) & allowed, sim)
+            for name, peer in peers.items():
+                pc, ph, po = (np.asarray(a, dtype=np.int64) for a in peer.decide(ctx))
+                psend = pc >= 0
+                bad = psend & ~ctx.allowed[idx_all, np.maximum(pc, 0), np.clip(ph, 0, 23), np.maximum(po, 0)]
+                peer_rows[f"peer_violations_{name}"] = int(bad.sum())
+                pc, ph, po = np.where(bad, -1, pc), np.where(psend & ~bad, ph, 0), np.where(psend & ~bad, po, 0)
+                v[name] = world.expected_profit(idx_all, pc, ph, po)
+                peer.learn(ctx, pc, ph, po, shadow_outcomes(world, peer_rng, pc, ph, po))
+                peer_rows[f"sent_{name}"] = float((pc >= 0).mean())
         treated = ~dec.frame["control"].to_numpy()
         row = {"day": d, "date": day_start.date().isoformat()}
         for arm, val in v.items():
@@ -153,6 +281,9 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
         msg = np.arange(next_msg, next_msg + len(idx))
         next_msg += len(idx)
         midnight = local_midnight_utc(day_s, world.tz_code, TIMEZONES)
+        known = np.stack([feats[f"consent_{c}"].to_numpy(bool) & (feats[f"{c}_unsubscribed"].to_numpy() == 0)
+                          for c in cfg.channel_names], axis=1)
+        broken = audit.check(world, day_start, idx, ch, hour, send_ts, known_consent=known)
         resp = respond(world, rng, events, history_days + d, idx, ch, hour, off, msg, send_ts, midnight,
                        world.fatigue(idx), propensity=frame["propensity"].to_numpy()[idx])
         reward = _realized_profit(cfg, idx, ch, off, resp)
@@ -160,10 +291,11 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
             learner.decay(1.0)
             learner.partial_fit(frame["action_key"].to_numpy(), dec.learner_inputs[idx_all, dec.choice], reward)
         row.update(explored=float(frame["explored"].mean()), sent=float(send.mean()),
-                   realized_profit=float(reward.mean()), learner_n=learner.state.n)
+                   realized_profit=float(reward.mean()), learner_n=learner.state.n,
+                   **{f"violations_{k}": c for k, c in broken.items()}, **peer_rows)
         rows.append(row)
     daily = pd.DataFrame(rows)
-    for arm in ARMS:
+    for arm in (*ARMS, *peers):
         daily[f"normalized_{arm}"] = ((daily[f"profit_{arm}"] - daily["profit_suppress"])
                                       / (daily["profit_oracle"] - daily["profit_suppress"]))
     return ClosedLoopResult(daily, shift, learner)

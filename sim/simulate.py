@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from nextbest.features.config import Config, load_config
 from nextbest.features.localtime import local_midnight_utc
-from nextbest.sim.world import TIMEZONES, World
+from nextbest.sim.base import TIMEZONES, BaseWorld
+from nextbest.sim.family import make_world
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class SimulatedData:
     customers: pd.DataFrame
     events: pd.DataFrame
     decisions: pd.DataFrame
-    world: World
+    world: BaseWorld
     start: pd.Timestamp
     end: pd.Timestamp
 
@@ -129,7 +130,7 @@ class Responses:
     organic_value: np.ndarray  # (n,)
 
 
-def respond(world: World, rng, events: "_Events", day: int, idx, ch, hour, off, msg, send_ts, midnight,
+def respond(world: BaseWorld, rng, events: "_Events", day: int, idx, ch, hour, off, msg, send_ts, midnight,
             fatigue, propensity=None) -> Responses:
     """Play one day: customers ``idx`` get messages (channel, local hour, offer codes) sent at
     ``send_ts`` (s); draw every response from the world's truth, record the events in ``events``,
@@ -166,7 +167,10 @@ def respond(world: World, rng, events: "_Events", day: int, idx, ch, hour, off, 
                value=values[msg_order])
     not_opened = np.ones(n, dtype=bool)
     not_opened[idx[opened]] = False
-    organic = not_opened & (rng.random(n) < world.p0)
+    p_organic = world.p0.copy()  # a message that was sent but not opened may still change the day's orders
+    if "order_given_unopened" in p:
+        p_organic[idx] = p["order_given_unopened"]
+    organic = not_opened & (rng.random(n) < p_organic)
     oi = np.flatnonzero(organic)
     organic_ts = midnight[oi] + rng.integers(7 * 3600, 23 * 3600, len(oi))
     organic_value = np.zeros(n)
@@ -178,10 +182,12 @@ def respond(world: World, rng, events: "_Events", day: int, idx, ch, hour, off, 
 
 def generate(n_customers: int, days: int, seed: int, config: Config | None = None,
              end: pd.Timestamp | None = None, policy: LoggingPolicy | None = None,
-             progress: bool = True) -> SimulatedData:
+             progress: bool = True, world=None) -> SimulatedData:
     """Simulate ``days`` days of history for ``n_customers`` customers ending at ``end``.
 
-    Deterministic for a given ``(n_customers, days, seed, config, end, policy)``.
+    ``world`` picks the member of the family of worlds (``sim.family.make_world``: ``"baseline"``,
+    the default, a named member, ``"random:<seed>"`` or a ``WorldSpec``).
+    Deterministic for a given ``(n_customers, days, seed, config, end, policy, world)``.
     """
     if days <= 0:
         raise ValueError(f"days must be positive, got {days}")
@@ -190,7 +196,8 @@ def generate(n_customers: int, days: int, seed: int, config: Config | None = Non
     end = pd.Timestamp(end if end is not None else DEFAULT_END)
     end = (end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")).floor("D")
     start = end - pd.Timedelta(days=days)
-    world = World.create(n_customers, seed, config, signup_before=start)
+    world = make_world(world, n_customers, seed, config, signup_before=start)
+    world.set_calendar(start)
     rng = np.random.default_rng([seed, 2])
     n, K = world.n, len(config.channel_names)
     weights = np.array([policy.channel_weights.get(c, 1.0) for c in config.channel_names])
@@ -279,7 +286,8 @@ def write(data: SimulatedData, out: str | Path, fmt: str = "parquet", seed: int 
     data.world.save(truth / "world.npz")
     (truth / "meta.json").write_text(json.dumps({
         "n_customers": data.world.n, "seed": seed, "start": data.start.isoformat(),
-        "end": data.end.isoformat(), "note": "latent parameters of the simulated world; not model input",
+        "end": data.end.isoformat(), "world": getattr(getattr(data.world, "spec", None), "name", data.world.kind),
+        "note": "latent parameters of the simulated world; not model input",
     }, indent=2))
     return out
 

@@ -31,7 +31,7 @@ import pandas as pd
 
 from nextbest.features.eventlog import EventLog
 from nextbest.features.history import Population, engagement_history
-from nextbest.sim.world import World
+from nextbest.sim.base import BaseWorld as World
 from nextbest.decision.policy import DecisionPolicy, Request
 from nextbest.decision.rules import ContactHistory
 
@@ -58,8 +58,9 @@ def load_truth(data_dir: str | Path, customers: pd.DataFrame, config) -> Truth |
     if not (truth / "world.npz").exists():
         return None
     meta = json.loads((truth / "meta.json").read_text())
-    return Truth(World.load(truth / "world.npz", customers, config), pd.Timestamp(meta["start"]),
-                 pd.Timestamp(meta["end"]))
+    world = World.load(truth / "world.npz", customers, config)  # the member class the file names
+    world.set_calendar(meta["start"])
+    return Truth(world, pd.Timestamp(meta["start"]), pd.Timestamp(meta["end"]))
 
 
 def evaluate_on_world(policy: DecisionPolicy, truth: Truth, log_: EventLog, population: Population,

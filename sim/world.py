@@ -25,26 +25,15 @@ The oracle is myopic: it maximizes the day's expected profit given the current f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from nextbest.features.config import Config
-from nextbest.decision.objective import expected_profit
+from nextbest.sim.base import (DEVICES, REGION_TIMEZONES, REGIONS, TIERS, TIMEZONES, BaseWorld,  # noqa: F401
+                               _sigmoid, hour_distance, outcome_table)
 
 SEGMENTS = ("persuadable", "sure_thing", "lost_cause", "sleeping_dog")
-REGION_TIMEZONES = {
-    "americas": ("America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles",
-                 "America/Sao_Paulo"),
-    "europe": ("Europe/London", "Europe/Paris", "Europe/Berlin", "Europe/Madrid", "Europe/Warsaw"),
-    "asia_pacific": ("Asia/Tokyo", "Asia/Singapore", "Australia/Sydney", "Asia/Kolkata",
-                     "Australia/Adelaide"),
-}
-REGIONS = tuple(REGION_TIMEZONES)
-TIMEZONES = tuple(tz for zones in REGION_TIMEZONES.values() for tz in zones)
-DEVICES = ("ios", "android", "desktop")
-TIERS = ("none", "silver", "gold")
 
 # Per-segment response parameters: daily organic order probability, extra order probability per
 # click, share of organic orders lost when the message is opened, unsubscribe multiplier,
@@ -65,19 +54,9 @@ OFFER_CLICK_BOOST = 0.35  # clicks x (1 + boost x discount attractiveness x pric
 MAX_ORDER_P = 0.95
 
 
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def hour_distance(a, b):
-    """Circular distance in hours between local hours ``a`` and ``b``."""
-    d = np.abs(np.asarray(a) - np.asarray(b)) % 24
-    return np.minimum(d, 24 - d)
-
-
 @dataclass
-class World:
-    """Latent customer parameters (arrays over customers) and the dynamic contact state.
+class World(BaseWorld):
+    """The baseline member of the family: latent customer parameters (arrays over customers) and the dynamic contact state.
 
     Build with :meth:`create`; everything is a deterministic function of ``(n, seed, config)``.
     Arrays indexed ``[customer]`` or ``[customer, channel]`` / ``[customer, offer]`` follow the
@@ -99,6 +78,8 @@ class World:
     order_value: np.ndarray          # (n,) mean order value
     consent: np.ndarray              # (n, K) bool, current consent (unsubscribes revoke it)
     sends_by_day: np.ndarray         # (n, 7) messages sent on each of the last 7 days (ring)
+
+    kind = "baseline"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -208,8 +189,13 @@ class World:
     def record_sends(self, day: int, idx: np.ndarray) -> None:
         np.add.at(self.sends_by_day[:, day % 7], idx, 1)
 
-    def unsubscribe(self, idx: np.ndarray, channel_code: np.ndarray) -> None:
-        self.consent[idx, channel_code] = False
+    def apply_shift(self, channel: str | None, channel_factor: float, offer: str | None) -> None:
+        """A preference shift: ``channel``'s open rates x ``channel_factor``; ``offer`` adds no orders."""
+        cfg = self.config
+        if channel is not None:
+            self.open_base[:, cfg.channel_names.index(channel)] *= channel_factor
+        if offer is not None:
+            self.offer_lift[:, cfg.offer_names.index(offer)] = 0.0
 
     # ------------------------------------------------------------------ truth
     def outcome_probs(self, idx, channel_code, local_hour, offer_code, fatigue=None) -> dict:
@@ -252,135 +238,15 @@ class World:
                     0, MAX_ORDER_P)
         unsub_rate = np.array([_UNSUB_GIVEN_OPEN.get(c, 0.008) for c in names])[chs]
         p_unsub = p_open * np.clip(unsub_rate * self.unsub_mult[idx] * (1 + FATIGUE_UNSUB * f), 0, 1)
-        zero = np.zeros(m)
-        return {
-            "deliver": np.where(send, deliver, zero),
-            "open": np.where(send, p_open, zero),
-            "click": np.where(send, p_open * cgo, zero),
-            "order": np.where(send, p0 * (1 - p_open) + p_open * q, p0),
-            "redeem": np.where(send, p_open * q, zero),
-            "order_given_open": np.where(send, q, zero),
-            "unsubscribe": np.where(send, p_unsub, zero),
-        }
-
-    def expected_profit(self, idx, channel_code, local_hour, offer_code, fatigue=None) -> np.ndarray:
-        """True expected profit (business config objective) of a decision per customer, shape (m,)."""
-        idx = np.asarray(idx)
-        m = len(idx)
-        ch = np.broadcast_to(np.asarray(channel_code), (m,))
-        off = np.broadcast_to(np.asarray(offer_code), (m,))
-        p = self.outcome_probs(idx, ch, local_hour, off, fatigue)
-        value = self.order_value[idx]
-        out = expected_profit(self.config, None, "none", p["order"], value)
-        cfg = self.config
-        for k, c in enumerate(cfg.channel_names):
-            for j, o in enumerate(cfg.offer_names):
-                sel = (ch == k) & (off == j)
-                if sel.any():
-                    out[sel] = expected_profit(cfg, c, o, p["order"][sel], value[sel],
-                                               p["unsubscribe"][sel], p["redeem"][sel])
-        return out
-
-    def allowed(self, idx) -> np.ndarray:
-        """Which (channel, local hour, offer) each customer may receive today, bool (m, K, 24, O).
-
-        Consent (unsubscribes revoke it), channel quiet hours, and each offer's channels and valid
-        hours. Frequency caps are not applied here: the oracle takes one decision per customer
-        per day, which every daily cap allows; weekly caps depend on the decisions of other days
-        and are checked by whoever plays the days (the logging policy here, the policy later).
-        """
-        idx = np.asarray(idx)
-        cfg = self.config
-        hours = np.arange(24)
-        quiet = np.stack([cfg.channels[c].quiet_hours.contains(hours) for c in cfg.channel_names])
-        offer_ok = np.stack([[c in cfg.offers[o].channels for o in cfg.offer_names] for c in cfg.channel_names])
-        valid = np.stack([cfg.offers[o].valid_hours.contains(hours) for o in cfg.offer_names], axis=1)  # (24, O)
-        static = (~quiet)[:, :, None] & offer_ok[:, None, :] & valid[None, :, :]  # (K, 24, O)
-        consent = self.consent[idx]
-        return consent[:, :, None, None] & static[None]
-
-    def oracle(self, idx=None, allowed=None) -> pd.DataFrame:
-        """The best decision today per customer, by true expected profit.
-
-        ``allowed`` (m, K, 24, O), optional: further restricts :meth:`allowed` (e.g. the business
-        rules a policy must obey on that day, so that the oracle plays by the same rules).
-
-        Returns
-        -------
-        DataFrame with ``channel`` (None = suppress), ``local_hour``, ``offer``, ``expected_profit``,
-        ``suppress_profit`` for each customer in ``idx`` (all by default).
-        """
-        idx = np.arange(self.n) if idx is None else np.asarray(idx)
-        cfg = self.config
-        K, O = len(cfg.channel_names), len(cfg.offer_names)
-        ok = self.allowed(idx)
-        if allowed is not None:
-            ok = ok & allowed
-        f = self.fatigue(idx)
-        best = expected_profit(cfg, None, "none", self.p0[idx], self.order_value[idx])
-        suppress = best.copy()
-        best_action = np.full(len(idx), -1, dtype=np.int64)
-        for k in range(K):
-            for h in range(24):
-                for o in range(O):
-                    sel = ok[:, k, h, o]
-                    if not sel.any():
-                        continue
-                    v = np.full(len(idx), -np.inf)
-                    v[sel] = self.expected_profit(idx[sel], k, h, o, f[sel])
-                    better = v > best
-                    best[better] = v[better]
-                    best_action[better] = (k * 24 + h) * O + o
-        send = best_action >= 0
-        ch = np.where(send, best_action // (24 * O), -1)
-        return pd.DataFrame({
-            "customer": idx,
-            "channel": pd.array(np.where(send, np.array(cfg.channel_names, dtype=object)[np.maximum(ch, 0)], None),
-                                dtype="str"),
-            "local_hour": np.where(send, (best_action // O) % 24, -1),
-            "offer": pd.array(np.where(send, np.array(cfg.offer_names, dtype=object)[best_action % O], None),
-                              dtype="str"),
-            "expected_profit": best,
-            "suppress_profit": suppress,
-        })
-
-    def ask(self, customer_id: str, channel: str | None, send_at, offer: str = "none") -> dict:
-        """What customer ``customer_id`` would do if sent ``channel`` at UTC time ``send_at`` with ``offer``.
-
-        Returns the true probabilities of each response (see :meth:`outcome_probs`), the local
-        send hour, and the expected profit; ``channel=None`` asks about not sending anything.
-        """
-        from nextbest.features.localtime import local_hour_dow
-
-        cfg = self.config
-        ids = self.customers["customer_id"].to_numpy()
-        hits = np.flatnonzero(ids == customer_id)
-        if len(hits) == 0:
-            raise KeyError(f"unknown customer {customer_id!r}")
-        if channel is not None and channel not in cfg.channels:
-            raise KeyError(f"unknown channel {channel!r}; configured: {list(cfg.channel_names)}")
-        if offer not in cfg.offers:
-            raise KeyError(f"unknown offer {offer!r}; configured: {list(cfg.offer_names)}")
-        i = hits[:1]
-        ts = pd.Timestamp(send_at)
-        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-        hour, _ = local_hour_dow(np.array([ts.value // 10**9]), self.tz_code[i], TIMEZONES)
-        k = -1 if channel is None else cfg.channel_names.index(channel)
-        o = cfg.offer_names.index(offer)
-        probs = {name: float(v[0]) for name, v in self.outcome_probs(i, k, hour, o).items()}
-        return {**probs, "local_hour": int(hour[0]),
-                "expected_profit": float(self.expected_profit(i, k, hour, o)[0])}
+        return outcome_table(send, deliver, p_open, cgo, q, p0, p0, p_unsub)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> None:
-        """Write the latent parameters and state (``.npz``) so a test can ask the world later."""
-        arrays = {k: getattr(self, k) for k in ("tz_code", "segment", "pref_hour", "open_base",
-                                                "click_given_open", "p0", "inc", "putoff", "unsub_mult",
-                                                "offer_lift", "order_value", "consent", "sends_by_day")}
-        np.savez_compressed(path, **arrays)
+    _ARRAYS = ("tz_code", "segment", "pref_hour", "open_base", "click_given_open", "p0", "inc", "putoff",
+               "unsub_mult", "offer_lift", "order_value", "consent", "sends_by_day")
+
+    def _arrays(self) -> dict:
+        return {k: getattr(self, k) for k in self._ARRAYS}
 
     @classmethod
-    def load(cls, path: str | Path, customers: pd.DataFrame, config: Config) -> "World":
-        with np.load(path) as data:
-            arrays = {k: data[k] for k in data.files}
-        return cls(config=config, customers=customers, **arrays)
+    def _from_arrays(cls, arrays: dict, customers: pd.DataFrame, config: Config) -> "World":
+        return cls(config=config, customers=customers, **{k: arrays[k] for k in cls._ARRAYS})
