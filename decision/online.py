@@ -20,6 +20,9 @@ The prior ``theta_0 ~ N((0, 1), .)``, ``theta_a ~ N((0, 1, 0, 0), .)`` (variance
 learner reproduces the offline policy exactly. A new action (a new offer) starts from that prior
 and is explored through the posterior's width.
 
+The learner also carries the response calibration (``decision.calibration``): corrections of the
+offline P(open) and P(unsubscribe) learned from opens and unsubscribes, the low-noise feedback.
+
 Customers change: the statistics decay (``half_life_days``: :meth:`OnlineLearner.decay` in the
 closed loop, the store's ``decay_stats`` in the service, both by :func:`decay_factor`), so old
 feedback fades and the posterior widens again where nothing new arrives.
@@ -76,11 +79,15 @@ class OnlineSettings:
     half_life_days: float
     change_z: float
     change_forget: float
+    calibration_strength: float
+    calibration_half_life_days: float
+    learn_profit: bool
 
     @classmethod
     def from_config(cls, config: Config) -> "OnlineSettings":
         s = config.online  # typed by the config
-        out = cls(s.prior_strength, s.noise_sd, s.learn_after_hours, s.half_life_days, s.change_z, s.change_forget)
+        out = cls(s.prior_strength, s.noise_sd, s.learn_after_hours, s.half_life_days, s.change_z, s.change_forget,
+                  s.calibration_strength, s.calibration_half_life_days, s.learn_profit)
         if out.prior_strength <= 0 or out.noise_sd <= 0 or out.learn_after_hours < 0 or out.half_life_days < 0:
             raise ConfigError("online: prior_strength and noise_sd must be positive, learn_after_hours and "
                               "half_life_days >= 0")
@@ -148,9 +155,13 @@ class OnlineLearner:
         Statistics to start from (e.g. read from the serving store).
     """
 
-    def __init__(self, settings: OnlineSettings, state: LearnerState | None = None):
+    def __init__(self, settings: OnlineSettings, state: LearnerState | None = None, calibration=None):
         self.settings = settings
-        self.state = state or LearnerState()
+        # with ``learn_profit`` off the realized-profit heads stay at their prior (the offline values):
+        # statistics given here are kept aside (``observed``) and feedback is not added
+        self.observed = state or LearnerState()
+        self.state = self.observed if settings.learn_profit else LearnerState()
+        self.calibration = calibration  # decision.calibration.ResponseCalibration, or None
         self._post = None  # (keys, offsets, mean, inverse precision[, stacked per-key view])
         self._noise = None
 
@@ -215,7 +226,9 @@ class OnlineLearner:
     def partial_fit(self, keys, X: np.ndarray, reward: np.ndarray) -> "OnlineLearner":
         """Many observations: ``keys`` (m,), ``X`` (m, D), ``reward`` (m,). With change detection on
         (``change_z > 0``), an action whose batch contradicts its posterior first forgets its past
-        (:meth:`changed_actions`)."""
+        (:meth:`changed_actions`). Nothing changes with ``learn_profit`` off."""
+        if not self.settings.learn_profit:
+            return self
         keys = np.asarray(keys, dtype=object)
         X, reward = np.asarray(X, float), np.asarray(reward, float)
         if self.settings.change_z > 0:
@@ -260,9 +273,13 @@ class OnlineLearner:
         if factor < 1.0:
             self.state = self.state.scaled(factor)
             self._post = self._noise = None
+        if self.calibration is not None:
+            self.calibration.decay(decay_factor(self.settings.calibration_half_life_days, days))
         return self
 
     def merge(self, other: LearnerState) -> "OnlineLearner":
+        if not self.settings.learn_profit:
+            return self
         self.state = self.state.merge(other)
         self._post = self._noise = None
         return self

@@ -39,6 +39,7 @@ import pandas as pd
 from nextbest.features.config import Config
 from nextbest.features.localtime import utc_offsets
 from nextbest.decision.objective import channel_costs, offer_costs
+from nextbest.decision.calibration import ResponseCalibration, contact_context
 from nextbest.decision.candidates import CustomerArrays, candidate_arrays, model_input
 from nextbest.decision.exploration import Exploration, draw
 from nextbest.decision.online import D, SUPPRESS, OnlineLearner, OnlineSettings, action_key
@@ -149,6 +150,7 @@ class Scores:
     delay_hours: np.ndarray  # (n, 24)
     baseline: np.ndarray     # (n,) expected profit of the day without a message
     revenue: np.ndarray      # (n, K, O) margin x order value x uplift
+    p_unsub: np.ndarray      # (n, K, O) the offline P(unsubscribe) (before calibration; ``p_open`` too)
 
 
 @dataclass
@@ -199,7 +201,11 @@ class DecisionPolicy:
 
     def new_learner(self) -> OnlineLearner:
         """An online learner with no feedback yet (its predictions equal the offline values)."""
-        return OnlineLearner(self.online)
+        return OnlineLearner(self.online, calibration=self.new_calibration())
+
+    def new_calibration(self) -> ResponseCalibration:
+        """Response calibration with no feedback yet (every factor 1)."""
+        return ResponseCalibration(self.config.channel_names, self.online.calibration_strength)
 
     @property
     def action_keys(self) -> list[str]:
@@ -209,7 +215,7 @@ class DecisionPolicy:
 
     # ------------------------------------------------------------------ scoring
     def score(self, features: pd.DataFrame, contact: ContactHistory, request: Request,
-              arrays: CustomerArrays | None = None) -> Scores:
+              arrays: CustomerArrays | None = None, calibration: ResponseCalibration | None = None) -> Scores:
         """Rules, best hour and value of every (channel, offer) for every customer.
 
         Each model is called once per batch on a float matrix built from per-column customer
@@ -232,8 +238,9 @@ class DecisionPolicy:
         p_open_best = np.zeros((n, K, O))
         uplift = np.zeros((n, K, O))
         revenue = np.zeros((n, K, O))
+        p_unsub_best = np.zeros((n, K, O))
         if n == 0:
-            return Scores(value, best_hour, p_open_best, uplift, elig, delay, np.zeros(0), revenue)
+            return Scores(value, best_hour, p_open_best, uplift, elig, delay, np.zeros(0), revenue, p_unsub_best)
         obj = cfg.objective
         cust = arrays if arrays is not None else CustomerArrays(features)
 
@@ -249,7 +256,7 @@ class DecisionPolicy:
         daily = m.uplift.predict_arm(base, NO_MESSAGE) * 24.0 / obj.attribution_window_hours
         baseline = obj.margin * ovalue * daily
         if not allowed.any():
-            return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue)
+            return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue, p_unsub_best)
         # send time: the open model over every allowed (channel, hour), one call
         rows, ks, hours = np.nonzero(allowed.any(axis=3))
         p = np.full((n, K, 24), -1.0)
@@ -265,13 +272,18 @@ class DecisionPolicy:
         p_unsub = m.unsubscribe.predict_proba(inputs(m.unsubscribe, rows, ks, h, js, po))[:, 1]
         up = self._uplift(inputs(m.uplift, rows, ks, h, js, po), js, po, p_conv)
         v = ovalue[rows]
-        value[rows, ks, js] = (obj.margin * v * up - offer_costs(cfg, js, v) * p_conv - channel_costs(cfg)[ks]
-                               - obj.unsubscribe_cost * p_unsub)
+        f_open = f_unsub = 1.0
+        if calibration is not None and calibration.stats:  # the feedback's correction (decision.calibration)
+            z = contact_context(contact, rows, ks)
+            f_open, f_unsub = calibration.factor("open", ks, z), calibration.factor("unsubscribe", ks, z)
+        value[rows, ks, js] = (f_open * (obj.margin * v * up - offer_costs(cfg, js, v) * p_conv) - channel_costs(cfg)[ks]
+                               - obj.unsubscribe_cost * p_unsub * f_unsub)
         best_hour[rows, ks, js] = h
         p_open_best[rows, ks, js] = po
-        uplift[rows, ks, js] = up
-        revenue[rows, ks, js] = obj.margin * v * up
-        return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue)
+        p_unsub_best[rows, ks, js] = p_unsub
+        uplift[rows, ks, js] = up * f_open
+        revenue[rows, ks, js] = obj.margin * v * up * f_open
+        return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue, p_unsub_best)
 
     def _uplift(self, X: np.ndarray, offer: np.ndarray, p_open: np.ndarray, p_conv: np.ndarray) -> np.ndarray:
         """Extra P(order) each candidate causes (see ``uplift_mode``); ``offer`` codes (r,)."""
@@ -319,7 +331,7 @@ class DecisionPolicy:
         cfg = self.config
         n, K, O = len(features), len(cfg.channel_names), len(cfg.offer_names)
         rng = np.random.default_rng() if rng is None else rng
-        s = self.score(features, contact, request, arrays)
+        s = self.score(features, contact, request, arrays, learner.calibration if learner is not None else None)
         allowed = np.concatenate([np.ones((n, 1), dtype=bool), np.isfinite(s.value).reshape(n, K * O)], axis=1)
         transactional = request.type == "transactional"
         must_send = np.full(n, transactional) & allowed[:, 1:].any(axis=1)

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from nextbest.features.eventlog import EventLog
 from nextbest.features.history import Population, engagement_history
 from nextbest.features.localtime import local_midnight_utc
+from nextbest.decision.calibration import contact_context
 from nextbest.decision.objective import realized_profit
 from nextbest.sim.simulate import SimulatedData, _Events, respond
 from nextbest.sim.world import TIMEZONES
@@ -99,8 +100,8 @@ class RuleAudit:
     within ``[now, now + horizon)``).
     """
 
-    def __init__(self, cfg, sim: SimulatedData, horizon_hours: float = 24.0):
-        self.cfg, self.horizon = cfg, horizon_hours
+    def __init__(self, cfg, sim: SimulatedData, horizon_hours: float | None = None):  # None: decision.horizon_hours
+        self.cfg, self.horizon = cfg, cfg.decision.horizon_hours if horizon_hours is None else horizon_hours
         sent = sim.events[sim.events["event"] == "sent"]
         code = pd.Index(sim.customers["customer_id"].astype(str))
         self.cust = code.get_indexer(sent["customer_id"].astype(str)).astype(np.int64)
@@ -290,6 +291,10 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
         if learn:
             learner.decay(1.0)
             learner.partial_fit(frame["action_key"].to_numpy(), dec.learner_inputs[idx_all, dec.choice], reward)
+            if learner.calibration is not None and len(idx):  # opens and unsubscribes of today's messages
+                z = contact_context(contact, idx, ch)
+                learner.calibration.update("open", ch, dec.scores.p_open[idx, ch, off], z, resp.opened)
+                learner.calibration.update("unsubscribe", ch, dec.scores.p_unsub[idx, ch, off], z, resp.unsubscribed)
         row.update(explored=float(frame["explored"].mean()), sent=float(send.mean()),
                    realized_profit=float(reward.mean()), learner_n=learner.state.n,
                    **{f"violations_{k}": c for k, c in broken.items()}, **peer_rows)

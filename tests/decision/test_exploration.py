@@ -159,7 +159,10 @@ def test_explored_decisions_say_so(trained, snapshot, config):
 def test_reasons_use_the_learners_corrected_values(trained, snapshot, config):
     from nextbest.decision.online import D, statistics
 
+    import dataclasses
+
     p = trained.policy.with_exploration(trained.policy.exploration.with_(method="greedy", control_share=0.0))
+    p.online = dataclasses.replace(p.online, learn_profit=True)  # this test is about the realized-profit heads
     keys = np.repeat(p.action_keys, 400)               # feedback: every message lost 5, suppressing 0
     X = np.zeros((len(keys), D))
     X[:, 0] = 1.0

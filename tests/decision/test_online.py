@@ -22,7 +22,7 @@ def settings():
     import dataclasses
 
     return dataclasses.replace(OnlineSettings.from_config(load_config()), prior_strength=200.0, noise_sd=5.0,
-                               half_life_days=7.0, change_z=0.0)
+                               half_life_days=7.0, change_z=0.0, learn_profit=True)
 
 
 def data(n, seed, own=((0.05, 0.8, 0.5, 0.3), (-0.05, 1.2, 0.0, 0.6)), shared=(0.1, 1.0)):

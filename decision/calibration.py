@@ -1,0 +1,172 @@
+"""Online calibration of the response models from low-noise feedback: opens and unsubscribes.
+
+Why not learn everything from realized profit? A message's profit is mostly noise at the scale
+of a day: an order is worth 20-35 in margin and happens a few times in a hundred, while actions
+differ by cents, so a per-action profit correction ranks actions by noise for weeks
+(``benchmarks/RESULTS.md``, "The online learner on realized profit"). Opens and unsubscribes
+are binary, frequent, and where both fatigue and a change of taste show first. The offline
+models learned them from a history in which customers were rarely as tired as a policy that
+messages most of them every day makes them; this calibration learns, from the policy's own
+feedback, how far the offline probabilities are off and how that depends on the customer's
+recent contacts.
+
+Model, per response ``r`` (``open``, ``unsubscribe``) and channel ``k``::
+
+    y = p (1 + beta_rk . z) + noise
+
+``p`` is the offline model's probability for the message that was sent, ``y`` the observed
+response (0 or 1) and ``z`` the contact context (:data:`CONTEXT`: an intercept, then the
+messages on the channel and on every channel in the last 7 days, the messages on the channel
+since its last open, the days since the last message; scaled to about one). ``beta`` has a
+Gaussian prior at 0 ("the offline model is right") with precision ``strength`` and is fitted by
+weighted least squares on ``x = p z``, ``target = y - p`` with weights ``1 / (p (1 - p))`` (the
+binomial variance). The correction of a probability is the factor ``1 + beta . z``, clipped to
+``[FLOOR, CEILING]``.
+
+State = sufficient statistics ``(n, A = sum w x x', b = sum w x (y - p))`` per (response,
+channel): additive, so workers' statistics merge by adding (the store adds them atomically, as
+it does the learner's), and they decay by a factor per day (``half_life_days``) so the
+calibration follows a customer base that changes.
+
+How the policy uses it (``decision.policy.DecisionPolicy.score``): the open factor scales
+everything a message earns through being opened (P(open), the extra orders and the offer's
+cost: orders follow opens), the unsubscribe factor scales P(unsubscribe). A message that a
+tired customer will not open is then worth less than nothing and "don't send" wins.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CONTEXT = ("intercept", "channel_sends_7d", "all_sends_7d", "channel_unanswered", "days_since_last_send")
+SCALE = np.array([1.0, 3.0, 5.0, 5.0, 7.0])  # each context input divided by its typical range
+CAPS = np.array([1.0, 14.0, 21.0, 10.0, 7.0])  # inputs above these count as these (bounded inputs)
+P = len(CONTEXT)
+RESPONSES = ("open", "unsubscribe")
+FLOOR, CEILING = 0.05, 3.0
+EPS = 1e-4
+
+
+def context(sent_week_channel: np.ndarray, sent_week_all: np.ndarray, unanswered: np.ndarray,
+            hours_since_last: np.ndarray) -> np.ndarray:
+    """The calibration context ``z`` (m, P) of m candidate messages; see :data:`CONTEXT`."""
+    days = np.nan_to_num(np.asarray(hours_since_last, float) / 24.0, posinf=CAPS[4])
+    raw = np.column_stack([np.ones(len(days)), sent_week_channel, sent_week_all, unanswered, days]).astype(float)
+    return np.minimum(raw, CAPS) / SCALE
+
+
+def contact_context(contact, rows: np.ndarray, channel_code: np.ndarray) -> np.ndarray:
+    """``z`` (m, P) of m candidates (customer ``rows``, ``channel_code``) from a
+    ``decision.rules.ContactHistory``."""
+    return context(contact.sent_week[rows, channel_code], contact.sent_week.sum(axis=1)[rows],
+                   contact.unanswered[rows, channel_code], contact.hours_since_last[rows])
+
+
+@dataclass
+class CalibrationStats:
+    """Sufficient statistics of one (response, channel): count, ``A`` (P, P), ``b`` (P,)."""
+
+    n: float = 0.0
+    A: np.ndarray = field(default_factory=lambda: np.zeros((P, P)))
+    b: np.ndarray = field(default_factory=lambda: np.zeros(P))
+
+    def __add__(self, other: "CalibrationStats") -> "CalibrationStats":
+        return CalibrationStats(self.n + other.n, self.A + other.A, self.b + other.b)
+
+    def scaled(self, factor: float) -> "CalibrationStats":
+        return CalibrationStats(self.n * factor, self.A * factor, self.b * factor)
+
+    def to_vector(self) -> np.ndarray:
+        return np.concatenate([[self.n], self.A.ravel(), self.b])
+
+    @classmethod
+    def from_vector(cls, v) -> "CalibrationStats":
+        v = np.asarray(v, float)
+        if len(v) != 1 + P * P + P:
+            raise ValueError(f"calibration statistics vector of length {len(v)}, expected {1 + P * P + P}")
+        return cls(float(v[0]), v[1:1 + P * P].reshape(P, P).copy(), v[1 + P * P:].copy())
+
+
+def key(response: str, channel: str) -> str:
+    """The store's name of one calibration: ``"calibration|open|email"``."""
+    return f"calibration|{response}|{channel}"
+
+
+def observations(p: np.ndarray, z: np.ndarray, y: np.ndarray) -> CalibrationStats:
+    """Statistics of m observed messages: offline probability ``p`` (m,), context ``z`` (m, P),
+    observed response ``y`` (m,) in {0, 1}."""
+    p = np.clip(np.asarray(p, float), EPS, 1 - EPS)
+    w = 1.0 / (p * (1 - p))
+    x = p[:, None] * z
+    return CalibrationStats(float(len(p)), (x * w[:, None]).T @ x, x.T @ (w * (np.asarray(y, float) - p)))
+
+
+class ResponseCalibration:
+    """Calibration factors per (response, channel); see the module docstring.
+
+    Parameters
+    ----------
+    channels : sequence of str
+        The configured channels, in ``config.channel_names`` order.
+    strength : float
+        Prior precision of ``beta`` (how sure we are that the offline model is right).
+    stats : dict, optional
+        ``key(response, channel)`` -> :class:`CalibrationStats` to start from.
+    """
+
+    def __init__(self, channels, strength: float, stats: dict | None = None):
+        self.channels = tuple(channels)
+        self.strength = float(strength)
+        self.stats: dict[str, CalibrationStats] = dict(stats or {})
+        self._beta: dict[str, np.ndarray] = {}
+
+    def beta(self, response: str, channel: str) -> np.ndarray:
+        """Posterior mean of ``beta`` (P,); zeros without feedback."""
+        k = key(response, channel)
+        if k not in self._beta:
+            st = self.stats.get(k)
+            self._beta[k] = (np.zeros(P) if st is None or st.n == 0
+                             else np.linalg.solve(self.strength * np.eye(P) + st.A, st.b))
+        return self._beta[k]
+
+    def factor(self, response: str, channel_code: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """The correction factor (m,) of m messages on channels ``channel_code`` (m,) with context ``z`` (m, P)."""
+        channel_code = np.asarray(channel_code)
+        out = np.ones(len(channel_code))
+        if not self.stats:
+            return out
+        for k, name in enumerate(self.channels):
+            sel = channel_code == k
+            if sel.any():
+                out[sel] = 1.0 + z[sel] @ self.beta(response, name)
+        return np.clip(out, FLOOR, CEILING)
+
+    def update(self, response: str, channel_code: np.ndarray, p: np.ndarray, z: np.ndarray, y: np.ndarray) -> None:
+        """Add m observed messages (offline probability ``p``, context ``z``, response ``y``)."""
+        channel_code = np.asarray(channel_code)
+        for k, name in enumerate(self.channels):
+            sel = channel_code == k
+            if sel.any():
+                kk = key(response, name)
+                new = observations(np.asarray(p)[sel], z[sel], np.asarray(y)[sel])
+                self.stats[kk] = self.stats[kk] + new if kk in self.stats else new
+                self._beta.pop(kk, None)
+
+    def decay(self, factor: float) -> "ResponseCalibration":
+        """Old feedback keeps ``factor`` of its weight (once per period)."""
+        if factor < 1.0:
+            self.stats = {k: s.scaled(factor) for k, s in self.stats.items()}
+            self._beta = {}
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps({k: s.to_vector().tolist() for k, s in self.stats.items()})
+
+    @classmethod
+    def from_vectors(cls, channels, strength: float, vectors: dict) -> "ResponseCalibration":
+        """From the store's vectors (only the keys that name a calibration are read)."""
+        return cls(channels, strength, {k: CalibrationStats.from_vector(v) for k, v in vectors.items()
+                                        if k.startswith("calibration|")})

@@ -1,0 +1,104 @@
+"""Response calibration from opens and unsubscribes (decision.calibration)."""
+
+import numpy as np
+import pytest
+
+from nextbest.decision.calibration import (CAPS, P, SCALE, CalibrationStats, ResponseCalibration, context,
+                                           observations)
+
+CHANNELS = ("email", "sms", "push")
+
+
+def tired_world(m: int, seed: int):
+    """Messages whose true open rate is the offline one times (1 - 0.08 x sends on the channel in the
+    last week) on email, and exactly the offline one on sms."""
+    rng = np.random.default_rng(seed)
+    ch = rng.integers(0, 2, m)
+    sends = rng.integers(0, 8, m)
+    z = context(sends, sends + rng.integers(0, 3, m), rng.integers(0, 4, m), rng.uniform(4, 200, m))
+    p = rng.uniform(0.1, 0.5, m)
+    true = np.where(ch == 0, p * np.clip(1 - 0.08 * sends, 0.05, None), p)
+    return ch, p, z, (rng.random(m) < true).astype(float), sends
+
+
+def test_context_is_scaled_and_bounded():
+    z = context(np.array([0, 30]), np.array([0, 50]), np.array([0, 99]), np.array([np.inf, 12.0]))
+    assert z.shape == (2, P)
+    np.testing.assert_allclose(z[0], [1.0, 0.0, 0.0, 0.0, CAPS[4] / SCALE[4]])   # never messaged: days capped
+    np.testing.assert_allclose(z[1], [1.0, CAPS[1] / SCALE[1], CAPS[2] / SCALE[2], CAPS[3] / SCALE[3], 0.5 / SCALE[4]])
+
+
+def test_without_feedback_every_factor_is_one():
+    cal = ResponseCalibration(CHANNELS, 50.0)
+    z = context(np.arange(5), np.arange(5), np.zeros(5), np.full(5, 30.0))
+    assert (cal.factor("open", np.arange(5) % 3, z) == 1.0).all()
+
+
+def test_learns_how_opens_fall_with_the_messages_before_and_leaves_a_right_channel_alone():
+    ch, p, z, y, sends = tired_world(30000, 1)
+    cal = ResponseCalibration(CHANNELS, 50.0)
+    cal.update("open", ch, p, z, y)
+    for k in (0, 6):  # fresh and tired email customers
+        zz = context(np.array([k]), np.array([k + 1]), np.array([1]), np.array([48.0]))
+        assert cal.factor("open", np.array([0]), zz)[0] == pytest.approx(1 - 0.08 * k, abs=0.08)
+    zz = context(np.array([6]), np.array([7]), np.array([1]), np.array([48.0]))
+    assert cal.factor("open", np.array([1]), zz)[0] == pytest.approx(1.0, abs=0.08)  # sms: the model was right
+    assert cal.factor("open", np.array([2]), zz)[0] == 1.0                             # push: no feedback, no change
+
+
+def test_statistics_merge_by_adding_and_decay_by_a_factor():
+    ch, p, z, y, _ = tired_world(4000, 2)
+    one = ResponseCalibration(CHANNELS, 50.0)
+    one.update("open", ch, p, z, y)
+    a, b = ResponseCalibration(CHANNELS, 50.0), ResponseCalibration(CHANNELS, 50.0)
+    a.update("open", ch[:1500], p[:1500], z[:1500], y[:1500])
+    b.update("open", ch[1500:], p[1500:], z[1500:], y[1500:])
+    merged = ResponseCalibration(CHANNELS, 50.0, {k: a.stats[k] + b.stats[k] for k in a.stats})
+    for k in one.stats:
+        np.testing.assert_allclose(merged.stats[k].to_vector(), one.stats[k].to_vector())
+        back = CalibrationStats.from_vector(one.stats[k].to_vector())
+        np.testing.assert_allclose(back.A, one.stats[k].A)
+    before = one.stats["calibration|open|email"].n
+    one.decay(0.5)
+    assert one.stats["calibration|open|email"].n == pytest.approx(before / 2)
+    restored = ResponseCalibration.from_vectors(CHANNELS, 50.0, {k: s.to_vector() for k, s in one.stats.items()}
+                                                | {"email/none": np.zeros(3)})
+    assert set(restored.stats) == set(one.stats)
+
+
+def test_weighted_least_squares_statistics():
+    p, y = np.array([0.2, 0.5]), np.array([1.0, 0.0])
+    z = np.ones((2, P))
+    st = observations(p, z, y)
+    w = 1 / (p * (1 - p))
+    assert st.n == 2 and st.A[0, 0] == pytest.approx((w * p * p).sum())
+    assert st.b[0] == pytest.approx((w * p * (y - p)).sum())
+
+
+def test_a_policy_told_that_nobody_opens_sends_nothing(trained, small_world):
+    """The policy reads the calibration: when feedback shows messages are not opened, their value
+    falls below "don't send" and the greedy policy suppresses."""
+    import pandas as pd
+
+    from nextbest.decision.exploration import Exploration
+    from nextbest.decision.policy import Request
+    from nextbest.decision.rules import ContactHistory
+    from nextbest.features.history import engagement_history
+
+    policy = trained.policy.with_exploration(Exploration.from_config(trained.policy.config).with_(
+        method="greedy", control_share=0.0))
+    ids = small_world.customers["customer_id"].head(400)
+    feats = engagement_history(trained.log, ids, small_world.end, trained.population)
+    contact = ContactHistory.from_features(feats, policy.config)
+    request = Request(now=pd.Timestamp("2026-10-01 07:00", tz="UTC"))
+    plain = policy.decide(feats, contact, request, explain=False, rng=np.random.default_rng(0),
+                          learner=policy.new_learner())
+    assert (plain.frame["action"] == "send").sum() > 20
+    learner = policy.new_learner()
+    m = 5000
+    rng = np.random.default_rng(3)
+    z = context(rng.integers(0, 5, m), rng.integers(0, 7, m), rng.integers(0, 5, m), rng.uniform(4, 100, m))
+    for k in range(len(policy.config.channel_names)):
+        learner.calibration.update("open", np.full(m, k), np.full(m, 0.3), z, np.zeros(m))
+    quiet = policy.decide(feats, contact, request, explain=False, rng=np.random.default_rng(0), learner=learner)
+    assert (quiet.frame["action"] == "send").sum() < 0.2 * (plain.frame["action"] == "send").sum()
