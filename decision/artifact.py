@@ -7,7 +7,8 @@ loads whatever the layout of the Python classes that trained it::
                        learner's settings and priors, the customer columns, and per model its
                        kind, inputs, categories, isotonic calibration (thresholds as arrays),
                        value floor or uplift arms; plus the size and SHA-256 of every other file
-    config.yaml        the business config (``config.raw``), re-validated by ``parse_config``
+    config.yaml        the business config (``config.raw``), merged over today's defaults (a key added to
+                       nextbest since the version was saved takes its default) and re-validated
     features.json      the feature spec (name, family, description) and the models' inputs
     models/<name>.txt  each LightGBM booster as model text (``Booster.model_to_string``)
 
@@ -308,7 +309,7 @@ def load_policy(directory: str | Path, version: str | None = None):
     """
     import yaml
 
-    from nextbest.features.config import ConfigError, parse_config
+    from nextbest.features.config import ConfigError, default_config_dict, merge_config, parse_config
     from nextbest.decision.exploration import Exploration
     from nextbest.decision.online import OnlineSettings
     from nextbest.decision.policy import DecisionPolicy, PolicyModels
@@ -317,7 +318,8 @@ def load_policy(directory: str | Path, version: str | None = None):
     manifest = _manifest(directory)
     r = _Reader(directory, manifest)
     try:
-        config = parse_config(yaml.safe_load(r.text("config.yaml")))
+        # over today's defaults: a version saved before a config key existed takes that key's default
+        config = parse_config(merge_config(default_config_dict(), yaml.safe_load(r.text("config.yaml"))))
     except (ConfigError, yaml.YAMLError) as exc:
         raise ArtifactError(f"config.yaml is not a valid config: {exc}") from None
     try:

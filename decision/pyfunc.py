@@ -7,8 +7,9 @@ data (``decision.artifact``: LightGBM model text, the config as YAML, metadata a
 artifact ``policy``. Its input is a frame of customer features (the columns of
 ``features.spec`` plus the customer attributes the models were trained with, as
 ``engagement_history`` returns them), its output one decision per row. ``params`` may carry
-``now`` (UTC ISO time; default: the current time), ``horizon_hours``, ``type`` and ``seed``
-(a non-negative integer makes the exploration draws reproducible; default -1: fresh draws).
+``now`` (UTC ISO time; default: the current time), ``horizon_hours`` (default 0: the policy's
+config's ``decision.horizon_hours``), ``type`` and ``seed`` (a non-negative integer makes the
+exploration draws reproducible; default -1: fresh draws).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from nextbest.decision.rules import ContactHistory
 DECISION_COLUMNS = ("customer_id", "decision_id", "action", "channel", "local_hour", "send_at", "offer",
                     "propensity", "expected_value", "policy_version")
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")  # what log_model(python_model=...) stores
-PARAMS = {"now": "", "horizon_hours": 24.0, "type": "marketing", "seed": -1}  # the signature's params and defaults
+PARAMS = {"now": "", "horizon_hours": 0.0, "type": "marketing", "seed": -1}  # the signature's params and defaults
 
 
 class PolicyModel(mlflow.pyfunc.PythonModel):
@@ -45,7 +46,7 @@ class PolicyModel(mlflow.pyfunc.PythonModel):
         params = params or {}
         features = typed_features(model_input, self.policy)
         request = Request(now=params.get("now") or pd.Timestamp.now(tz="UTC"),
-                          horizon_hours=float(params.get("horizon_hours", 24.0)),
+                          horizon_hours=float(params.get("horizon_hours") or 0) or None,  # 0: the config's
                           type=params.get("type", "marketing"))
         seed = params.get("seed")
         rng = np.random.default_rng(int(seed)) if seed is not None and int(seed) >= 0 else None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nextbest.features.config import Config, load_config
 from nextbest.training.ope import LoggedBandit
 
 
@@ -64,15 +65,18 @@ class LoggedBanditLearner:
     temperature : float
         0 acts greedily; > 0 plays a softmax of the predicted rewards / temperature.
     params : dict, optional
-        LightGBM regressor parameters.
+        LightGBM regressor parameters over the config's ``offpolicy.logged_learner``.
+    config : Config, optional
+        The business config whose ``offpolicy.logged_learner`` is used; default: ``defaults.yaml``'s.
     """
 
     def __init__(self, n_positions: int = 1, temperature: float = 0.0, params: dict | None = None,
-                 random_state: int = 0):
+                 random_state: int = 0, config: Config | None = None):
         self.n_positions = n_positions
         self.temperature = temperature
         self.params = params
         self.random_state = random_state
+        self.config = config
 
     def fit(self, feedback: LoggedBandit, action_context: pd.DataFrame | None = None,
             pair_context: np.ndarray | None = None) -> "LoggedBanditLearner":
@@ -86,10 +90,9 @@ class LoggedBanditLearner:
         design = Design(as_frame(feedback.context), feedback.n_actions, action_context, pair_context)
         X = design.frame(np.arange(feedback.n), feedback.action, feedback.position if self.uses_position_ else None)
         weight = 1.0 / feedback.propensity
-        params = {"n_estimators": 150, "learning_rate": 0.05, "num_leaves": 7, "min_child_samples": 100,
-                  "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8, "reg_lambda": 5.0,
-                  "verbose": -1, "force_col_wise": True, "random_state": self.random_state, "n_jobs": 2,
-                  **(self.params or {})}
+        config = load_config() if self.config is None else self.config
+        params = {**config.offpolicy.logged_learner.params(), "verbose": -1, "force_col_wise": True,
+                  "random_state": self.random_state, "n_jobs": 2, **(self.params or {})}
         self.model_ = lgb.LGBMRegressor(**params).fit(X, feedback.reward, sample_weight=weight / weight.mean())
         self.columns_ = list(X.columns)
         return self

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from nextbest.features.config import Config, load_config
 from nextbest.training.logged_learner import Design, LoggedBanditLearner
 from nextbest.training.ope import CrossFitRewardModel, LoggedBandit, estimate
 
@@ -81,16 +82,18 @@ def bts_action_dist(n_rounds: int, data_dir: str | Path | None = None, n_sim: in
     return np.broadcast_to(dist, (n_rounds, N_ITEMS, N_SLOTS))
 
 
-def reward_model(obd: ObdLog, seed: int = 0) -> np.ndarray:
-    """Cross-fitted LightGBM click model for every (round, item, slot), (n, 80, 3)."""
+def reward_model(obd: ObdLog, seed: int = 0, config: Config | None = None) -> np.ndarray:
+    """Cross-fitted LightGBM click model for every (round, item, slot), (n, 80, 3): the config's
+    ``offpolicy.obd_reward_model`` over its ``offpolicy.reward_model`` (default: ``defaults.yaml``)."""
+    config = load_config() if config is None else config
     fb = obd.feedback
     design = Design(fb.context, N_ITEMS, obd.items, obd.affinity[:, :, None])
     rows = np.arange(fb.n)
     X = design.frame(rows, fb.action, fb.position)
     alt = np.repeat(np.arange(N_ITEMS * N_SLOTS), fb.n)      # alternative-major: (item, slot) j, round i
     X_eval = design.frame(np.tile(rows, N_ITEMS * N_SLOTS), alt // N_SLOTS, alt % N_SLOTS)
-    params = {"n_estimators": 100, "num_leaves": 7, "min_child_samples": 200, "reg_lambda": 10.0}
-    _, q = CrossFitRewardModel(n_folds=2, params=params, random_state=seed).fit_predict(
+    params = config.offpolicy.obd_reward_model.params()
+    _, q = CrossFitRewardModel(n_folds=2, params=params, random_state=seed, config=config).fit_predict(
         X, fb.reward, X_eval, N_ITEMS * N_SLOTS)
     return q.reshape(fb.n, N_ITEMS, N_SLOTS)
 
@@ -111,28 +114,31 @@ def _mean_ci(x: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
     return float(np.quantile(b, 0.025)), float(np.quantile(b, 0.975))
 
 
-def run_obd(data_dir: str | Path | None = None, seed: int = 0, n_boot: int = 1000) -> pd.DataFrame:
-    """The three checks of the module docstring, one row per (check, estimator)."""
+def run_obd(data_dir: str | Path | None = None, seed: int = 0, n_boot: int = 1000,
+            config: Config | None = None) -> pd.DataFrame:
+    """The three checks of the module docstring, one row per (check, estimator); the LightGBM
+    models' parameters are the config's ``offpolicy`` ones (default: ``defaults.yaml``)."""
+    config = load_config() if config is None else config
     random, bts = load_obd("random", data_dir), load_obd("bts", data_dir)
     ctr = {b.behavior: b.feedback.reward.mean() for b in (random, bts)}
     ci = {b.behavior: _mean_ci(b.feedback.reward, n_boot, seed) for b in (random, bts)}
     rows = []
     # 1. BTS from the random log
     dist = bts_action_dist(random.feedback.n, data_dir, seed=seed)
-    res = estimate(random.feedback, dist, reward_model(random, seed), n_boot=n_boot, seed=seed)
+    res = estimate(random.feedback, dist, reward_model(random, seed, config), n_boot=n_boot, seed=seed)
     rows += _rows("bts_from_random_log", ctr["bts"], ci["bts"], res)
     # 2. random from the BTS log
     uniform = np.full((bts.feedback.n, N_ITEMS, N_SLOTS), 1.0 / N_ITEMS)
-    res = estimate(bts.feedback, uniform, reward_model(bts, seed), n_boot=n_boot, seed=seed)
+    res = estimate(bts.feedback, uniform, reward_model(bts, seed, config), n_boot=n_boot, seed=seed)
     rows += _rows("random_from_bts_log", ctr["random"], ci["random"], res)
     # 3. a learned policy: fit on half the random log, evaluate on the other half
     rng = np.random.default_rng(seed)
     train = rng.random(random.feedback.n) < 0.5
     tr, te = np.flatnonzero(train), np.flatnonzero(~train)
-    learner = LoggedBanditLearner(n_positions=N_SLOTS, random_state=seed).fit(
+    learner = LoggedBanditLearner(n_positions=N_SLOTS, random_state=seed, config=config).fit(
         random.feedback.subset(tr), random.items, random.affinity[tr][:, :, None])
     held = ObdLog(random.feedback.subset(te), random.affinity[te], random.items, "random")
-    q_held = reward_model(held, seed)
+    q_held = reward_model(held, seed, config)
     held_ci = _mean_ci(held.feedback.reward, n_boot, seed)
     greedy = learner.action_dist(held.feedback.context, held.affinity[:, :, None])
     res = estimate(held.feedback, greedy, q_held, n_boot=n_boot, seed=seed)

@@ -7,8 +7,8 @@ service writes both, the simulator too. Each logged decision is a round:
 - context: the customer's engagement history at the start of the decision's UTC day (the
   policies are replayed there, with the contact history those features imply);
 - action: suppress, or the exact (channel, local hour, offer) sent;
-- reward: the profit of the customer's day (``reward_window_hours``, 24 by default, because
-  decisions are daily and longer windows would count the next days' messages too): margin x
+- reward: the profit of the customer's day (the config's ``offpolicy.reward_window_hours``, a day,
+  because decisions are daily and longer windows would count the next days' messages too): margin x
   value of every order in the window, minus the offer cost of orders that redeem the message,
   the channel cost, and the unsubscribe cost if the message caused one.
 
@@ -48,6 +48,7 @@ class LoggedRounds:
     hour: np.ndarray         # (n,) logged local send hour, -1 for suppress
     propensity: np.ndarray   # (n,)
     reward: np.ndarray       # (n,)
+    config: Config | None = None  # the config they were read with (its ``offpolicy`` section evaluates them)
 
     @property
     def n(self) -> int:
@@ -55,10 +56,14 @@ class LoggedRounds:
 
 
 def logged_rounds(data_dir: str | Path, config: Config, days: int = 7, max_rounds: int | None = 20000,
-                  reward_window_hours: float = 24.0, seed: int = 0, message_ids=None) -> LoggedRounds:
+                  reward_window_hours: float | None = None, seed: int = 0, message_ids=None) -> LoggedRounds:
     """Rounds from the last ``days`` whole days of a data directory whose reward window is complete
-    (only the decisions whose ``message_id`` is in ``message_ids``, if given: e.g. the served ones)."""
+    (only the decisions whose ``message_id`` is in ``message_ids``, if given: e.g. the served ones);
+    ``reward_window_hours`` defaults to the config's ``offpolicy.reward_window_hours``."""
     from nextbest.training.train import load_training_data
+
+    if reward_window_hours is None:
+        reward_window_hours = config.offpolicy.reward_window_hours
 
     ds = load_training_data(data_dir, config)
     dec = ds.decisions.copy()
@@ -92,7 +97,7 @@ def logged_rounds(data_dir: str | Path, config: Config, days: int = 7, max_round
         raise ValueError("logging_decisions needs `local_hour` (the send's local hour) for off-policy evaluation")
     reward = _rewards(dec, ds.events, config, reward_window_hours, send, k, j)
     return LoggedRounds(features, dec["day"].to_numpy(), action, np.where(send, hour, -1),
-                        dec["propensity"].to_numpy(float), reward)
+                        dec["propensity"].to_numpy(float), reward, config)
 
 
 def _rewards(dec: pd.DataFrame, events: pd.DataFrame, config: Config, window_hours: float, send: np.ndarray,
@@ -163,8 +168,9 @@ def evaluate_policies(rounds: LoggedRounds, policies: dict[str, DecisionPolicy],
     state; without one a policy is evaluated on its offline values (``nextbest evaluate`` does
     that: a registered version carries no learner state).
 
-    The DR/DM reward model (cross-fitted LightGBM, folds by customer) reads the first policy's
-    scores of the option (baseline, value, P(open), extra revenue), the option and its hour.
+    The DR/DM reward model (cross-fitted LightGBM with the rounds' config's ``offpolicy.reward_model``,
+    folds by customer) reads the first policy's scores of the option (baseline, value, P(open),
+    extra revenue), the option and its hour.
     """
     names = list(policies)
     learners = learners or {}
@@ -180,7 +186,7 @@ def evaluate_policies(rounds: LoggedRounds, policies: dict[str, DecisionPolicy],
         rp = replays[name]
         alt = np.repeat(np.arange(A), n)
         X_eval = _reward_frame(ref.inputs, np.tile(rows, A), alt, rp.hours[np.tile(rows, A), alt], A)
-        q_logged, q = CrossFitRewardModel(n_folds=2, random_state=seed).fit_predict(
+        q_logged, q = CrossFitRewardModel(n_folds=2, random_state=seed, config=rounds.config).fit_predict(
             X, rounds.reward, X_eval, A, groups=groups)
         res = estimate_reduced(rounds.reward, rounds.propensity, rp.pi_logged, (rp.dist * q).sum(axis=1), q_logged,
                                n_boot=n_boot, seed=seed)

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nextbest.features.config import Config, load_config
+
 log = logging.getLogger(__name__)
 
 ESTIMATORS = ("ips", "snips", "dr", "dm")
@@ -212,15 +214,20 @@ class CrossFitRewardModel:
     n_folds : int
         Rounds are split into this many folds; each fold is predicted by a model fitted on the others.
     params : dict, optional
-        LightGBM regressor parameters (L2 loss: a mean reward, which is a probability for 0/1 rewards).
+        LightGBM regressor parameters over the config's ``offpolicy.reward_model`` (L2 loss: a mean
+        reward, which is a probability for 0/1 rewards).
+    config : Config, optional
+        The business config whose ``offpolicy.reward_model`` is used; default: ``defaults.yaml``'s.
     groups : array (n,), optional
         Rounds of one group (e.g. a customer) stay in one fold.
     """
 
-    def __init__(self, n_folds: int = 2, params: dict | None = None, random_state: int = 0):
+    def __init__(self, n_folds: int = 2, params: dict | None = None, random_state: int = 0,
+                 config: Config | None = None):
         self.n_folds = n_folds
         self.params = params
         self.random_state = random_state
+        self.config = config
 
     def fit_predict(self, X: pd.DataFrame | np.ndarray, reward: np.ndarray,
                     X_eval: pd.DataFrame | np.ndarray, n_eval: int,
@@ -241,10 +248,9 @@ class CrossFitRewardModel:
         if len(uniq) < self.n_folds:
             raise ValueError(f"cross-fitting needs at least {self.n_folds} rounds (or groups), got {len(uniq)}")
         fold = (rng.permutation(len(uniq)) % self.n_folds)[inv]  # balanced: no fold is empty
-        params = {"n_estimators": 200, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 50,
-                  "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8, "verbose": -1,
-                  "force_col_wise": True, "random_state": self.random_state, "n_jobs": 2,
-                  **(self.params or {})}
+        config = load_config() if self.config is None else self.config
+        params = {**config.offpolicy.reward_model.params(), "verbose": -1, "force_col_wise": True,
+                  "random_state": self.random_state, "n_jobs": 2, **(self.params or {})}
         q_logged = np.zeros(n)
         q_eval = np.zeros((n, n_eval))
         take = (lambda M, rows: M.iloc[rows]) if isinstance(X, pd.DataFrame) else (lambda M, rows: M[rows])

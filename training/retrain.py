@@ -37,8 +37,6 @@ from nextbest.training.ope import CrossFitRewardModel, PairedEstimate, estimate_
 
 log = logging.getLogger(__name__)
 
-REWARD_WINDOW_HOURS = 24.0  # the rounds' reward window (training.offpolicy: one decision day)
-
 
 @dataclass
 class PairedEvaluation:
@@ -68,7 +66,7 @@ def paired_evaluation(rounds: LoggedRounds, candidate: DecisionPolicy, champion:
     tiled = np.tile(rows, A)
     X_eval = pd.concat([_reward_frame(rp_0.inputs, tiled, alt, rp.hours[tiled, alt], A) for rp in (rp_c, rp_0)],
                        ignore_index=True)
-    q_logged, q = CrossFitRewardModel(n_folds=2, random_state=seed).fit_predict(
+    q_logged, q = CrossFitRewardModel(n_folds=2, random_state=seed, config=rounds.config).fit_predict(
         X, rounds.reward, X_eval, 2 * A, groups=rounds.features.index.to_numpy())
     q_c, q_0 = q[:, :A], q[:, A:]
     est = estimate_paired(rounds.reward, rounds.propensity, rp_c.pi_logged, rp_0.pi_logged,
@@ -93,15 +91,15 @@ def paired_gate(est: PairedEstimate, min_gain: float = 0.0) -> tuple[bool, str]:
                 f"{'>' if ok else '<='} the required gain {min_gain:g}")
 
 
-def served_days(data_dir: str | Path, served_ids, max_days: int) -> int:
+def served_days(data_dir: str | Path, served_ids, max_days: int, window_hours: float) -> int:
     """How many days of served decisions (``message_id`` in ``served_ids``) have a complete reward window
-    (at most ``max_days``)."""
+    of ``window_hours`` (at most ``max_days``)."""
     from nextbest.features.io import read_table
 
     decisions = read_table(data_dir, "logging_decisions")
     data_end = pd.to_datetime(read_table(data_dir, "events")["ts"], utc=True).max()
     days = pd.to_datetime(decisions.loc[decisions["message_id"].isin(set(served_ids)), "ts"], utc=True).dt.floor("D")
-    return min(days[days + pd.Timedelta(hours=REWARD_WINDOW_HOURS) <= data_end].nunique(), max_days)
+    return min(days[days + pd.Timedelta(hours=window_hours) <= data_end].nunique(), max_days)
 
 
 def retrain(data_dir: str | Path, config: Config, served_ids=None, settings=None,
@@ -156,14 +154,15 @@ def retrain(data_dir: str | Path, config: Config, served_ids=None, settings=None
         ok, reason = True, "promote: no champion yet"
     else:
         t0 = time.perf_counter()
-        days = rs.eval_days if served_ids is None else served_days(data_dir, served_ids, rs.eval_days)
+        window = config.offpolicy.reward_window_hours  # the rounds' reward window (training.offpolicy)
+        days = rs.eval_days if served_ids is None else served_days(data_dir, served_ids, rs.eval_days, window)
         rounds = None
         if days == 0:
             reason = ("keep the champion: no served decision has a complete reward window yet "
-                      f"({REWARD_WINDOW_HOURS:g} h after its day)")
+                      f"({window:g} h after its day)")
         else:
             rounds = logged_rounds(data_dir, config, days=days, max_rounds=rs.max_rounds,
-                                   reward_window_hours=REWARD_WINDOW_HOURS, seed=seed, message_ids=served_ids)
+                                   reward_window_hours=window, seed=seed, message_ids=served_ids)
         timings["rounds"] = time.perf_counter() - t0
         if rounds is not None:
             t0 = time.perf_counter()

@@ -9,7 +9,14 @@ the notebooks and the browser test read the names from here.
   team's (``model_...``, ``uplift_ranking_...``, ``time_seconds/...``).
 - Intervals are two more metrics beside the estimate, ending ``_low_95`` and ``_high_95``
   (an MLflow metric holds one number).
-- Headline (the simulator's truth, when the data directory has one):
+- Headline, first, on every run (real data too): the off-policy estimate on the held-out days'
+  logged decisions (``training.tracking.offpolicy_headline``, paired doubly robust):
+  ``ope_extra_profit_per_1000_customers/vs_sending_nothing``, ``.../vs_champion`` (when there is
+  one) and ``.../vs_logging_policy``, each with its 95% interval; then
+  ``ope_profit_per_1000_customers/<approach>`` and the diagnostics (``ope_rounds/held_out``,
+  ``ope_effective_sample_size/nextbest_policy``). Per 1,000 customers on one day, the unit of the
+  simulator's truth below, which sits beside it as a check.
+- The simulator's truth, when the data directory has one:
   ``profit_per_1000_customers/<approach>`` for the policy and the baselines,
   ``extra_profit_per_1000_customers_vs_sending_nothing/<approach>`` and
   ``share_of_achievable_extra_profit/<approach>``.
@@ -35,6 +42,9 @@ EXTRA_ORDERS_PER_MESSAGE = "extra_orders_per_1000_messages"
 EXTRA_PROFIT_PER_MESSAGE = "extra_profit_per_1000_messages"
 OPEN_RATE_AT_SEND_TIME = "open_rate_at_chosen_send_time"
 LOW, HIGH = "_low_95", "_high_95"
+OPE_EXTRA_PROFIT = "ope_extra_profit_per_1000_customers"
+OPE_PROFIT = "ope_profit_per_1000_customers"
+OPE_VS = {"nothing": "vs_sending_nothing", "champion": "vs_champion", "logging": "vs_logging_policy"}
 
 
 def slug(text) -> str:
@@ -55,6 +65,26 @@ def headline(values: pd.DataFrame | None) -> dict[str, float]:
     for what, column in ((PROFIT, "per_1000"), (SHARE, "normalized"), (EXTRA_PROFIT, "extra_per_1000")):
         for who, row in values.iterrows():  # one kind at a time: the run page lists them in this order
             out[name(what, who)] = row[column]
+    return out
+
+
+def offpolicy(headline: dict | None) -> dict[str, float]:
+    """The off-policy headline (``training.tracking.offpolicy_headline``) per 1,000 customers on one day:
+    the new policy's extra profit against each comparison with its 95% interval, then its value."""
+    out = {}
+    if not headline:
+        return out
+    for who in ("nothing", "champion", "logging"):
+        e = headline["vs"].get(who)
+        if e is not None:
+            key = f"{OPE_EXTRA_PROFIT}/{OPE_VS[who]}"
+            out |= {key: 1000 * e.difference, key + LOW: 1000 * e.ci_low, key + HIGH: 1000 * e.ci_high}
+    out[name(OPE_PROFIT, "policy")] = 1000 * headline["value"]
+    out[f"{OPE_PROFIT}/logging_policy"] = 1000 * headline["logging_value"]
+    if "champion" in headline["vs"]:
+        out[f"{OPE_PROFIT}/champion"] = 1000 * headline["vs"]["champion"].champion
+    out["ope_rounds/held_out"] = headline["rounds"]
+    out["ope_effective_sample_size/nextbest_policy"] = headline["ess"]
     return out
 
 
@@ -100,15 +130,49 @@ def finite(metrics: dict) -> dict[str, float]:
 
 def headline_summary(metrics: dict) -> list[tuple[str, float]]:
     """The few numbers a marketer looks at first, in reading order (those the run has)."""
-    keys = [name(PROFIT, w) for w in ("policy", "suppress", "best_single_channel", "random", "oracle")]
+    keys = [f"{OPE_EXTRA_PROFIT}/{v}" for v in OPE_VS.values()]
+    keys += [name(PROFIT, w) for w in ("policy", "suppress", "best_single_channel", "random", "oracle")]
     keys += [name(SHARE, "policy")]
     return [(k, metrics[k]) for k in keys if k in metrics]
 
 
-def run_description(metrics: dict, version: str | None, data_dir) -> str:
+def offpolicy_description(metrics: dict, champion: str | None = None) -> list[str]:
+    """Markdown lines of the off-policy headline (empty without one)."""
+    rows = []
+    for who, label in (("nothing", "against sending nothing"),
+                       ("champion", f"against the champion (version {champion})" if champion else "against the champion"),
+                       ("logging", "against the policy that logged the data")):
+        key = f"{OPE_EXTRA_PROFIT}/{OPE_VS[who]}"
+        if key in metrics:
+            rows.append(f"- {label}: **{metrics[key]:+,.1f}** (95% interval {metrics[key + LOW]:+,.1f} to "
+                        f"{metrics[key + HIGH]:+,.1f})")
+    if not rows:
+        return []
+    n = metrics.get("ope_rounds/held_out")
+    return [f"Extra profit per 1,000 customers per day, estimated off-policy on "
+            f"{'' if n is None else f'{n:,.0f} '}held-out logged decisions (doubly robust):", ""] + rows + [""]
+
+
+def propensity_description(info: dict | None) -> list[str]:
+    """What the run's propensities are, and the bias estimated ones can leave."""
+    source = (info or {}).get("propensity_source", "logged")
+    if source == "logged":
+        return []
+    clipped = (info or {}).get("propensity_clipped_rows")
+    return [f"Propensities: **{source}** (no complete `logging_decisions` table): a cross-fitted classifier of the "
+            f"logged action on the customer's features, clipped at {info.get('propensity_clip', 0.01):g}"
+            + (f" ({clipped:,} decisions clipped)" if clipped is not None else "") + ". Uplift and off-policy figures "
+            "can be biased where the logging policy used information the data does not hold (unmeasured "
+            "confounding), where the classifier is wrong, and where it (almost) never or always messaged a kind of "
+            "customer (overlap).", ""]
+
+
+def run_description(metrics: dict, version: str | None, data_dir, info: dict | None = None,
+                    champion: str | None = None) -> str:
     """The markdown MLflow shows at the top of the run page (the ``mlflow.note.content`` tag)."""
     lines = [f"**Policy version {version or '(not registered)'}**, trained on `{data_dir}`.", ""]
-    head = headline_summary(metrics)
+    lines += offpolicy_description(metrics, champion) + propensity_description(info)
+    head = [(k, v) for k, v in headline_summary(metrics) if not k.startswith(OPE_EXTRA_PROFIT)]
     if head:
         lines += ["Expected profit per 1,000 customers on one day (simulated customers, true response rates):", ""]
         lines += [f"- {k.split('/')[1].replace('_', ' ')}: **{v:,.1f}**" for k, v in head if k.startswith(PROFIT)]
@@ -117,8 +181,8 @@ def run_description(metrics: dict, version: str | None, data_dir) -> str:
             lines += ["", f"The policy captures **{share:.0%}** of the extra profit that perfect knowledge would add "
                           "over sending nothing."]
     else:
-        lines += ["No simulator truth in this data: see the measured extra orders and profit per 1,000 messages "
-                  "below, and `nextbest evaluate` for the policy's off-policy value."]
+        lines += ["No simulator truth in this data: see the off-policy estimate above and the measured extra "
+                  "orders and profit per 1,000 messages below."]
     lines += ["", "The full uplift report with charts: **Artifacts → report/index.html**. Metrics ending "
                   "`_low_95` / `_high_95` are the 95% range of the estimate before them."]
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nextbest.features.config import Config
 from nextbest.training.ope import CrossFitRewardModel, LoggedBandit, estimate
 from nextbest.training.uplift import UpliftLearner
 
@@ -130,9 +131,11 @@ def load_table(path: str | Path, treatment: str, outcome: str, control, propensi
     return TreatmentTable(X.reset_index(drop=True), t, y.to_numpy(float), e, control, arms)
 
 
-def fit_uplift(table: TreatmentTable, seed: int = 0, params: dict | None = None) -> UpliftLearner:
-    """The T-learner (one LightGBM outcome model per arm, inverse-propensity weighted)."""
-    return UpliftLearner(control=table.control, method="t", params=params, random_state=seed).fit(
+def fit_uplift(table: TreatmentTable, seed: int = 0, params: dict | None = None,
+               config: Config | None = None) -> UpliftLearner:
+    """The T-learner (one LightGBM outcome model per arm, inverse-propensity weighted); ``params``
+    over the config's ``uplift.lightgbm`` (default: ``defaults.yaml``'s)."""
+    return UpliftLearner(control=table.control, method="t", params=params, random_state=seed, config=config).fit(
         table.X, table.treatment, table.y, propensity=table.propensity)
 
 
@@ -158,17 +161,18 @@ def _design(table: TreatmentTable, arm_index: np.ndarray) -> pd.DataFrame:
 
 
 def evaluate_targeting(table: TreatmentTable, policies: dict[str, np.ndarray], n_boot: int = 500,
-                       seed: int = 0) -> pd.DataFrame:
+                       seed: int = 0, config: Config | None = None) -> pd.DataFrame:
     """IPS, SNIPS and DR value of each policy with 95% bootstrap intervals, one row per (policy, estimator).
 
-    The DR/DM reward model is a cross-fitted LightGBM on the features and the arm.
+    The DR/DM reward model is a cross-fitted LightGBM on the features and the arm (the config's
+    ``offpolicy.reward_model``; default: ``defaults.yaml``'s).
     """
     A = len(table.arms)
     action = table.action
     feedback = LoggedBandit(action, table.y, table.propensity, A, table.X)
     X = _design(table, action)
     X_eval = pd.concat([_design(table, np.full(table.n, a)) for a in range(A)], ignore_index=True)
-    _, q = CrossFitRewardModel(n_folds=2, random_state=seed).fit_predict(X, table.y, X_eval, A)
+    _, q = CrossFitRewardModel(n_folds=2, random_state=seed, config=config).fit_predict(X, table.y, X_eval, A)
     rows = []
     for name, dist in policies.items():
         res = estimate(feedback, dist, q, n_boot=n_boot, seed=seed)

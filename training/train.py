@@ -3,8 +3,10 @@
 The one train function that the CLI, ``nextbest tune`` and the notebooks call. Stages (timed,
 logged, and returned in ``TrainResult.timings``):
 
-1. **load**: read and validate ``customers``, ``events`` and ``logging_decisions``.
+1. **load**: read and validate ``customers``, ``events`` and ``logging_decisions`` (when there is one).
 2. **encode**: the event log and the population priors.
+2b. **propensity** (only without a complete ``logging_decisions``): the logging policy's
+   propensities, estimated where the sent events carry none (``training.propensity``).
 3. **examples**: one row per logged decision (suppressions included), features as of the
    decision, outcomes within the attribution window. Decisions in the first ``warmup_days``
    (empty histories) and those whose window is not complete are left out; the last
@@ -16,8 +18,14 @@ logged, and returned in ``TrainResult.timings``):
    the offer sent or "no message", outcome = any order within the window.
 
 Decisions: the logging policy's own decision log (``logging_decisions``, with suppressions and
-propensities) is required. Without suppressions there is no "no message" arm to learn uplift
-from, and guessing them from quiet days would invent propensities; the error says so.
+exact propensities) is the best input. Without it (what most teams have: an ESP export of sends
+and responses) the decisions are rebuilt from the sends, every customer-day without a message
+is a control ("no message") row, and the propensities are estimated by a cross-fitted classifier
+of the logged action, used only where the ``sent`` events carry no ``propensity``
+(:mod:`training.propensity`, which also says what bias this can leave). A decision table that
+starts later than the history (a served log exported over an ESP history) is used from its
+start; the decisions before it are rebuilt. ``TrainResult.info["propensity_source"]`` says
+which (``logged``, ``estimated`` or ``estimated where missing``).
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from nextbest.features.validate import check
 from nextbest.decision.candidates import candidate_frame, customer_columns
 from nextbest.training.models import ResponseClassifier, ValueRegressor
 from nextbest.decision.policy import NO_MESSAGE, DecisionPolicy, PolicyModels, with_open_estimate
+from nextbest.training.propensity import PropensityModel, decisions_from_sends, fill_propensities, propensity_info
 from nextbest.training.settings import TrainingSettings
 from nextbest.training.uplift import UpliftLearner
 
@@ -55,6 +64,10 @@ class Dataset:
     events: pd.DataFrame
     decisions: pd.DataFrame
     path: Path
+    rebuilt: bool = False          # decisions (some or all) rebuilt from the sends (training.propensity)
+    event_log: EventLog | None = None             # the encoded log, when loading needed it already
+    propensity_model: PropensityModel | None = None  # fitted when propensities are estimated
+    propensity_info: dict = field(default_factory=lambda: {"propensity_source": "logged"})
 
 
 @dataclass
@@ -94,8 +107,15 @@ class Stopwatch:
         log.info("stage %s: %.1f s", name, self.timings[name])
 
 
-def load_training_data(data_dir: str | Path, config: Config) -> Dataset:
-    """Customers, events (validated) and the logged decisions of a data directory."""
+def load_training_data(data_dir: str | Path, config: Config, estimate_propensities: bool = True,
+                       seed: int = 0) -> Dataset:
+    """Customers, events (validated) and the logged decisions of a data directory.
+
+    Without a ``logging_decisions`` table, or before the start of one, the decisions are rebuilt
+    from the sends (:func:`training.propensity.decisions_from_sends`); their missing propensities
+    are then estimated here (``estimate_propensities``) or left NaN (``propensity_estimated``
+    True) for :func:`prepare`, which estimates only those of the rows it uses.
+    """
     data_dir = Path(data_dir)
     customers, events = load_dataset(data_dir)
     files = {name: str(find_table(data_dir, name)) for name in ("customers", "events")}
@@ -103,24 +123,56 @@ def load_training_data(data_dir: str | Path, config: Config) -> Dataset:
     try:
         decisions = read_table(data_dir, "logging_decisions")
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{data_dir}: no `logging_decisions` table. Training needs the logging policy's decisions, "
-            "suppressions included, with their propensities (columns customer_id, ts, action, channel, "
-            "offer, propensity, message_id; see README 'Decision log')") from None
-    missing = {"customer_id", "ts", "action", "offer", "propensity", "message_id"} - set(decisions.columns)
-    if missing:
-        raise ValueError(f"{data_dir}: logging_decisions lacks column(s) {sorted(missing)}")
-    decisions["ts"] = pd.to_datetime(decisions["ts"], utc=True)
-    return Dataset(customers, events, decisions, data_dir)
+        decisions = None
+    if decisions is not None:
+        missing = {"customer_id", "ts", "action", "offer", "propensity", "message_id"} - set(decisions.columns)
+        if missing:
+            raise ValueError(f"{data_dir}: logging_decisions lacks column(s) {sorted(missing)}")
+        decisions["ts"] = pd.to_datetime(decisions["ts"], utc=True)
+        start = decisions["ts"].min().floor("D")
+        sent = events[events["event"].astype(str) == "sent"]
+        early = sent[pd.to_datetime(sent["ts"], utc=True) < start]
+        if early.empty:  # the table covers the history
+            return Dataset(customers, events, decisions, data_dir)
+        log.info("%s: logging_decisions starts %s; the %d sends before it are rebuilt into decisions",
+                 data_dir, start, len(early))
+    else:
+        start = None
+        log.info("%s: no logging_decisions table: decisions are rebuilt from the sends, every customer-day without "
+                 "a message is a control row, missing propensities are estimated", data_dir)
+    event_log = EventLog.build(customers, events, config)
+    rebuilt = decisions_from_sends(event_log, config, before=start)
+    if decisions is not None:
+        rebuilt = pd.concat([rebuilt, decisions.assign(propensity_estimated=False)], ignore_index=True)
+    data = Dataset(customers, events, rebuilt, data_dir, True, event_log)
+    if estimate_propensities:
+        population = Population.from_log(event_log)
+        estimate_missing_propensities(data, config, population, seed)
+        data.decisions = fill_propensities(data.propensity_model, event_log, data.decisions, population)
+        data.propensity_info = propensity_info(data.propensity_model, data.decisions)
+    return data
+
+
+def estimate_missing_propensities(data: Dataset, config: Config, population: Population | None = None,
+                                  seed: int = 0) -> PropensityModel:
+    """Fit the propensity classifier on the rebuilt decisions of ``data`` (kept on ``data``)."""
+    if data.propensity_model is None:
+        rebuilt = data.decisions[data.decisions["day_start"].notna()] if "day_start" in data.decisions \
+            else data.decisions.iloc[:0]
+        if rebuilt.empty:
+            raise ValueError("no rebuilt decisions to learn the logging policy's propensities from")
+        data.propensity_model = PropensityModel(config, random_state=seed).fit(data.event_log, rebuilt, population)
+    return data.propensity_model
 
 
 def _sample(idx: np.ndarray, limit: int, rng) -> np.ndarray:
     return np.sort(rng.choice(idx, limit, replace=False)) if len(idx) > limit else idx
 
 
-def select_decisions(decisions: pd.DataFrame, settings: TrainingSettings, window_hours: float,
-                     data_end: pd.Timestamp, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train and validation decisions: warm-up and incomplete windows dropped, time split, sampled."""
+def time_split(decisions: pd.DataFrame, settings: TrainingSettings, window_hours: float,
+               data_end: pd.Timestamp) -> tuple[pd.Series, pd.Timestamp]:
+    """Which decisions are usable (after the warm-up, with a complete outcome window), and the time
+    from which they validate: decisions from ``cut`` on are never trained on."""
     ts = decisions["ts"]
     first = ts.min()
     complete = ts + pd.Timedelta(hours=window_hours) <= data_end
@@ -128,8 +180,14 @@ def select_decisions(decisions: pd.DataFrame, settings: TrainingSettings, window
     if not usable.any():
         raise ValueError("no decision has both a warm-up history and a complete outcome window; "
                          f"need more than {settings.warmup_days} days plus {window_hours:g} hours of data")
-    last = ts[usable].max()
-    cut = last - pd.Timedelta(days=settings.validation_days)
+    return usable, ts[usable].max() - pd.Timedelta(days=settings.validation_days)
+
+
+def select_decisions(decisions: pd.DataFrame, settings: TrainingSettings, window_hours: float,
+                     data_end: pd.Timestamp, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and validation decisions: warm-up and incomplete windows dropped, time split, sampled."""
+    ts = decisions["ts"]
+    usable, cut = time_split(decisions, settings, window_hours, data_end)
     rng = np.random.default_rng(seed)
     send = (decisions["action"] == "send").to_numpy()
     out = []
@@ -209,14 +267,26 @@ def prepare(data_dir: str | Path, config: Config, settings: TrainingSettings, wa
             seed: int = 0, dataset: Dataset | None = None) -> Prepared:
     """Stages ``load``, ``encode`` and ``examples`` (see the module docstring)."""
     with watch.stage("load"):
-        data = dataset or load_training_data(data_dir, config)
+        data = dataset or load_training_data(data_dir, config, estimate_propensities=False, seed=seed)
     with watch.stage("encode"):
-        event_log = EventLog.build(data.customers, data.events, config)
+        event_log = data.event_log or EventLog.build(data.customers, data.events, config)
+        data.event_log = event_log
         population = Population.from_log(event_log)
-    with watch.stage("examples"):
-        window = config.objective.attribution_window_hours
-        data_end = pd.Timestamp(int(event_log.t.max()) + 1, unit="ms", tz="UTC")
+    window = config.objective.attribution_window_hours
+    data_end = pd.Timestamp(int(event_log.t.max()) + 1, unit="ms", tz="UTC")
+    try:
         tr, va = select_decisions(data.decisions, settings, window, data_end, seed)
+        if data.rebuilt:
+            with watch.stage("propensity"):
+                estimate_missing_propensities(data, config, population, seed)
+                tr, va = (fill_propensities(data.propensity_model, event_log, d, population) for d in (tr, va))
+                data.propensity_info = propensity_info(data.propensity_model, pd.concat([tr, va], ignore_index=True))
+    except ValueError as exc:
+        if not data.rebuilt:
+            raise
+        raise ValueError(f"{exc} (there is no complete `logging_decisions` table, so the decisions were rebuilt from "
+                         "the sent events: see README 'Training data')") from exc
+    with watch.stage("examples"):
         ex_tr = decision_examples(event_log, tr, window, data_end, population)
         ex_va = decision_examples(event_log, va, window, data_end, population)
         columns = customer_columns(ex_tr, config, event_log.attributes.columns)
@@ -224,7 +294,9 @@ def prepare(data_dir: str | Path, config: Config, settings: TrainingSettings, wa
         valid_split = _split(ex_va, config, columns)
     info = {"train_decisions": len(ex_tr), "valid_decisions": len(ex_va),
             "train_sends": int(train_split.send.sum()), "valid_sends": int(valid_split.send.sum()),
-            "data_end": data_end.isoformat(), "validation_from": str(ex_va["ts"].min())}
+            "data_end": data_end.isoformat(), "validation_from": str(ex_va["ts"].min()),
+            "validation_cut": time_split(data.decisions, settings, window, data_end)[1].isoformat(),
+            **data.propensity_info}
     return Prepared(data, event_log, population, train_split, valid_split, info)
 
 

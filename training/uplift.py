@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from nextbest.features.config import Config, load_config
 from nextbest.decision.artifact import BoosterArmModel, booster_predict
 from nextbest.training.models import _prepare, to_matrix
 
@@ -46,7 +47,8 @@ class UpliftLearner(BaseEstimator):
         The treatment value of the control arm ("no message").
     method : {"t", "dr"}
     params : dict, optional
-        LightGBM parameters of every model.
+        LightGBM parameters of every model, over the config's ``uplift.lightgbm`` (the DR-learner's
+        effect models take ``uplift.effect_lightgbm`` over both).
     clip : float
         Lower bound for propensities in pseudo-outcomes.
     max_weight : float
@@ -55,12 +57,16 @@ class UpliftLearner(BaseEstimator):
     validation_fraction : float
         Share of each arm's rows held out (at random) to stop boosting early; without it an arm
         with few positive outcomes overfits and its predictions drift from the control's.
+    early_stopping_rounds : int, optional
+        Rounds without improvement on the held-out rows; default: the config's ``uplift.early_stopping_rounds``.
     random_state : int
+    config : Config, optional
+        The business config whose ``uplift`` section gives the defaults; default: ``defaults.yaml``'s.
     """
 
     def __init__(self, control="control", method: str = "t", params: dict | None = None,
                  clip: float = 0.01, max_weight: float = 20.0, validation_fraction: float = 0.2,
-                 early_stopping_rounds: int = 30, random_state: int = 0):
+                 early_stopping_rounds: int | None = None, random_state: int = 0, config: Config | None = None):
         self.control = control
         self.method = method
         self.params = params
@@ -69,6 +75,7 @@ class UpliftLearner(BaseEstimator):
         self.validation_fraction = validation_fraction
         self.early_stopping_rounds = early_stopping_rounds
         self.random_state = random_state
+        self.config = config
 
     # ------------------------------------------------------------------ fit
     def fit(self, X: pd.DataFrame, treatment, y, propensity=None, sample_weight=None, groups=None):
@@ -97,6 +104,12 @@ class UpliftLearner(BaseEstimator):
             if (t == a).sum() < 20:
                 raise ValueError(f"treatment {a!r} has fewer than 20 rows; merge or drop it")
         self.binary_ = bool(np.isin(y, (0.0, 1.0)).all())
+        section = (load_config() if self.config is None else self.config).uplift
+        self.lgb_params_ = {"verbose": -1, "random_state": self.random_state, "n_jobs": 2, "force_col_wise": True,
+                            "enable_sparse": False, **section.lightgbm.params(), **(self.params or {})}
+        self.effect_lgb_params_ = {**self.lgb_params_, **section.effect_lightgbm.params()}
+        self.early_stopping_rounds_ = (section.early_stopping_rounds if self.early_stopping_rounds is None
+                                       else self.early_stopping_rounds)
         self.feature_names_in_ = list(X.columns)
         self.categories_ = {c: list(X[c].cat.categories) for c in X.columns
                             if isinstance(X[c].dtype, pd.CategoricalDtype)}
@@ -122,12 +135,8 @@ class UpliftLearner(BaseEstimator):
         del self._hold
         return self
 
-    def _lgb_params(self):
-        return {"verbose": -1, "random_state": self.random_state, "n_jobs": 2, "force_col_wise": True, "enable_sparse": False,
-                "n_estimators": 200, "learning_rate": 0.05, "min_child_samples": 100, **(self.params or {})}
-
     def _outcome_model(self):
-        return (lgb.LGBMClassifier if self.binary_ else lgb.LGBMRegressor)(**self._lgb_params())
+        return (lgb.LGBMClassifier if self.binary_ else lgb.LGBMRegressor)(**self.lgb_params_)
 
     def _fit_outcome(self, X, y, w=None, hold=None):
         """One arm's outcome model, boosting stopped early on the held-out rows ``hold``."""
@@ -140,7 +149,7 @@ class UpliftLearner(BaseEstimator):
         wv = None if w is None else [w[hold]]
         return model.fit(X[~hold], y[~hold], sample_weight=wt, eval_X=(X[hold],), eval_y=(y[hold],),
                          eval_sample_weight=wv,
-                         callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
+                         callbacks=[lgb.early_stopping(self.early_stopping_rounds_, verbose=False)])
 
     def _fit_dr(self, X, t, y, propensity, sample_weight):
         rng = np.random.default_rng(self.random_state)
@@ -155,7 +164,7 @@ class UpliftLearner(BaseEstimator):
                 sel = tr & (codes == i)
                 mu[te, i] = self._predict_outcome(self._fit_outcome(X[sel], y[sel], None, self._hold[sel]), X[te])
             if propensity is None:
-                clf = lgb.LGBMClassifier(**self._lgb_params()).fit(X[tr], codes[tr])
+                clf = lgb.LGBMClassifier(**self.lgb_params_).fit(X[tr], codes[tr])
                 e[te] = clf.predict_proba(X[te])
         own = np.arange(n), codes
         if propensity is not None:  # only the row's own arm's propensity is known, which is all we need
@@ -166,12 +175,12 @@ class UpliftLearner(BaseEstimator):
             psi = (mu[:, i] - mu[:, 0] + (codes == i) * (y - mu[:, i]) / e[:, i]
                    - (codes == 0) * (y - mu[:, 0]) / e[:, 0])
             hold = self._hold
-            model = lgb.LGBMRegressor(**{**self._lgb_params(), "min_child_samples": 500})
+            model = lgb.LGBMRegressor(**self.effect_lgb_params_)
             if hold.any() and not hold.all():
                 sw = None if sample_weight is None else np.asarray(sample_weight)
                 model.fit(X[~hold], psi[~hold], sample_weight=None if sw is None else sw[~hold],
                           eval_X=(X[hold],), eval_y=(psi[hold],),
-                          callbacks=[lgb.early_stopping(self.early_stopping_rounds, verbose=False)])
+                          callbacks=[lgb.early_stopping(self.early_stopping_rounds_, verbose=False)])
             else:
                 model.fit(X, psi, sample_weight=sample_weight)
             self.effect_models_[a] = model

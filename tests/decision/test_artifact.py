@@ -168,3 +168,24 @@ def test_a_version_with_a_corrupt_file_is_refused_by_name(store, trained):
     version = str(info.registered_model_version)
     with pytest.raises(ArtifactError, match=rf"nextbest version {version}: models/uplift_outcome_0.txt is corrupt"):
         registry.load_version(version)
+
+
+def test_a_version_saved_before_a_config_key_existed_takes_its_default(saved, tmp_path):
+    """A key added to nextbest since a version was saved takes today's default on load (a
+    version is not stranded by a new setting); the stored keys keep their stored values."""
+    import hashlib
+
+    import yaml
+
+    old = tmp_path / "old"
+    shutil.copytree(saved, old)
+    raw = yaml.safe_load((old / "config.yaml").read_text())
+    del raw["online"]["learn_profit"]                    # as if saved before the key existed
+    raw["objective"]["margin"] = 0.3                     # a stored value that differs from today's default
+    data = yaml.safe_dump(raw, sort_keys=False).encode()
+    (old / "config.yaml").write_bytes(data)
+    manifest = json.loads((old / "policy.json").read_text())
+    manifest["files"]["config.yaml"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (old / "policy.json").write_text(json.dumps(manifest))
+    policy = load_policy(old)
+    assert policy.config.online.learn_profit is False and policy.config.objective.margin == 0.3

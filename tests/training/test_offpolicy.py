@@ -13,6 +13,10 @@ def rounds(small_data_dir, config):
     return logged_rounds(small_data_dir, config, days=2, max_rounds=1500, seed=0)
 
 
+def test_rounds_keep_the_config_whose_offpolicy_section_evaluates_them(rounds, config):
+    assert rounds.config is config and config.offpolicy.reward_window_hours == 24  # the daily profit below
+
+
 def test_rounds_carry_exact_actions_and_daily_profit(rounds, small_data_dir, config):
     assert rounds.n == 1500 and ((rounds.propensity > 0) & (rounds.propensity <= 1)).all()
     assert ((rounds.action == 0) == (rounds.hour == -1)).all()

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nextbest.features.config import default_config_dict, load_config, merge_config, parse_config
 from nextbest.training.ope import CrossFitRewardModel, LoggedBandit, estimate
 
 
@@ -91,3 +92,20 @@ def test_confidence_intervals_cover_the_truth():
         hits.append(res["ips"].ci_low <= truth <= res["ips"].ci_high)
     # nominal 95%; with 40 seeds, fewer than 33 hits would be a < 0.1% event for a correct interval
     assert sum(hits) >= 33, sum(hits)
+
+
+def test_reward_model_takes_its_lightgbm_parameters_from_the_config(monkeypatch):
+    import lightgbm
+
+    seen = []
+    real = lightgbm.LGBMRegressor
+    monkeypatch.setattr(lightgbm, "LGBMRegressor", lambda **kw: seen.append(kw) or real(**kw))
+    fb, _, _ = world(400, 0)
+    X, X_eval = reward_model_inputs(fb)
+    CrossFitRewardModel(random_state=0).fit_predict(X, fb.reward, X_eval, 4)
+    assert {k: seen[-1][k] for k in load_config().offpolicy.reward_model.params()} == {
+        "n_estimators": 200, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 50,
+        "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8}  # defaults.yaml's
+    cfg = parse_config(merge_config(default_config_dict(), {"offpolicy": {"reward_model": {"n_estimators": 7}}}))
+    CrossFitRewardModel(params={"num_leaves": 3}, config=cfg).fit_predict(X, fb.reward, X_eval, 4)
+    assert (seen[-1]["n_estimators"], seen[-1]["num_leaves"], seen[-1]["learning_rate"]) == (7, 3, 0.05)

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nextbest.features.config import default_config_dict, merge_config, parse_config
 from nextbest.training.uplift import UpliftLearner
 from nextbest.training.uplift_eval import auuc, bootstrap_ci, qini_coefficient, qini_curve, uplift_by_decile
 
@@ -62,6 +63,21 @@ def test_bad_input_is_refused_with_a_clear_message():
     model = UpliftLearner(control="control", params={"n_estimators": 10}).fit(X, t, y)
     with pytest.raises(ValueError, match="lacks"):
         model.predict(X.drop(columns=["x0"]))
+
+
+def test_lightgbm_settings_come_from_the_config():
+    X, t, y, prop, _ = known_effect_data(n=2_000)
+    model = UpliftLearner(control="control", params={"n_estimators": 10}).fit(X, t, y)
+    # defaults.yaml's uplift section under the caller's params
+    assert {k: model.lgb_params_[k] for k in ("n_estimators", "learning_rate", "min_child_samples")} == {
+        "n_estimators": 10, "learning_rate": 0.05, "min_child_samples": 100}
+    assert model.early_stopping_rounds_ == 30 and model.effect_lgb_params_["min_child_samples"] == 500
+    cfg = parse_config(merge_config(default_config_dict(), {"uplift": {
+        "lightgbm": {"n_estimators": 5}, "effect_lightgbm": {"min_child_samples": 50}, "early_stopping_rounds": 3}}))
+    model = UpliftLearner(control="control", method="dr", config=cfg).fit(X, t, y, propensity=prop)
+    assert (model.lgb_params_["n_estimators"], model.early_stopping_rounds_) == (5, 3)
+    assert (model.effect_lgb_params_["n_estimators"], model.effect_lgb_params_["min_child_samples"]) == (5, 50)
+    assert UpliftLearner(control="control", early_stopping_rounds=4, config=cfg).fit(X, t, y).early_stopping_rounds_ == 4
 
 
 def test_qini_rewards_a_good_ranking_and_not_a_random_one():
