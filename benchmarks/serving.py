@@ -51,6 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out" / "serving"
 BIN = Path(sys.executable).parent
 log = logging.getLogger("benchmarks.serving")
+KEY = "benchmark-key-7d3f0a9c2e51b846"  # API key of the benchmark's servers (decide, feedback, admin)
+AUTH = {"Authorization": f"Bearer {KEY}"}
 
 WRK_SCRIPT = """
 local ids = {%s}
@@ -59,7 +61,7 @@ math.randomseed(7)
 request = function()
   local id = ids[math.random(#ids)]
   local now = os.date("!%%Y-%%m-%%dT%%H:%%M:%%SZ", base + math.random(0, 86400 * 56))
-  return wrk.format("POST", "/v1/decide", {["Content-Type"] = "application/json"},
+  return wrk.format("POST", "/v1/decide", {["Content-Type"] = "application/json", ["Authorization"] = "Bearer %s"},
                     '{"customer_id":"' .. id .. '","now":"' .. now .. '"}')
 end
 """
@@ -96,7 +98,7 @@ def prepare(home: Path, customers: int) -> Path:
 
 
 def start_service(home: Path, data: Path, port: int, workdir: Path, store: str, workers: int = 1):
-    env = {**project_env(home), "NEXTBEST_STORE_URL": store}
+    env = {**project_env(home), "NEXTBEST_STORE_URL": store, "NEXTBEST_API_KEYS": f"{KEY}:decide,feedback,admin"}
     out = open(workdir / f"server-{port}.log", "ab")
     proc = subprocess.Popen([BIN / "nextbest", "serve", str(data), "--port", str(port), "--workers", str(workers),
                              "--log-dir", str(workdir / "log")], env=env, cwd=home, stdout=out,
@@ -141,7 +143,7 @@ def batches(url: str, ids: list[str], seconds: float, size: int = 1000, clients:
     base = datetime.now(timezone.utc) - timedelta(days=28)  # requests stay within the allowed clock skew
 
     def client(k):
-        with httpx.Client(timeout=120) as c:
+        with httpx.Client(timeout=120, headers=AUTH) as c:
             while time.time() < stop_at:
                 pick = rng.choice(len(ids), size)
                 now = (base + timedelta(hours=int(rng.integers(0, 24 * 56)))).isoformat()
@@ -188,7 +190,7 @@ def mixed_load(home: Path, data: Path, workdir: Path, seconds: int) -> dict:
 
     def worker(k):
         rng = np.random.default_rng(k)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=AUTH,
                           limits=httpx.Limits(max_keepalive_connections=0)) as c:
             while time.time() < stop_at:
                 r = c.post("/v1/decide", json={"customer_id": full[int(rng.integers(len(full)))], "now": now.isoformat()})
@@ -202,7 +204,8 @@ def mixed_load(home: Path, data: Path, workdir: Path, seconds: int) -> dict:
                     continue
                 ts = (datetime.fromisoformat(d["send_at"].replace("Z", "+00:00")) + timedelta(hours=1)).isoformat()
                 for event, value in (("opened", None), ("converted", 35.0)):
-                    f = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "event": event, "ts": ts,
+                    f = c.post("/v1/feedback", json={"decision_id": d["decision_id"], "customer_id": d["customer_id"],
+                                                     "event": event, "ts": ts,
                                                      "value": value})
                     if f.status_code != 200:
                         failures.append(f.text[:200])
@@ -261,7 +264,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="serving_bench_", dir=OUT))
     script = work / "decide.lua"
     base = int((datetime.now(timezone.utc) - timedelta(days=28)).timestamp())
-    script.write_text(WRK_SCRIPT % (",".join(f'"{i}"' for i in ids), base))
+    script.write_text(WRK_SCRIPT % (",".join(f'"{i}"' for i in ids), base, KEY))
     results = {}
 
     port = free_port()

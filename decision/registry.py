@@ -8,6 +8,9 @@
   the versions carry ``champion_since`` / ``champion_until`` tags and the registered model keeps
   the whole list in its ``champion_history`` tag. Serving loads ``models:/nextbest@champion``,
   never ``latest``.
+- Before a version becomes the champion (``nextbest promote``), and before a running service
+  swaps it in, it must load and take a smoke decision (:func:`smoke_decision`): a version that
+  cannot decide is refused, with or without ``--force``.
 """
 
 from __future__ import annotations
@@ -174,6 +177,59 @@ def load_version(version: str):
             return load_policy(policy_directory(local), version=f"{MODEL_NAME}/{version}")
         except ArtifactError as exc:
             raise ArtifactError(f"{MODEL_NAME} version {version}: {exc}") from None
+
+
+class SmokeFailed(ValueError):
+    """A policy loaded but could not take a valid decision."""
+
+
+def smoke_decision(policy, data_dir: str | Path | None = None, n: int = 3):
+    """Decide for ``n`` customers of ``data_dir`` (default: one synthetic customer with consent on
+    every channel and no history, its features built by ``features.history``) and check the
+    answer; raises :class:`SmokeFailed` (or the policy's own error) if it is not a decision.
+
+    Returns
+    -------
+    decision.policy.Decision
+    """
+    import numpy as np
+    import pandas as pd
+
+    from nextbest.decision.policy import Request
+    from nextbest.decision.rules import ContactHistory
+    from nextbest.features.eventlog import EventLog
+    from nextbest.features.history import Population, engagement_history
+    from nextbest.features.schema import EVENT_COLUMNS
+    from nextbest.features.validate import check
+
+    cfg = policy.config
+    now = pd.Timestamp.now(tz="UTC").floor("h")
+    if data_dir is not None:
+        from nextbest.features.io import load_dataset
+
+        customers, events = check(*load_dataset(data_dir), cfg)
+        customers, events = customers.iloc[:n], events[events["ts"] < now]
+        events = events[events["customer_id"].astype(str).isin(set(customers["customer_id"].astype(str)))]
+    else:
+        customers = pd.DataFrame({"customer_id": ["smoke-test"], "timezone": [cfg.default_timezone],
+                                  **{f"consent_{c}": [True] for c in cfg.channel_names}})
+        events = pd.DataFrame({c: pd.Series([], dtype="object") for c in EVENT_COLUMNS})
+        customers, events = check(customers, events, cfg, now=now)
+    log_ = EventLog.build(customers, events, cfg)
+    ids = customers["customer_id"].astype(str).to_numpy()
+    feats = engagement_history(log_, ids, now, Population.from_log(log_))
+    for c in policy.models.customer_columns:  # attributes the synthetic customer has not got: unknown
+        if c not in feats:
+            feats[c] = np.nan
+    out = policy.decide(feats, ContactHistory.from_features(feats, cfg), Request(now=now),
+                        rng=np.random.default_rng(0))
+    p = np.asarray(out.frame["propensity"], float)
+    dist = np.asarray(out.action_dist, float)
+    if len(out.frame) != len(ids) or not np.all((p > 0) & (p <= 1)) or not np.allclose(dist.sum(axis=1), 1.0):
+        raise SmokeFailed(f"{policy.version}: the smoke decision is not a decision (propensities {p.tolist()})")
+    if not set(out.frame["action"]) <= {"send", "suppress"}:
+        raise SmokeFailed(f"{policy.version}: the smoke decision has actions {sorted(set(out.frame['action']))}")
+    return out
 
 
 def policy_directory(model_dir: Path) -> Path:

@@ -148,6 +148,23 @@ class LightGBMParams(Section):
         return self.model_dump(exclude_none=True)
 
 
+class EstimatedPropensity(Section):
+    """Decisions and propensities without a ``logging_decisions`` table (training/propensity.py)."""
+
+    control_hour: Int = Field(ge=0, le=23)
+    clip: Num = Field(gt=0, lt=1)
+    folds: Int = Field(ge=2)
+    max_rows: Int = Field(ge=1000)
+    lightgbm: LightGBMParams
+
+
+class OffPolicyHeadline(Section):
+    """The off-policy headline of every training run (training/tracking.py)."""
+
+    max_rounds: Int = Field(ge=100)
+    n_boot: Int = Field(ge=100)
+
+
 class Training(Section):
     warmup_days: Int = Field(ge=0)
     validation_days: Int = Field(ge=1)
@@ -155,6 +172,21 @@ class Training(Section):
     early_stopping_rounds: Int = Field(ge=1)
     uplift_mode: Str          # checked against the policy's modes by TrainingSettings / DecisionPolicy
     lightgbm: LightGBMParams
+    estimated_propensity: EstimatedPropensity
+    offpolicy_headline: OffPolicyHeadline
+
+
+class UpliftSection(Section):
+    lightgbm: LightGBMParams          # where the caller passes no parameters (a plain table)
+    effect_lightgbm: LightGBMParams   # the DR-learner's effect models, over the outcome models' parameters
+    early_stopping_rounds: Int = Field(ge=1)
+
+
+class OffPolicySection(Section):
+    reward_window_hours: Num = Field(gt=0)
+    reward_model: LightGBMParams
+    obd_reward_model: LightGBMParams  # over reward_model
+    logged_learner: LightGBMParams
 
 
 class RetrainSection(Section):
@@ -182,10 +214,18 @@ class OnlineSection(Section):
     half_life_days: Num = Field(ge=0)
     change_z: Num = Field(ge=0)
     change_forget: Num = Field(ge=0, le=1)
+    calibration_strength: Num = Field(gt=0)
+    calibration_half_life_days: Num = Field(ge=0)
+    learn_profit: Bool
 
 
 class DecisionSection(Section):
     horizon_hours: Num = Field(gt=0)
+
+
+class AuthSection(Section):
+    required: Bool            # false serves without API keys (the service logs a warning at start)
+    keys_file: Str | None = None
 
 
 class ServingSection(Section):
@@ -198,6 +238,13 @@ class ServingSection(Section):
     micro_batch_ms: Num = Field(ge=0)
     micro_batch_max: Int = Field(ge=1)
     max_clock_skew_days: Num = Field(gt=0)
+    auth: AuthSection
+    max_body_bytes: Int = Field(ge=1024)
+    max_context_keys: Int = Field(ge=0)
+    max_context_bytes: Int = Field(ge=2)
+    max_order_value: Num = Field(gt=0)
+    log_context_keys: list[Str]
+    log_retention_days: Num = Field(gt=0)
 
 
 class ConfigSpec(Section):
@@ -211,6 +258,8 @@ class ConfigSpec(Section):
     customers: Customers
     decision: DecisionSection
     training: Training
+    uplift: UpliftSection
+    offpolicy: OffPolicySection
     retrain: RetrainSection
     exploration: ExplorationSection
     online: OnlineSection
@@ -308,7 +357,8 @@ class Config:
 
     def __getattr__(self, name: str):
         """The typed sections of :class:`ConfigSpec` (``contact_rules``, ``objective``, ``features``,
-        ``customers``, ``decision``, ``training``, ``retrain``, ``exploration``, ``online``, ``serving``)."""
+        ``customers``, ``decision``, ``training``, ``uplift``, ``offpolicy``, ``retrain``, ``exploration``,
+        ``online``, ``serving``)."""
         if name != "spec" and name in ConfigSpec.model_fields:
             return getattr(self.spec, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")

@@ -173,12 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    "examples' outcomes alike; default: the end of the last event's day")
     b.add_argument("--examples", help="also write training examples (one row per send) to this Parquet file")
     b.set_defaults(func=cmd_features_build)
-    from nextbest import cli_models, cli_retrain, cli_serve, cli_ui
+    from nextbest import cli_models, cli_retrain, cli_serve, cli_store, cli_ui
 
     cli_models.add_commands(top)
     cli_serve.add_commands(top)
     cli_ui.add_commands(top)
     cli_retrain.add_commands(top)
+    from nextbest import cli_erase
+    cli_erase.add_commands(top)
+    cli_store.add_commands(top)
     return p
 
 

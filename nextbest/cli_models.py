@@ -91,6 +91,13 @@ def cmd_promote(args) -> int:
     from nextbest.decision import registry
     from nextbest.training.ope_tracking import promotion_check
 
+    # a champion the service cannot load or decide with is refused, --force or not (--force
+    # skips only the off-policy gate)
+    try:
+        registry.smoke_decision(registry.load_version(args.version), getattr(args, "data", None))
+    except Exception as exc:  # noqa: BLE001 - whatever stops it from deciding refuses it
+        raise PermissionError(f"not promoted: version {args.version} cannot be served ({type(exc).__name__}: "
+                              f"{exc}); the champion is unchanged") from None
     ok, reason = promotion_check(args.version)
     if not ok and not args.force:
         raise PermissionError(f"not promoted: {reason}")
@@ -206,11 +213,15 @@ def add_commands(top) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=cmd_evaluate)
 
-    p = top.add_parser("promote", help="move the `champion` alias to a registered version (needs a passing "
-                                        "`nextbest evaluate` against the current champion, or --force)")
+    p = top.add_parser("promote", help="move the `champion` alias to a registered version (it must load and take a "
+                                        "smoke decision, and needs a passing `nextbest evaluate` against the "
+                                        "current champion, or --force)")
     p.add_argument("version")
     p.add_argument("--note", help="why (kept in the champion history)")
-    p.add_argument("--force", action="store_true", help="promote even if the off-policy gate fails or is missing")
+    p.add_argument("--force", action="store_true", help="promote even if the off-policy gate fails or is missing "
+                                                         "(never a version that fails to load or decide)")
+    p.add_argument("--data", help="take the smoke decision for a few customers of this data directory "
+                                  "(default: a synthetic customer)")
     p.set_defaults(func=cmd_promote)
 
     d = top.add_parser("decide", help="the champion's decisions (with propensities and reasons) for the first "

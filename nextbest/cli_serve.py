@@ -1,7 +1,14 @@
-"""``nextbest serve`` (the decision service) and ``nextbest log export`` (the decision log as data)."""
+"""``nextbest serve`` (the decision service) and ``nextbest log export`` (the decision log as data).
+
+``nextbest serve`` loads the champion and takes a smoke decision before it starts BentoML: with
+no champion that can serve it exits non-zero with a message instead of starting workers that
+would fail, restart and hold the port. SIGTERM or SIGINT to it stops BentoML's whole process
+tree (the arbiter, each worker in its own session, each worker's engine process).
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -9,6 +16,8 @@ import sys
 from pathlib import Path
 
 from nextbest.cli import _out
+
+log = logging.getLogger("nextbest")
 
 
 def serve_command(host: str, port: int) -> list[str]:
@@ -92,6 +101,7 @@ def serve_env(args) -> dict:
 
 
 def cmd_serve(args) -> int:
+    from nextbest.serving.auth import load_keys
     from nextbest.serving.settings import ServeSettings
     from nextbest.decision import registry
 
@@ -99,16 +109,60 @@ def cmd_serve(args) -> int:
         raise FileNotFoundError(f"data directory {args.data_dir} does not exist")
     env = serve_env(args)
     settings = ServeSettings.from_env(env)  # fail here, with a message, rather than in every worker
-    if registry.champion_version() is None:
+    key = demo_key(settings, env) if args.demo else None
+    load_keys(settings, env)  # authentication required and no key configured: stop here, saying how to add one
+    version = registry.champion_version()
+    if version is None:
         raise LookupError("no champion to serve: run `nextbest train DATA --promote` (or `nextbest promote VERSION`)")
+    try:  # in this process, once: a champion that cannot load must not start a crash loop of workers
+        registry.smoke_decision(registry.load_version(version))
+    except Exception as exc:  # noqa: BLE001 - whatever stops it from deciding
+        raise LookupError(f"the champion (version {version}) cannot be served ({type(exc).__name__}: {exc}); "
+                          "promote a version that loads: `nextbest promote VERSION`") from None
     if args.demo:
-        return _demo(args, env, settings.workers)
-    _out(f"serving champion version {registry.champion_version()} on http://{args.host}:{args.port} "
+        return _demo(args, env, settings.workers, key)
+    _out(f"serving champion version {version} on http://{args.host}:{args.port} "
          f"(store {settings.store_url}, decision log {settings.log_dir}); Ctrl-C stops it")
-    return subprocess.call(serve_command(args.host, args.port), env=env)
+    return run_until_signal(serve_command(args.host, args.port), env)
 
 
-def _demo(args, env, workers: int) -> int:
+def run_until_signal(cmd: list[str], env: dict) -> int:
+    """Run the server in a session of its own and wait; SIGTERM or SIGINT stops its whole tree
+    (:func:`stop_tree`) and returns 0, otherwise the server's exit code is returned."""
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    stopped: list[int] = []
+
+    def stop(signum, _frame):
+        if not stopped:
+            stopped.append(signum)
+            log.info("%s: stopping the service", signal.Signals(signum).name)
+            stop_tree(proc.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            stop_tree(proc.pid, signal.SIGTERM)
+    return 0 if stopped else code
+
+
+def demo_key(settings, env: dict) -> str | None:
+    """A random API key (scopes decide, feedback, admin) for the demo, valid while it runs, added
+    to ``NEXTBEST_API_KEYS`` in ``env``; None when authentication is off."""
+    import secrets
+
+    if not settings.auth_required:
+        return None
+    key = secrets.token_urlsafe(24)
+    env["NEXTBEST_API_KEYS"] = ";".join(k for k in (env.get("NEXTBEST_API_KEYS"), f"{key}:decide,feedback,admin") if k)
+    _out(f"demo API key (decide, feedback, admin; valid while the demo runs): {key}")
+    return key
+
+
+def _demo(args, env, workers: int, key: str | None) -> int:
     """Start the service, show real answers of every endpoint, stop it."""
     import json
 
@@ -129,9 +183,13 @@ def _demo(args, env, workers: int) -> int:
         ids = read_table(args.data_dir, "customers")["customer_id"].astype(str).tolist()[:4]
         now = pd.Timestamp.now(tz="UTC").floor("min").isoformat()
 
+        auth = {"Authorization": f"Bearer {key}"} if key else {}
+        heads = "".join(f" -H '{k}: {v}'" for k, v in auth.items())
+
         def show(method, path, body=None):
-            r = httpx.request(method, f"{url}{path}", json=body, timeout=60)
-            _out(f"\n$ curl -X {method} {url}{path}" + (f" -d '{json.dumps(body)}'" if body else ""))
+            r = httpx.request(method, f"{url}{path}", json=body, timeout=60, headers=auth)
+            _out(f"\n$ curl -X {method} {url}{path}{heads}" + (f" -H 'Content-Type: application/json' -d "
+                                                               f"'{json.dumps(body)}'" if body else ""))
             _out(f"-> {r.status_code}")
             return r
 
@@ -155,13 +213,13 @@ def _demo(args, env, workers: int) -> int:
         if sent is not None:
             at = (pd.Timestamp(sent["send_at"]) + pd.Timedelta(hours=2)).isoformat()
             for event, value in (("opened", None), ("converted", 60.0)):
-                f = show("POST", "/v1/feedback", {"decision_id": sent["decision_id"], "event": event, "ts": at,
-                                                  "value": value}).json()
+                f = show("POST", "/v1/feedback", {"decision_id": sent["decision_id"], "customer_id": sent["customer_id"],
+                                                  "event": event, "ts": at, "value": value}).json()
                 _out(f"   {f}")
         r = show("POST", "/v1/decide", {"customer_id": ids[0], "channels": ["fax"]})
         _out(f"   {r.json()}")
-        metrics = [line for line in httpx.get(f"{url}/metrics").text.splitlines() if line.startswith("nextbest_decisions")]
-        _out("\n$ curl " + url + "/metrics   (the decision counters)")
+        metrics = [line for line in httpx.get(f"{url}/metrics", headers=auth).text.splitlines() if line.startswith("nextbest_decisions")]
+        _out(f"\n$ curl{heads} {url}/metrics   (the decision counters; admin scope)")
         for line in metrics[:6]:
             _out("   " + line)
     finally:

@@ -1,6 +1,8 @@
 """An engine's background work: the learner sync and the champion hot swap, each in a daemon
 thread that runs it every so many seconds (``serving.learner_sync_seconds``, ``reload_seconds``)
-and keeps serving if a round fails (the next round retries).
+and keeps serving if a round fails (the next round retries). A round that fails because the
+store is unreachable logs one line per :data:`OUTAGE_LOG_EVERY_S` (:class:`Throttled`), not a
+traceback per round.
 
 Learner sync (:class:`LearnerSync`), every worker:
 
@@ -18,7 +20,10 @@ Learner sync (:class:`LearnerSync`), every worker:
 3. **Reload** the shared statistics when their version changed.
 
 Hot swap (:func:`newer_champion`): a newly promoted champion with the same channels, offers and
-features is loaded and swapped in (requests in flight finish on the old one).
+features is loaded, must pass a smoke decision (``decision.registry.smoke_decision``) and is
+swapped in (requests in flight finish on the old one). A champion that cannot be loaded or
+fails the smoke decision is refused: the service keeps the last good policy and says so once
+per refused version.
 """
 
 from __future__ import annotations
@@ -32,13 +37,47 @@ import numpy as np
 from nextbest.decision.online import OnlineLearner
 from nextbest.serving import learning
 from nextbest.serving.records import DecisionRecord, ttl
-from nextbest.serving.store import Conflict, Store
+from nextbest.serving.store import Conflict, Store, is_outage
 
 log = logging.getLogger(__name__)
 
 DECAY_EVERY_S = 3600.0   # the shared statistics are decayed at most this often
 PRUNE_EVERY_S = 300.0    # expired keys are dropped (where the backend does not) at most this often
 RETRY_AFTER_S = 1.0      # a decision whose record kept changing is matured again this much later
+OUTAGE_LOG_EVERY_S = 10.0  # during a store outage, one log line per this many seconds
+
+
+class Throttled:
+    """Log a recurring problem once per ``every_s`` seconds per key (with how often it recurred),
+    so an outage writes a line per interval instead of a traceback per request.
+
+    Parameters
+    ----------
+    every_s : float
+    """
+
+    def __init__(self, every_s: float = OUTAGE_LOG_EVERY_S):
+        self.every_s = every_s
+        self._last: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def warning(self, key: str, message: str, *args) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, n = self._last.get(key, (-float("inf"), 0))
+            if now - last < self.every_s:
+                self._last[key] = (last, n + 1)
+                return
+            self._last[key] = (now, 0)
+        log.warning(message + (f" ({n} more time(s) since the last report)" if n else ""), *args)
+
+    def clear(self, key: str) -> bool:
+        """Forget ``key``; True if it had been reported (the problem is over)."""
+        with self._lock:
+            return self._last.pop(key, None) is not None
+
+
+OUTAGES = Throttled()
 
 
 class Every:
@@ -57,8 +96,12 @@ class Every:
         while not self._stop.wait(seconds):
             try:
                 fn()
-            except Exception:  # keep serving; the next round retries
-                log.exception("background %s failed", fn.__name__)
+            except Exception as exc:  # keep serving; the next round retries
+                if is_outage(exc):
+                    OUTAGES.warning("store", "store unavailable (%s: %s); background %s waits for it",
+                                    type(exc).__name__, exc, fn.__name__)
+                else:
+                    log.exception("background %s failed", fn.__name__)
 
     def stop(self) -> None:
         self._stop.set()
@@ -130,22 +173,35 @@ def mature(store: Store, ids: list[str], keep_s: float, now_s: float) -> int:
     return len(ids)
 
 
-def newer_champion(policy, snapshot):
+def newer_champion(policy, snapshot, refused: set | None = None):
     """The newly promoted champion if there is one the running service can load (same channels,
-    offers and features), else None."""
+    offers and features) and that passes a smoke decision, else None. A version that cannot be
+    loaded is added to ``refused`` and logged once; it is not tried again."""
     from nextbest.decision import registry
 
+    refused = set() if refused is None else refused
     version = registry.champion_version()
-    if version is None or f"{registry.MODEL_NAME}/{version}" == policy.version:
+    if version is None or f"{registry.MODEL_NAME}/{version}" == policy.version or version in refused:
         return None
-    new = registry.load_version(version)
+    try:
+        new = registry.load_version(version)
+        registry.smoke_decision(new)
+    except Exception as exc:  # noqa: BLE001 - any failure to load or decide refuses the version
+        if is_outage(exc):
+            raise
+        refused.add(version)
+        log.error("champion %s cannot be served (%s: %s); keeping %s. Promote a version that loads "
+                  "(`nextbest promote VERSION` checks it)", version, type(exc).__name__, exc, policy.version)
+        return None
     if new.config.channel_names != policy.config.channel_names or new.config.offer_names != policy.config.offer_names:
         log.error("champion %s has other channels or offers than the running one; restart the service to "
                   "load it (the snapshot and contact states follow the configured channels)", version)
+        refused.add(version)
         return None
     missing = sorted(set(new.models.customer_columns) - set(snapshot.frame.columns))
     if missing:
         log.error("champion %s needs features the running snapshot lacks (%s); restart the service to load it",
                   version, missing[:5])
+        refused.add(version)
         return None
     return new

@@ -58,3 +58,17 @@ def check_requests(requests: list, config, max_clock_skew_days: float, prefix: s
                     zoneinfo.ZoneInfo(r.profile.timezone)
                 except (zoneinfo.ZoneInfoNotFoundError, ValueError):
                     raise InvalidInput(f"{at}profile.timezone", f"unknown time zone {r.profile.timezone!r}") from None
+
+
+def check_feedback(fb, max_order_value: float, max_clock_skew_days: float) -> None:
+    """Reject feedback beyond the deployment's bounds before it is looked up (``InvalidInput``):
+    an order value over ``serving.max_order_value``, a time further ahead of the server's clock
+    than ``serving.max_clock_skew_days`` (a decision's ``now`` may be that far ahead, its events
+    not further)."""
+    if fb.value is not None and fb.value > max_order_value:
+        raise InvalidInput("value", f"{fb.value:g} is over the largest order value {max_order_value:g} "
+                                    "(serving.max_order_value)")
+    clock = datetime.now(timezone.utc)
+    if fb.ts > clock + timedelta(days=max_clock_skew_days):
+        raise InvalidInput("ts", f"{fb.ts.isoformat()} is more than {max_clock_skew_days:g} days ahead of the "
+                                 f"server's clock ({clock:%Y-%m-%dT%H:%M}Z)")

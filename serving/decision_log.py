@@ -10,6 +10,19 @@ short by a crash mid-write (never acknowledged) is skipped by the reader.
 ``events``: a ``sent`` at ``send_at`` for each marketing send plus the feedback events), which
 the off-policy helper (``training.offpolicy``) and ``nextbest train`` read; ``nextbest log export``
 writes them into a data directory.
+
+Void: a decision is in the log only if its caller got it, or the log says it is void. The engine
+appends before it writes the store and answers; when that fails after the append, it appends a
+``void`` record naming the decision ids (``{log_dir}/{day}/void-{worker}-{seq}.jsonl``), and
+readers (:func:`read_records`, :func:`read_log`, the export, training, rebuilding the store)
+skip voided decisions and their feedback. An append that fails (a full disk: :class:`LogFull`)
+is cut back to where it began, so no partial line is left for a later line to run into.
+Every line carries ``logged_at`` (epoch seconds when it was appended), the order a rebuild
+replays the log in.
+
+Epoch: ``{log_dir}/EPOCH`` holds the id of this log, also written in the store it feeds
+(``meta:epoch``); a store whose epoch differs, or is missing while the log holds lines, was not
+derived from this log (``serving.rebuild``).
 """
 
 from __future__ import annotations
@@ -17,7 +30,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import errno
+import fcntl
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,7 +41,42 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-KINDS = ("decisions", "feedback")
+KINDS = ("decisions", "feedback", "void")
+EPOCH_FILE = "EPOCH"
+
+
+class LogFull(OSError):
+    """The decision log could not be written (no space left, or another I/O error): nothing of
+    the call was logged and nothing was answered; retry once the disk has room (507)."""
+
+
+def read_epoch(log_dir: str | Path) -> str | None:
+    """The log's epoch id, or None if it has none yet."""
+    try:
+        return (Path(log_dir) / EPOCH_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def write_epoch(log_dir: str | Path, epoch: str) -> str:
+    """Write the log's epoch id unless it has one; returns the id the log holds."""
+    path = Path(log_dir) / EPOCH_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return read_epoch(log_dir) or epoch
+    with os.fdopen(fd, "w") as f:
+        f.write(epoch + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return epoch
+
+
+def has_records(log_dir: str | Path) -> bool:
+    """Whether the log holds any decision or feedback line."""
+    return any(p.stat().st_size > 0 for kind in ("decisions", "feedback")
+               for p in Path(log_dir).glob(f"*/{kind}-*.jsonl"))
 
 
 class DecisionLog:
@@ -39,9 +90,14 @@ class DecisionLog:
     fsync : bool
         fsync after every append (True: survives a machine crash; a killed process loses
         nothing either way once ``write`` returned).
+    context_keys : sequence of str, optional
+        The only keys of a decision's request ``context`` the log keeps (``serving.log_context_keys``;
+        None keeps all). A file is held with a shared ``flock`` while open, so erasure
+        (``serving.privacy``) never rewrites a file under its writer.
     """
 
-    def __init__(self, log_dir: str | Path, max_bytes: int = 64 << 20, fsync: bool = True):
+    def __init__(self, log_dir: str | Path, max_bytes: int = 64 << 20, fsync: bool = True, context_keys=None):
+        self.context_keys = None if context_keys is None else frozenset(context_keys)
         self.dir = Path(log_dir)
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -60,6 +116,7 @@ class DecisionLog:
         folder = self.dir / day
         folder.mkdir(parents=True, exist_ok=True)
         f = open(folder / f"{kind}-{self.worker}-{seq:04d}.jsonl", "ab")
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH)  # erasure rewrites only files nobody writes
         self._files[kind] = (day, seq, f)
         return f
 
@@ -69,13 +126,43 @@ class DecisionLog:
             raise ValueError(f"kind must be one of {KINDS}")
         if not records:
             return
-        data = "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in records).encode()
+        at = time.time()
+        if kind == "decisions" and self.context_keys is not None:
+            records = [allowed_context(r, self.context_keys) for r in records]
+        data = "".join(json.dumps({**r, "logged_at": at}, separators=(",", ":"), default=str) + "\n"
+                       for r in records).encode()
         with self._lock:
-            f = self._file(kind)
-            f.write(data)
-            f.flush()
-            if self.fsync:
-                os.fsync(f.fileno())
+            try:
+                f = self._file(kind)
+            except OSError as exc:
+                raise LogFull(exc.errno, f"decision log {self.dir}: {exc.strerror}") from None
+            start = f.tell()
+            try:
+                f.write(data)
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            except OSError as exc:
+                self._cut(kind, f, start)
+                raise LogFull(exc.errno or errno.EIO, f"decision log {self.dir}: {exc.strerror or exc}") from None
+
+    def _cut(self, kind: str, f, start: int) -> None:
+        """Take back a failed append (a partial line would run into the next one): truncate the
+        file to where the append began and drop the open handle (its buffer may hold the rest)."""
+        day, seq, _ = self._files.pop(kind)
+        try:
+            f.close()
+        except OSError:
+            pass  # the buffered rest could not be written either; the truncate below removes it
+        try:
+            os.truncate(f.name, start)
+            self._files[kind] = (day, seq, open(f.name, "ab"))
+        except OSError:
+            log.exception("could not cut a failed append back in %s", f.name)
+
+    def void(self, decision_ids: list[str], reason: str) -> None:
+        """Mark logged decisions as void: their callers got an error (see the module docstring)."""
+        self.append("void", [{"void": list(decision_ids), "reason": reason}])
 
     def close(self) -> None:
         with self._lock:
@@ -84,8 +171,9 @@ class DecisionLog:
             self._files.clear()
 
 
-def read_records(log_dir: str | Path, kind: str) -> list[dict]:
-    """Every complete record of a kind, in file order."""
+def read_records(log_dir: str | Path, kind: str, skip_void: bool = True) -> list[dict]:
+    """Every complete record of a kind, in file order; decisions marked void, and their
+    feedback, are left out unless ``skip_void`` is False."""
     out = []
     for path in sorted(Path(log_dir).glob(f"*/{kind}-*.jsonl")):
         with open(path, "rb") as f:
@@ -93,8 +181,33 @@ def read_records(log_dir: str | Path, kind: str) -> list[dict]:
                 if not line.endswith(b"\n"):
                     log.warning("%s: skipping a line cut short (a crash mid-write; it was never acknowledged)", path)
                     continue
-                out.append(json.loads(line))
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    log.warning("%s: skipping a line that is not JSON (an append cut short and not taken back)", path)
+    if skip_void and kind != "void":
+        void = voided(log_dir)
+        if void:
+            out = [r for r in out if r.get("decision_id") not in void]
+    from nextbest.serving.privacy import customer_hash, erased_hashes
+
+    erased = erased_hashes(log_dir)  # customers erased, whose lines may wait for their file to rotate
+    if erased:
+        out = [r for r in out if r.get("customer_id") is None or customer_hash(r["customer_id"]) not in erased]
     return out
+
+
+def allowed_context(record: dict, keys: frozenset) -> dict:
+    """A decision log line whose request ``context`` keeps only ``keys`` (``serving.log_context_keys``)."""
+    request = record.get("request")
+    if not isinstance(request, dict) or not isinstance(request.get("context"), dict):
+        return record
+    return {**record, "request": {**request, "context": {k: v for k, v in request["context"].items() if k in keys}}}
+
+
+def voided(log_dir: str | Path) -> set[str]:
+    """Ids of the decisions the log marks void."""
+    return {d for r in read_records(log_dir, "void") for d in r["void"]}
 
 
 def read_log(log_dir: str | Path, as_of=None) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -21,7 +21,12 @@ Deciding a batch (one request or ten thousand, the same code):
    the batch) the call fails with ``Conflict``. This is a batch of compare-and-sets with a new
    decision per loser, so it uses ``cas_many`` rather than the one-key ``Store.update``.
 6. **Log** (write-ahead, fsync; ``serving.records.log_row``) and store the decision records
-   feedback needs (``serving.records``), then answer.
+   feedback needs (``serving.records``), then answer. If storing fails after the log append,
+   the log marks the decisions void (``DecisionLog.void``): the caller gets an error, and
+   exports, training and rebuilds skip them.
+
+Every decide and feedback call first checks that the store matches the decision log
+(``serving.rebuild.EpochGuard``) and refuses with ``StoreMismatch`` if it does not.
 
 Feedback: ``serving.feedback``. Learner sync and hot swap: ``serving.background``.
 """
@@ -29,8 +34,8 @@ Feedback: ``serving.feedback``. Learner sync and hot swap: ``serving.background`
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import uuid
 from datetime import datetime, timezone
 
 import numpy as np
@@ -45,13 +50,14 @@ from nextbest.serving.checks import InvalidInput, check_requests
 from nextbest.serving.contact import history
 from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.feedback import UnknownDecision, record_feedback
-from nextbest.serving.records import Pending, keep_seconds, log_row, pending_rows, ttl
+from nextbest.serving.rebuild import EpochGuard, StoreMismatch
+from nextbest.serving.records import Pending, enters_learner, keep_seconds, log_row, pending_rows, ttl
 from nextbest.serving.schemas import DecideRequest, FeedbackRequest
 from nextbest.serving.settings import ServeSettings
 from nextbest.serving.snapshot import Snapshot
 from nextbest.serving.store import MAX_ATTEMPTS, Conflict, Store, open_store
 
-__all__ = ["Conflict", "Engine", "InvalidInput", "UnknownDecision"]
+__all__ = ["Conflict", "Engine", "InvalidInput", "StoreMismatch", "UnknownDecision"]
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +71,19 @@ class Engine:
         self.settings = settings
         self.policy = policy or registry.load_champion()
         self.store = store or open_store(settings.store_url)
-        self.log = DecisionLog(settings.log_dir, fsync=settings.log_fsync)
+        self.log = DecisionLog(settings.log_dir, fsync=settings.log_fsync, context_keys=settings.log_context_keys)
         self.snapshot = Snapshot(settings.data_dir, self.policy.config)
         self.learner = OnlineLearner(self.policy.online)
         self._sync = LearnerSync(self.store)
         self._threads = Every()
-        self.sync_learner()
+        self._refused: set[str] = set()  # champion versions that could not be loaded (logged once)
+        self._epoch = EpochGuard(settings.log_dir)
+        self._epoch.start(self.store)
+        self._mismatch: str | None = None
+        if hasattr(self.store, "ensure_persistence"):
+            self.store.ensure_persistence()
+        if self.health() is None:
+            self.sync_learner()
 
     @property
     def config(self):
@@ -86,8 +99,27 @@ class Engine:
         self._threads.stop()
         self.log.close()
 
+    def health(self) -> str | None:
+        """None if the engine can serve: the store is reachable and matches the decision log;
+        else why not (a store outage raises ``StoreUnavailable``)."""
+        problem = self._epoch.problem(self.store)
+        if problem is None and self._mismatch is not None:
+            log.warning("the store matches the decision log again: serving")
+            self._sync = LearnerSync(self.store)  # reload the learner's statistics from the rebuilt store
+        elif problem is not None and self._mismatch is None:
+            log.error("refusing decisions and feedback: %s", problem)
+        self._mismatch = problem
+        return problem
+
+    def _check_store(self) -> None:
+        problem = self.health()
+        if problem is not None:
+            raise StoreMismatch(problem)
+
     def sync_learner(self, now_s: float | None = None) -> int:
         """Move due decisions into the shared statistics, decay and reload them (``serving.background``)."""
+        if self._mismatch is not None and self.health() is not None:
+            return 0  # nothing to learn from a store that does not match the log
         matured, learner = self._sync.run(self.policy.online, keep_seconds(self.config, self.policy.online), now_s)
         if learner is not None:
             self.learner = learner
@@ -95,7 +127,7 @@ class Engine:
 
     def check_champion(self) -> bool:
         """Swap in a newly promoted champion (requests in flight finish on the old one)."""
-        policy = newer_champion(self.policy, self.snapshot)
+        policy = newer_champion(self.policy, self.snapshot, self._refused)
         if policy is not None:
             self.policy = policy
             log.info("hot swap: now serving %s", policy.version)
@@ -109,6 +141,7 @@ class Engine:
     def decide(self, requests: list[DecideRequest], prefix: str = "") -> list[dict]:
         """Decide, record and log a batch; answers in request order (see the module docstring)."""
         self.check(requests, prefix)
+        self._check_store()
         now = datetime.now(timezone.utc)
         answers: list[dict | None] = [None] * len(requests)
         self._answer(requests, idempotency.claim(self.store, requests, answers), now, answers)
@@ -117,6 +150,7 @@ class Engine:
     def decide_each(self, requests: list[DecideRequest]) -> list:
         """Like :meth:`decide` for independent requests (the micro-batcher's): each gets its answer
         or its own error (``InvalidInput``, ``Conflict``) in the list."""
+        self._check_store()
         now = datetime.now(timezone.utc)
         results: list = [None] * len(requests)
         todo = []
@@ -186,7 +220,7 @@ class Engine:
         now_s = times.asi8 // 10**9
         contact, unsub = history(states, now_s, list(cfg.channel_names))
         feats, known, pos, edited = self.snapshot.features(ids, [r.profile for r in reqs], unsub)
-        keys = [str(r.request_id) if r.request_id else uuid.uuid4().hex for r in reqs]
+        keys = [str(r.request_id) if r.request_id else secrets.token_hex(16) for r in reqs]
         groups: dict[tuple, list[int]] = {}
         for j, r in enumerate(reqs):
             groups.setdefault((r.type, tuple(r.channels or ()) or None, tuple(r.offers or ()) or None), []).append(j)
@@ -206,19 +240,33 @@ class Engine:
         return out
 
     def _write(self, finished: list[Pending]) -> None:
-        """Log (write-ahead), keep what feedback needs, store idempotent answers."""
+        """Log (write-ahead), keep what feedback needs, store idempotent answers; if storing fails
+        after the log append, mark the decisions void in the log (their callers get the error)."""
         if not finished:
             return
         self.log.append("decisions", [log_row(p) for p in finished])
-        keep_s, clock = keep_seconds(self.config, self.policy.online), time.time()
-        self.store.put_many("decision", [(p.decision["decision_id"], p.record.to_json(),
-                                          ttl(p.record.decided_at, keep_s, clock)) for p in finished])
-        after = self.policy.online.learn_after_hours * 3600.0
-        self.store.enqueue([(p.decision["decision_id"], p.record.decided_at + after) for p in finished
-                            if p.record.type == "marketing"])
-        idempotency.remember(self.store, [p.decision for p in finished])
+        try:
+            keep_s, clock = keep_seconds(self.config, self.policy.online), time.time()
+            self.store.put_many("decision", [(p.decision["decision_id"], p.record.to_json(),
+                                              ttl(p.record.decided_at, keep_s, clock)) for p in finished])
+            after = self.policy.online.learn_after_hours * 3600.0
+            self.store.enqueue([(p.decision["decision_id"], p.record.decided_at + after) for p in finished
+                                if enters_learner(p.record, after, clock)])
+            idempotency.remember(self.store, [p.decision for p in finished])
+        except BaseException as exc:
+            self.void([p.decision["decision_id"] for p in finished], f"storing failed: {exc!r}"[:300])
+            raise
+
+    def void(self, decision_ids: list[str], reason: str) -> None:
+        """Mark logged decisions void (their callers got an error); logs if even that fails."""
+        try:
+            self.log.void(decision_ids, reason)
+        except OSError:
+            log.exception("could not mark %d decision(s) void in the log (%s): they stay in the log although "
+                          "their callers got an error", len(decision_ids), reason)
 
     # ------------------------------------------------------------------ feedback
     def feedback(self, fb: FeedbackRequest) -> dict:
         """Record one feedback event (``serving.feedback``); idempotent."""
+        self._check_store()
         return record_feedback(fb, self.store, self.log, self.snapshot, self.config, self.policy.online)

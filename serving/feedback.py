@@ -1,17 +1,24 @@
 """Recording what happened to a decision's message (``POST /v1/feedback``).
 
-1. The decision must exist (else :class:`UnknownDecision`, nothing stored), the event must
-   apply to it (only ``converted`` to a suppression; a conversion needs its value) and must
-   not be dated before the message went out (``InvalidInput``).
-2. The event's profit is its increment of the decision's realized profit
+1. The decision must exist (else :class:`UnknownDecision`, nothing stored), belong to the
+   customer the feedback names (``customer_id``), the event must apply to it (only ``converted``
+   to a suppression; a conversion needs its value) and must not be dated before the message went
+   out (``InvalidInput``, 400). Decision ids are 128 random bits, so feedback cannot be forged
+   for a decision one was not told of.
+2. A decision ends at most once of each terminal kind (:data:`TERMINAL`: one conversion, one
+   unsubscribe): a second one with another time answers 200 with ``accepted: false`` and changes
+   nothing (it is not logged either). An event after the decision's attribution window is logged
+   and applied to the contact state (an unsubscribe is always honoured) but answers
+   ``accepted: false``: it adds nothing to the reward and never reaches the learner.
+3. The event's profit is its increment of the decision's realized profit
    (``decision.online.event_reward``, the per-event step of ``decision.objective.realized_profit``);
    only marketing decisions' events inside the attribution window count.
-3. The event is logged first (write-ahead; a retry after a crash may log it twice, readers
+4. The event is logged first (write-ahead; a retry after a crash may log it twice, readers
    dedupe), then added to the decision's record by one ``Store.update`` that also records the
    event's key ``"{event}|{ts}"``, so "seen" and "counted" cannot part in a crash and the same
    ``(decision_id, event, ts)`` counts once. A decision already in the learner's shared
    statistics gets the increment there too (``serving.learning.increment``).
-4. Opens and unsubscribes update the customer's contact state (idempotent, so applied again on
+5. Opens and unsubscribes update the customer's contact state (idempotent, so applied again on
    a retry); a customer the service has not contacted yet starts from what the data shows.
 """
 
@@ -27,6 +34,9 @@ from nextbest.serving import learning
 from nextbest.serving.checks import InvalidInput
 from nextbest.serving.records import DecisionRecord, keep_seconds, ttl
 from nextbest.serving.store import Store
+
+
+TERMINAL = ("converted", "unsubscribed")  # counted at most once per decision
 
 
 class UnknownDecision(LookupError):
@@ -51,12 +61,14 @@ def record_feedback(fb, store: Store, log, snapshot, config, online) -> dict:
     -------
     dict
         ``decision_id``, ``event``, ``reward`` (the event's profit) and ``accepted`` (False if
-        the event was counted before).
+        the event was counted before, is a second terminal event, or is after the window).
     """
     raw = store.get("decision", fb.decision_id)
     if raw is None:
         raise UnknownDecision(f"no decision {fb.decision_id!r} (unknown, or older than the attribution window)")
     rec = DecisionRecord.from_json(raw)
+    if fb.customer_id != rec.customer_id:
+        raise InvalidInput("customer_id", f"decision {fb.decision_id} was not taken for customer {fb.customer_id!r}")
     if rec.channel is None and fb.event != "converted":
         raise InvalidInput("event", f"decision {fb.decision_id} sent nothing; only 'converted' (an order "
                                     "without a message) applies to it")
@@ -70,16 +82,26 @@ def record_feedback(fb, store: Store, log, snapshot, config, online) -> dict:
     reward = event_reward(config, rec.channel, rec.offer, fb.event, fb.value,
                           redeems=rec.offer not in (None, "none"))
     key = f"{fb.event}|{ts.isoformat()}"
+    if key not in rec.counted and ended(rec.counted, fb.event, key):
+        return {"decision_id": fb.decision_id, "event": fb.event, "reward": 0.0, "accepted": False}
+    inside = counts(rec, ts.timestamp(), config) or rec.type != "marketing"
     if key not in rec.counted:  # write-ahead; a retry after a crash may log it twice (readers dedupe)
         log.append("feedback", [{"decision_id": fb.decision_id, "customer_id": rec.customer_id, "event": fb.event,
                                  "ts": ts.isoformat(), "value": fb.value, "channel": rec.channel,
-                                 "offer": rec.offer, "reward": reward, "type": rec.type}])
+                                 "offer": rec.offer, "reward": reward if inside else 0.0, "type": rec.type}])
     left = ttl(rec.decided_at, keep_seconds(config, online), time.time())
-    accepted = add_event(store, fb.decision_id, key, reward if counts(rec, ts.timestamp(), config) else 0.0, left)
+    accepted = inside and add_event(store, fb.decision_id, key, reward if counts(rec, ts.timestamp(), config) else 0.0,
+                                    left)
     if rec.channel is not None:  # idempotent, so applied again on a retry after a crash
         store.update("contact", rec.customer_id,
                      lambda cur: snapshot.contact_state(rec.customer_id, cur).with_event(rec.channel, fb.event).to_json())
-    return {"decision_id": fb.decision_id, "event": fb.event, "reward": reward, "accepted": accepted}
+    return {"decision_id": fb.decision_id, "event": fb.event, "reward": reward if inside else 0.0,
+            "accepted": accepted}
+
+
+def ended(counted, event: str, key: str) -> bool:
+    """Whether a terminal ``event`` (:data:`TERMINAL`) other than ``key`` was counted already."""
+    return event in TERMINAL and any(k.split("|", 1)[0] == event and k != key for k in counted)
 
 
 def counts(rec: DecisionRecord, ts_s: float, config) -> bool:
@@ -99,7 +121,9 @@ def add_event(store: Store, decision_id: str, key: str, reward: float, ttl_s: fl
             raise UnknownDecision(f"decision {decision_id!r} expired while its feedback was recorded")
         rec = DecisionRecord.from_json(raw)
         before[:] = [rec]
-        return None if key in rec.counted else rec.with_event(key, reward).to_json()
+        if key in rec.counted or ended(rec.counted, key.split("|", 1)[0], key):
+            return None
+        return rec.with_event(key, reward).to_json()
 
     if store.update("decision", decision_id, count, ttl_s) is None:
         return False

@@ -8,7 +8,9 @@ compare-and-set (``Store.update``). Its ``reward`` is the decision's realized pr
 is taken, then each event's increment, ``decision.online.event_reward``).
 
 :func:`pending_rows` turns the policy's decision for a group of requests into :class:`Pending`
-rows: the response (``serving.schemas.DecideResponse``), the record, the contact state to write
+rows: the response (``serving.schemas.DecideResponse``; its ``decision_id`` is 128 random bits,
+``secrets.token_hex(16)``, so it cannot be guessed; a request id finds its answer through
+``serving.idempotency``), the record, the contact state to write
 for a marketing send, and what the decision log keeps (:func:`log_row`; the log's format is a
 contract read by ``nextbest log export`` and off-policy evaluation).
 """
@@ -16,7 +18,7 @@ contract read by ``nextbest log export`` and off-policy evaluation).
 from __future__ import annotations
 
 import json
-import uuid
+import secrets
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 
@@ -95,6 +97,17 @@ def keep_seconds(config, online) -> float:
     return (config.objective.attribution_window_hours + online.learn_after_hours + 1.0) * 3600.0
 
 
+CLOCK_TOLERANCE_S = 300.0  # how far a request's ``now`` may lag the server's clock and still count as live
+
+
+def enters_learner(record: DecisionRecord, delay_s: float, clock_s: float) -> bool:
+    """Whether a decision taken now enters the learner (after ``delay_s``): marketing decisions
+    whose ``now`` is not backdated beyond the learner's delay. A decision dated further back would
+    mature at once, on feedback its caller already knew: it is logged and answered, its feedback
+    recorded, but the learner never sees it."""
+    return record.type == "marketing" and record.decided_at + delay_s >= clock_s - CLOCK_TOLERANCE_S
+
+
 def ttl(decided_at: float, keep_s: float, now_s: float) -> float:
     """Seconds a record taken at ``decided_at`` has left (at least a minute)."""
     return max(max(decided_at, now_s) + keep_s - now_s, 60.0)
@@ -167,7 +180,7 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
                   for a in np.flatnonzero(np.isfinite(d.values[pos, 1:]))]
         send_s = int(send_at_ns[pos].astype(np.int64)) / 1e9 if send else None
         decision = {
-            "decision_id": keys[j] if not r.request_id else uuid.uuid5(uuid.NAMESPACE_URL, keys[j]).hex,
+            "decision_id": keys[j] if not r.request_id else secrets.token_hex(16),
             "request_id": r.request_id, "customer_id": r.customer_id, "action": f["action"][pos],
             "channel": ch, "channels": channels, "send_at": str(send_at_ns[pos])[:26] + "Z" if send else None,
             "local_hour": int(f["local_hour"][pos]) if send else None, "offer": off,

@@ -4,14 +4,23 @@ Compare-and-set runs as one Lua script per batch (Redis runs a script atomically
 are hash fields ``"{action}|{i}"`` changed with HINCRBYFLOAT inside MULTI and decayed by one
 Lua script (scale every field, note the time); the learner queue is a sorted set by due time,
 and ZREM tells exactly one claimer that it removed an id.
+
+Persistence: the store is derived from the decision log, but a Redis that forgets everything at
+every restart makes the service refuse (its ``meta:epoch`` is gone) until ``nextbest store
+rebuild``. :meth:`RedisStore.ensure_persistence` (called by the service at start) turns the
+append-only file on (``CONFIG SET appendonly yes``) or logs once, clearly, why it cannot.
 """
 
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import redis
 
 from nextbest.serving.store import Store
+
+log = logging.getLogger(__name__)
 
 ABSENT = "<absent>"  # values are JSON, so this can never be one
 _CAS = """
@@ -53,7 +62,8 @@ return string.format('%.17g', f)
 
 class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "nextbest"):
-        self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=30)
+        # short connect timeout: an outage is reported (503) at once rather than after 30 s
+        self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=30, socket_connect_timeout=2)
         self.r.ping()  # fail at start, with the URL, rather than at the first request
         self.p = prefix
         self._cas = self.r.register_script(_CAS)
@@ -136,6 +146,39 @@ class RedisStore(Store):
 
     def prune(self) -> int:
         return 0  # Redis expires keys itself
+
+    def ensure_persistence(self) -> bool:
+        """Make sure Redis keeps its data across a restart (AOF); True if it does. Logs a warning
+        naming the fix when it is off and cannot be turned on (a managed Redis without CONFIG)."""
+        try:
+            if self.r.config_get("appendonly").get("appendonly") == "yes":
+                return True
+            self.r.config_set("appendonly", "yes")
+            log.info("Redis persistence: turned the append-only file on (CONFIG SET appendonly yes)")
+            return True
+        except redis.ResponseError as exc:
+            log.warning("Redis persistence is off and cannot be turned on (%s): a restart of Redis empties the "
+                        "store and the service then refuses until `nextbest store rebuild`; set `appendonly yes` "
+                        "in the Redis configuration", exc)
+            return False
+
+    def _keys(self) -> list[str]:
+        return list(self.r.scan_iter(match=f"{self.p}:*", count=1000))
+
+    def dump(self) -> dict:
+        kv: dict[str, dict] = {}
+        special = {f"{self.p}:{k}" for k in ("stats", "stats_version", "stats_decayed_at", "queue")}
+        keys = [k for k in self._keys() if k not in special]
+        for k, v in zip(keys, self.r.mget(keys) if keys else []):
+            if v is not None:
+                ns, _, key = k[len(self.p) + 1:].partition(":")
+                kv.setdefault(ns, {})[key] = v
+        return {"kv": kv, "stats": self.stats()[1], "queue": dict(self.r.zrange(f"{self.p}:queue", 0, -1, withscores=True))}
+
+    def clear(self) -> None:
+        keys = self._keys()
+        for lo in range(0, len(keys), 1000):
+            self.r.delete(*keys[lo:lo + 1000])
 
     def close(self):
         self.r.close()

@@ -3,7 +3,12 @@
 BentoML generates the OpenAPI schema from these. Shape checks (types, ranges, unknown fields,
 batch size) happen here and give a 4xx naming the field; checks that need the business config
 (unknown channel or offer, time zone names) happen in ``serving.engine`` before anything is
-written.
+written; bounds the deployment's config sets (order value, how far ahead a time may be, context
+size) in ``serving.checks`` and ``serving.errors``. :func:`publish` writes the config into the
+OpenAPI document BentoML builds from these models (channels and offers as enums, the bounds).
+
+Identifiers must hold a non-blank character; numbers are numbers (``true`` is not 1); times are
+ISO 8601 text within the years a UTC time can express.
 """
 
 from __future__ import annotations
@@ -11,13 +16,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from nextbest.decision.online import FEEDBACK_EVENTS
 from nextbest.features.localtime import WEEK_HOURS
 
 MAX_BATCH = 10_000
-MAX_ORDER_VALUE = 1e7  # one order; anything larger is a unit mistake and would swamp the learner
+ID = r"\S"  # an identifier holds at least one non-blank character
 MAX_HORIZON_HOURS = float(WEEK_HOURS)  # a week: decisions further out would be planned on stale state
 MIN_HORIZON_HOURS = 1 / 60  # a minute. (``ge``, not ``gt=0``: BentoML publishes OpenAPI 3.0, where a
                             # numeric exclusiveMinimum is invalid and schema checkers reject it)
@@ -35,10 +40,21 @@ def iso_text(value):
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """Naive times are read as UTC; aware ones converted to UTC."""
+    """Naive times are read as UTC; aware ones converted to UTC (a time whose UTC falls outside
+    years 1-9999, e.g. ``0001-01-01T00:00:00+01:00``, is refused)."""
     if value is None:
         return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    try:
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("out of the range of UTC times (years 1 to 9999)") from None
+
+
+def number(value):
+    """A number, not a boolean (JSON ``true`` is not 1)."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
 
 
 class Strict(BaseModel):
@@ -54,7 +70,7 @@ class Profile(Strict):
 
 
 class DecideRequest(Strict):
-    customer_id: str = Field(..., min_length=1, max_length=200)
+    customer_id: str = Field(..., min_length=1, max_length=200, pattern=ID)
     now: datetime | None = Field(None, description="decision time (ISO 8601; naive = UTC; default: the server's clock)",
                                  json_schema_extra=NULLABLE)
     context: dict[str, Any] = Field(default_factory=dict, description="real-time features, e.g. {'trigger': 'cart_abandoned'}")
@@ -66,12 +82,13 @@ class DecideRequest(Strict):
                                         description="the send must fall within this window (default: the config's "
                                                     "decision.horizon_hours)")
     type: Literal["marketing", "transactional"] = "marketing"
-    request_id: str | None = Field(None, min_length=1, max_length=200, json_schema_extra=NULLABLE,
+    request_id: str | None = Field(None, min_length=1, max_length=200, pattern=ID, json_schema_extra=NULLABLE,
                                    description="idempotency key: the same id gets the same decision, recorded once")
     profile: Profile | None = Field(None, json_schema_extra=NULLABLE)
 
     _text = field_validator("now", mode="before")(lambda cls, v: iso_text(v))
     _utc = field_validator("now")(lambda cls, v: as_utc(v))
+    _number = field_validator("horizon_hours", mode="before")(lambda cls, v: number(v))
 
 
 class OptionScore(BaseModel):
@@ -112,19 +129,153 @@ class BatchResponse(BaseModel):
 
 
 class FeedbackRequest(Strict):
-    decision_id: str = Field(..., min_length=1, max_length=200)
+    decision_id: str = Field(..., min_length=1, max_length=200, pattern=ID)
+    customer_id: str = Field(..., min_length=1, max_length=200, pattern=ID,
+                             description="the decision's customer (feedback naming another is refused)")
     event: FeedbackEvent
     ts: datetime = Field(..., description="when it happened (ISO 8601; naive = UTC); with decision_id and "
                                          "event it identifies the event, so a retry counts once")
-    value: float | None = Field(None, ge=0, le=MAX_ORDER_VALUE, allow_inf_nan=False, json_schema_extra=NULLABLE,
-                                description="order value (required for converted)")
+    value: float | None = Field(None, ge=0, allow_inf_nan=False, json_schema_extra=NULLABLE,
+                                description="order value (required for converted, refused on other events; at "
+                                            "most serving.max_order_value)")
 
     _text = field_validator("ts", mode="before")(lambda cls, v: iso_text(v))
     _utc = field_validator("ts")(lambda cls, v: as_utc(v))
+    _number = field_validator("value", mode="before")(lambda cls, v: number(v))
+
+    @field_validator("value")
+    @classmethod
+    def _value_on_conversions(cls, v, info: ValidationInfo):
+        event = info.data.get("event")
+        if v is not None and event is not None and event != "converted":
+            raise ValueError(f"only a conversion carries an order value, not {event!r}")
+        return v
 
 
 class FeedbackResponse(BaseModel):
     decision_id: str
     event: str
-    accepted: bool = Field(description="false when the same event was already recorded (it counts once)")
+    accepted: bool = Field(description="false when the event does not count: the same event again, a second "
+                                        "conversion or unsubscribe of a decision, or an event after its "
+                                        "attribution window")
     reward: float = Field(description="profit this event adds to the decision's reward")
+
+
+# ---------------------------------------------------------------------------- the published document
+_ERROR = {"$ref": "#/components/schemas/InvalidArgument"}
+_STATUSES = {"401": "no valid API key (Authorization: Bearer KEY)", "403": "the API key lacks this route's scope",
+             "413": "the body is over serving.max_body_bytes", "415": "the body is not JSON"}
+
+
+def _by_event(schema: dict) -> dict:
+    """A feedback body as two shapes: a conversion with its order value, any other event without one."""
+    props = schema.get("properties", {})
+    if not ("event" in props and "value" in props):
+        return schema
+    others = [e for e in props["event"].get("enum", []) if e != "converted"]
+    src = props["value"]
+    number_ = next((a for a in src.get("anyOf", []) if a.get("type") == "number"), {})
+    value = {**{k: v for k, v in src.items() if k not in ("nullable", "default", "anyOf")}, **number_}
+    value.update(type="number", minimum=value.get("minimum", 0))
+    converted = {**schema, "properties": {**props, "event": {**props["event"], "enum": ["converted"]}, "value": value},
+                 "required": [*schema.get("required", []), "value"]}
+    other = {**schema, "properties": {**{k: v for k, v in props.items() if k != "value"},
+                                      "event": {**props["event"], "enum": others}}}
+    return {"oneOf": [converted, other], **({"title": schema["title"]} if "title" in schema else {})}
+
+
+def publish(spec: dict, config, settings) -> dict:
+    """The OpenAPI document BentoML builds from the models above, with what the deployment's config
+    allows: channel and offer names as enums, consent per configured channel, IANA time zones, the
+    order value bound and the context size; the bearer key scheme, the errors every route may
+    answer (401, 403, 413, 415, 409 for a request id in flight) and ``DELETE /v1/customers/{id}``.
+
+    Parameters
+    ----------
+    spec : dict
+        BentoML's document (``GET /docs.json``), changed in place.
+    config : Config
+        The deployment's business config.
+    settings : ServeSettings
+
+    Returns
+    -------
+    dict
+        ``spec``.
+    """
+    import zoneinfo
+
+    channels, offers = list(config.channel_names), list(config.offer_names)
+    zones = sorted(zoneinfo.available_timezones())
+
+    def strings(prop: dict, names: list[str]) -> None:
+        for alt in [prop, *prop.get("anyOf", [])]:
+            if alt.get("type") == "array" and alt.get("items", {}).get("type") == "string":
+                alt["items"]["enum"] = names
+                alt["uniqueItems"] = True
+
+    def visit(node) -> None:
+        if isinstance(node, list):
+            for x in node:
+                visit(x)
+            return
+        if not isinstance(node, dict):
+            return
+        props = node.get("properties")
+        if isinstance(props, dict):
+            if "channels" in props:
+                strings(props["channels"], channels)
+            if "offers" in props:
+                strings(props["offers"], offers)
+            if isinstance(props.get("consent"), dict) and "additionalProperties" in props["consent"]:
+                props["consent"].update(properties={c: {"type": "boolean"} for c in channels},
+                                        additionalProperties=False)
+            if isinstance(props.get("timezone"), dict) and "anyOf" in props["timezone"]:
+                props["timezone"] = {**{k: v for k, v in props["timezone"].items() if k != "anyOf"},
+                                     "type": "string", "enum": zones}
+            if isinstance(props.get("context"), dict) and props["context"].get("type") == "object":
+                props["context"]["maxProperties"] = settings.max_context_keys
+            if "value" in props and "event" in props:
+                for alt in [props["value"], *props["value"].get("anyOf", [])]:
+                    if alt.get("type") == "number":
+                        alt["maximum"] = settings.max_order_value
+        for v in node.values():
+            visit(v)
+
+    visit(spec.get("components", {}))
+    visit(spec.get("paths", {}))
+    for ops in spec.get("paths", {}).values():
+        for op in ops.values():
+            body = op.get("requestBody", {})
+            if body:
+                body["required"] = True
+                for media in body.get("content", {}).values():
+                    media["schema"] = _by_event(media.get("schema", {}))
+    spec.setdefault("components", {}).setdefault("securitySchemes", {})["apiKey"] = {
+        "type": "http", "scheme": "bearer", "description": "an API key with the route's scope"}
+    for path, ops in spec.get("paths", {}).items():
+        if path.startswith("/v1/") or path == "/metrics":
+            for op in ops.values():
+                op["security"] = [{"apiKey": []}]
+                responses = op.setdefault("responses", {})
+                for code, text in _STATUSES.items():
+                    if path.startswith("/v1/") or code in ("401", "403"):
+                        responses.setdefault(code, {"description": text,
+                                                    "content": {"application/json": {"schema": _ERROR}}})
+                if path.startswith("/v1/decide"):
+                    responses.setdefault("409", {"description": "the request id is being decided by another call",
+                                                 "content": {"application/json": {"schema": _ERROR}}})
+    spec["paths"]["/v1/customers/{customer_id}"] = {"delete": {
+        "summary": "Erase a customer",
+        "description": "Remove a customer from the store, the decision log and future exports; answers the "
+                       "receipt (admin scope).",
+        "operationId": "nextbest__erase_customer", "tags": ["Service APIs"], "security": [{"apiKey": []}],
+        "parameters": [{"name": "customer_id", "in": "path", "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": ID}}],
+        "responses": {"200": {"description": "the receipt", "content": {"application/json": {"schema": {
+            "type": "object", "required": ["customer_hash", "at", "removed"],
+            "properties": {"customer_hash": {"type": "string"}, "at": {"type": "string"},
+                           "removed": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}},
+            **{code: {"description": text, "content": {"application/json": {"schema": _ERROR}}}
+               for code, text in (("400", "not a customer id"), *list(_STATUSES.items())[:2])}}}}
+    return spec

@@ -1,14 +1,22 @@
 """The BentoML service: thin routes over ``serving.engine.Engine``.
 
 Routes: ``POST /v1/decide``, ``POST /v1/decide/batch``, ``POST /v1/feedback``; BentoML's own
-``GET /healthz`` (alive), ``GET /readyz`` (the champion and features are loaded: ``__is_ready__``),
-``GET /metrics`` (Prometheus, the metrics below plus BentoML's request metrics) and the OpenAPI
-schema at ``GET /docs.json``. Bodies are the pydantic models of ``serving.schemas`` themselves
-(positional-only parameters). Start it with ``nextbest serve DATA_DIR``.
+``GET /healthz`` (alive), ``GET /readyz`` (the engine process answers a ping and the store is
+reachable and matches the decision log: ``__is_ready__``), ``GET /metrics`` (Prometheus, the
+metrics below plus BentoML's request metrics) and the OpenAPI schema at ``GET /docs.json``.
+Bodies are the pydantic models of ``serving.schemas`` themselves (positional-only parameters).
+Start it with ``nextbest serve DATA_DIR``. ``DELETE /v1/customers/{id}`` erases a customer
+(``serving.privacy``; admin scope).
+
+Every route but health, readiness and the documentation needs an API key with the route's scope
+(``serving.auth``, one ASGI middleware in front of BentoML's routes too: 401 / 403); bodies are
+read strictly before BentoML sees them (``serving.errors``: 413 over the size limit, 400 for
+duplicate keys, NaN, a context over its limits).
 
 Errors are JSON ``{"error": ..., "field": ...}``: 400 for a request the config rejects
 (pydantic's own 400 names the field for shape errors), 404 for feedback on an unknown decision,
-409 for a request id still being decided.
+409 for a request id still being decided, 503 with Retry-After while the engine restarts or the
+store is down or does not match the decision log, 507 when the decision log's disk is full.
 """
 
 from __future__ import annotations
@@ -19,11 +27,16 @@ import time
 
 import bentoml
 from prometheus_client import Counter, Gauge, Histogram
+from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from nextbest.serving.batcher import MicroBatcher
 from nextbest.serving.engine import Conflict, InvalidInput, UnknownDecision
-from nextbest.serving.engine_process import EngineProcess
+from nextbest.serving.engine_process import RETRY_AFTER_S, EngineProcess, unavailable_status
+from nextbest.serving.auth import Auth
+from nextbest.serving.checks import check_feedback
 from nextbest.serving.errors import ValidationErrorShape
 from nextbest.serving.schemas import BatchRequest, BatchResponse, DecideRequest, DecideResponse, FeedbackRequest, FeedbackResponse
 from nextbest.serving.settings import ServeSettings
@@ -44,6 +57,9 @@ def _json(body, status: int = 200) -> Response:
 
 
 def _error(exc: Exception) -> Response:
+    if unavailable_status(exc):  # engine restarting, store down or not matching the log, log disk full
+        return Response(json.dumps({"error": str(exc), "field": None, "detail": str(exc)}), unavailable_status(exc),
+                        {"Retry-After": str(RETRY_AFTER_S)}, media_type="application/json")
     if isinstance(exc, InvalidInput):
         return _json({"error": exc.message, "field": exc.field, "detail": str(exc)}, 400)
     if isinstance(exc, UnknownDecision):
@@ -69,6 +85,7 @@ class DecisionService:
         self.batcher = MicroBatcher(self.engine.decide_each, settings.micro_batch_ms, settings.micro_batch_max)
         self._version = None
         self._note_version(self.engine.version)
+        self.settings = settings
 
     def _note_version(self, v: str) -> None:
         if v != self._version:
@@ -77,8 +94,8 @@ class DecisionService:
             POLICY.labels(v).set(1)
             self._version = v
 
-    def __is_ready__(self) -> bool:
-        return self.engine is not None
+    def __is_ready__(self) -> bool:  # the engine process answers, its store is reachable and matches the log
+        return self.engine is not None and self.engine.ready()
 
     @bentoml.on_shutdown
     def _shutdown(self):
@@ -91,7 +108,7 @@ class DecisionService:
         t = time.perf_counter()
         try:
             out = await self.batcher.submit(request)
-        except (InvalidInput, Conflict) as exc:
+        except Exception as exc:  # noqa: BLE001 - _error re-raises what it does not map
             return _error(exc)
         self._note_version(out["policy_version"])
         _count([out])
@@ -104,7 +121,7 @@ class DecisionService:
         t = time.perf_counter()
         try:
             out = self.engine.decide(request.requests, prefix="requests")
-        except (InvalidInput, Conflict) as exc:
+        except Exception as exc:  # noqa: BLE001 - _error re-raises what it does not map
             return _error(exc)
         self._note_version(out[-1]["policy_version"])
         _count(out)
@@ -115,11 +132,37 @@ class DecisionService:
     def feedback(self, request: FeedbackRequest, /) -> FeedbackResponse:
         """What happened to a decision's message; the same event twice counts once."""
         try:
+            check_feedback(request, self.settings.max_order_value, self.settings.max_clock_skew_days)
             out = self.engine.feedback(request)
-        except (InvalidInput, UnknownDecision, Conflict) as exc:
+        except Exception as exc:  # noqa: BLE001 - _error re-raises what it does not map
             return _error(exc)
         FEEDBACK.labels(out["event"], str(out["accepted"]).lower()).inc()
         return _json(out)
 
 
+async def _erase(request: Request) -> Response:
+    """``DELETE /v1/customers/{customer_id}``: erase one customer, answer the receipt."""
+    import anyio
+
+    from nextbest.serving.privacy import erase
+    from nextbest.serving.store import open_store
+
+    cid = request.path_params["customer_id"]
+    if not cid.strip() or len(cid) > 200:
+        return _json({"error": "not a customer id", "field": "customer_id", "detail": "not a customer id"}, 400)
+    settings = ServeSettings.from_env()
+
+    def run():
+        store = open_store(settings.store_url)
+        try:
+            return erase([cid], store, settings.log_dir)[0]
+        finally:
+            store.close()
+
+    return _json(await anyio.to_thread.run_sync(run))
+
+
+DecisionService.add_asgi_middleware(Auth)  # first: the outermost, before any body is read
 DecisionService.add_asgi_middleware(ValidationErrorShape)
+DecisionService.mount_asgi_app(Starlette(routes=[Route("/{customer_id:path}", _erase, methods=["DELETE"])]),
+                               path="/v1/customers")

@@ -4,6 +4,8 @@
 ``NEXTBEST_DATA_DIR`` (customers and events the features come from, required),
 ``NEXTBEST_CONFIG`` (the deployment's YAML, optional), ``NEXTBEST_STORE_URL``,
 ``NEXTBEST_LOG_DIR`` and ``NEXTBEST_HOME`` (where relative paths and the MLflow store live).
+API keys: ``NEXTBEST_API_KEYS_FILE`` (over ``serving.auth.keys_file``) and ``NEXTBEST_API_KEYS``
+(``serving.auth``; read by ``serving.auth.Keys``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,14 @@ class ServeSettings:
     micro_batch_max: int
     workers: int
     max_clock_skew_days: float
+    auth_required: bool
+    keys_file: str | None
+    max_body_bytes: int
+    max_context_keys: int
+    max_context_bytes: int
+    max_order_value: float
+    log_context_keys: tuple[str, ...]
+    log_retention_days: float
 
     @classmethod
     def from_env(cls, env=None) -> "ServeSettings":
@@ -52,6 +62,14 @@ class ServeSettings:
             micro_batch_max=s.micro_batch_max,
             workers=workers,
             max_clock_skew_days=s.max_clock_skew_days,
+            auth_required=s.auth.required,
+            keys_file=_path(home, env.get("NEXTBEST_API_KEYS_FILE") or s.auth.keys_file),
+            max_body_bytes=s.max_body_bytes,
+            max_context_keys=s.max_context_keys,
+            max_context_bytes=s.max_context_bytes,
+            max_order_value=s.max_order_value,
+            log_context_keys=tuple(s.log_context_keys),
+            log_retention_days=s.log_retention_days,
         )
         if not out.data_dir:
             raise ConfigError("NEXTBEST_DATA_DIR must name the data directory the service takes customers "
@@ -63,3 +81,8 @@ class ServeSettings:
 
     def with_(self, **changes) -> "ServeSettings":
         return replace(self, **changes)
+
+
+def _path(home: Path, path: str | None) -> str | None:
+    """A configured file path; relative ones are under ``NEXTBEST_HOME``."""
+    return None if not path else str(home / path)

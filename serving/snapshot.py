@@ -1,6 +1,8 @@
 """The features the service decides on: every customer's engagement history as of the data's
 last day, computed once at start with the training code (``features.history``), plus the
-cold-start row for customers the data does not know."""
+cold-start row for customers the data does not know. The data directory is read as training
+reads it (``features.validate.check``: Parquet or CSV alike, timestamps parsed, consent as
+booleans; bad data stops the start with the file, column and rule broken)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import pandas as pd
 
 from nextbest.features.eventlog import EventLog
 from nextbest.features.history import Population, engagement_history
-from nextbest.features.io import load_dataset
+from nextbest.features.io import find_table, load_dataset
+from nextbest.features.validate import check
 from nextbest.decision.candidates import CustomerArrays
 from nextbest.serving.contact import ContactState
 
@@ -31,7 +34,8 @@ class Snapshot:
     """
 
     def __init__(self, data_dir: str, config):
-        customers, events = load_dataset(data_dir)
+        files = {name: str(find_table(data_dir, name)) for name in ("customers", "events")}
+        customers, events = check(*load_dataset(data_dir), config, files=files)
         self.as_of = events["ts"].max().ceil("D") if len(events) else pd.Timestamp.now(tz="UTC").ceil("D")
         log_ = EventLog.build(customers, events[events["ts"] < self.as_of], config)
         ids = customers["customer_id"].astype(str).to_numpy()

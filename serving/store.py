@@ -21,10 +21,18 @@ contact states uses ``cas_many`` directly, with the same bound (``serving.engine
 Backends: ``sqlite:///path/state.db`` (the embedded default; WAL mode, so several worker
 processes on one machine share it) and ``redis://host:port/db`` (several workers and replicas).
 ``open_store(url)`` picks one; the URL comes from ``NEXTBEST_STORE_URL`` or ``serve --store``.
+
+The store is derived state: ``nextbest store rebuild`` rebuilds it from the decision log
+(``serving.rebuild``). Its ``meta:epoch`` key names the log it was derived from; the service
+checks it on every call. A store the service cannot reach raises
+:class:`StoreUnavailable` (a Redis outage, an SQLite file that cannot be read); an SQLite file
+deleted or replaced under a running service is noticed (its inode changed) and never silently
+recreated by a worker: the service refuses until ``nextbest store rebuild`` made a new one.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -41,6 +49,25 @@ MAX_ATTEMPTS = 100  # compare-and-set rounds on a value that keeps changing befo
 class Conflict(RuntimeError):
     """A value kept changing under compare-and-set, or a request id is being decided by another
     call; the request can be retried."""
+
+
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached or read (Redis down, SQLite file gone); retry later (503)."""
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store is unreachable (rather than a bug): Redis connection and
+    timeout errors, SQLite I/O errors, :class:`StoreUnavailable`."""
+    if isinstance(exc, StoreUnavailable):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        return any(w in text for w in ("disk", "unable to open", "no such table", "readonly", "locked"))
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return False
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError, redis.exceptions.BusyLoadingError))
 
 
 class Store(ABC):
@@ -138,6 +165,15 @@ class Store(ABC):
         """Drop expired keys where the backend does not do it itself; returns how many."""
         return 0
 
+    @abstractmethod
+    def dump(self) -> dict:
+        """Everything held: ``{"kv": {ns: {key: value}}, "stats": {action: vector}, "queue": {id: due}}``
+        (live keys only; what ``nextbest store rebuild`` is compared with)."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Remove everything this store holds (before a rebuild)."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass
 
@@ -160,6 +196,7 @@ class SQLiteStore(Store):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._create = True  # only the constructor creates the file; a worker never recreates it
         self._db().executescript("""
                 CREATE TABLE IF NOT EXISTS kv (ns TEXT, key TEXT, value TEXT, expires REAL,
                                                PRIMARY KEY (ns, key)) WITHOUT ROWID;
@@ -169,14 +206,32 @@ class SQLiteStore(Store):
                 CREATE INDEX IF NOT EXISTS queue_due ON queue (due);
                 INSERT OR IGNORE INTO meta VALUES ('stats_version', 0);
         """)
+        self._create = False
+
+    def _inode(self) -> int | None:
+        try:
+            return os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return None
 
     def _db(self) -> sqlite3.Connection:
+        """This thread's connection to the file at ``path``; reopened if the file was replaced
+        (a rebuild), :class:`StoreUnavailable` if it is gone (a connection to a deleted file
+        would go on writing to nothing)."""
+        inode = self._inode()
         db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process; WAL fsyncs at checkpoints
-            self._local.db = db
+        if db is not None and inode == self._local.inode:
+            return db
+        if db is not None:
+            db.close()
+            self._local.db = None
+        if inode is None and not self._create:
+            raise StoreUnavailable(f"the store file {self.path} is gone; run `nextbest store rebuild` to rebuild "
+                                   "it from the decision log")
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")  # durable across a killed process; WAL fsyncs at checkpoints
+        self._local.db, self._local.inode = db, self._inode()
         return db
 
     class _Tx:
@@ -293,6 +348,22 @@ class SQLiteStore(Store):
         """Drop expired keys (idempotency keys and decisions past their window)."""
         with self._tx() as db:
             return db.execute("DELETE FROM kv WHERE expires IS NOT NULL AND expires <= ?", (time.time(),)).rowcount
+
+    def dump(self) -> dict:
+        now, db = time.time(), self._db()
+        kv: dict[str, dict] = {}
+        for ns, k, v, exp in db.execute("SELECT ns, key, value, expires FROM kv"):
+            if exp is None or exp > now:
+                kv.setdefault(ns, {})[k] = v
+        stats = {a: np.frombuffer(v, dtype=np.float64).copy() for a, v in db.execute("SELECT action, value FROM stats")}
+        return {"kv": kv, "stats": stats, "queue": dict(db.execute("SELECT id, due FROM queue").fetchall())}
+
+    def clear(self) -> None:
+        with self._tx() as db:
+            for table in ("kv", "stats", "queue"):
+                db.execute(f"DELETE FROM {table}")
+            db.execute("DELETE FROM meta WHERE name != 'stats_version'")
+            db.execute("UPDATE meta SET value = value + 1 WHERE name = 'stats_version'")
 
     def close(self):
         db = getattr(self._local, "db", None)

@@ -2,7 +2,9 @@
 
 The champion is trained once per test process on 1,200 simulated customers x 35 days with a
 config whose learner takes feedback at once (``learn_after_hours: 0``) and whose service checks
-the registry every second, so the tests see learning and hot swaps within seconds.
+the registry every second, so the tests see learning and hot swaps within seconds. Every project
+has an API keys file (``serving.auth.keys_file``, :data:`KEYS`); ``Server.post`` sends the key
+with every scope.
 """
 
 from __future__ import annotations
@@ -23,10 +25,22 @@ import yaml
 from nextbest.cli_serve import stop_tree, wait_ready
 
 NEXTBEST = str(Path(sys.executable).parent / "nextbest")
+KEYS = {  # name -> (key, scopes); the keys file maps each key to its scopes
+    "all": ("test-key-all-scopes-3f9c2a7d41", ["decide", "feedback", "events", "admin"]),
+    "decide": ("test-key-decide-only-8b1e6f0c93", ["decide"]),
+    "feedback": ("test-key-feedback-only-5d2a9e71c4", ["feedback"]),
+    "admin": ("test-key-admin-only-1c7f3b8e20", ["admin"]),
+}
+KEYS_FILE = "api-keys.yaml"
 TEST_CONFIG = {
     "online": {"learn_after_hours": 0},
-    "serving": {"reload_seconds": 1, "learner_sync_seconds": 0.5},
+    "serving": {"reload_seconds": 1, "learner_sync_seconds": 0.5, "auth": {"keys_file": KEYS_FILE}},
 }
+
+
+def auth(name: str = "all") -> dict:
+    """The Authorization header of one of :data:`KEYS`."""
+    return {"Authorization": f"Bearer {KEYS[name][0]}"}
 
 
 def free_port() -> int:
@@ -43,8 +57,10 @@ class Project:
         self.data = home / "data"
         self.config = home / "nextbest.yaml"
         self.env = {**os.environ, "NEXTBEST_HOME": str(home), "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
-        for var in ("NEXTBEST_STORE_URL", "NEXTBEST_LOG_DIR", "NEXTBEST_DATA_DIR", "NEXTBEST_WORKERS", "MLFLOW_RUN_ID"):
+        for var in ("NEXTBEST_STORE_URL", "NEXTBEST_LOG_DIR", "NEXTBEST_DATA_DIR", "NEXTBEST_WORKERS", "MLFLOW_RUN_ID",
+                    "NEXTBEST_API_KEYS", "NEXTBEST_API_KEYS_FILE"):
             self.env.pop(var, None)
+        (home / KEYS_FILE).write_text(yaml.safe_dump({key: scopes for key, scopes in KEYS.values()}))
 
     def run(self, *args) -> subprocess.CompletedProcess:
         out = subprocess.run([NEXTBEST, "-q", "--config", str(self.config), *args], env=self.env, cwd=self.home,
@@ -73,6 +89,7 @@ class Server:
         self.log_dir = workdir / "log"
         self.workers = workers
         self.proc = None
+        self.headers = auth("all")
 
     def start(self, timeout: float = 120.0) -> "Server":
         env = {**self.project.env, "NEXTBEST_STORE_URL": self.store_url}
@@ -108,8 +125,11 @@ class Server:
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
 
-    def post(self, path: str, body, timeout: float = 60.0) -> httpx.Response:
-        return httpx.post(f"{self.url}{path}", json=body, timeout=timeout)
+    def post(self, path: str, body, timeout: float = 60.0, key: str = "all") -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=body, timeout=timeout, headers=auth(key))
+
+    def get(self, path: str, key: str | None = "all") -> httpx.Response:
+        return httpx.get(f"{self.url}{path}", timeout=60, headers=auth(key) if key else None)
 
 
 @pytest.fixture

@@ -71,10 +71,10 @@ def test_export_as_of_a_time_then_later_then_retrain(project, server_factory, tm
     late = pd.Timestamp(D) + pd.Timedelta(hours=20)  # an order dated after the first export time
     assert late > as_of and at[sends[0]["decision_id"]] <= late
     for d in sends:
-        body = {"decision_id": d["decision_id"], "event": "opened", "ts": (at[d["decision_id"]] + pd.Timedelta(hours=1))
+        body = {"decision_id": d["decision_id"], "customer_id": d["customer_id"], "event": "opened", "ts": (at[d["decision_id"]] + pd.Timedelta(hours=1))
                 .isoformat()}
         assert server.post("/v1/feedback", body).status_code == 200
-    body = {"decision_id": sends[0]["decision_id"], "event": "converted", "ts": late.isoformat(), "value": 80.0}
+    body = {"decision_id": sends[0]["decision_id"], "customer_id": sends[0]["customer_id"], "event": "converted", "ts": late.isoformat(), "value": 80.0}
     assert server.post("/v1/feedback", body).status_code == 200
 
     first, second = tmp_path / "as_of", tmp_path / "now"

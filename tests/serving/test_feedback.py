@@ -22,7 +22,8 @@ from nextbest.serving.store import open_store
 
 def test_late_stepwise_feedback_ends_in_the_statistics_of_the_final_rewards(tmp_path):
     cfg = load_config()
-    online = dataclasses.replace(OnlineSettings.from_config(cfg), learn_after_hours=24.0, half_life_days=0.0)
+    online = dataclasses.replace(OnlineSettings.from_config(cfg), learn_after_hours=24.0, half_life_days=0.0,
+                                 learn_profit=True)
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
     keep_s = keep_seconds(cfg, online)
     rng = np.random.default_rng(4)

@@ -56,7 +56,7 @@ class Traffic:
 
     def _run(self, k):
         # no keep-alive: every request is a new connection, so several workers share the load
-        client = httpx.Client(base_url=self.server.url, timeout=30, limits=httpx.Limits(max_keepalive_connections=0))
+        client = httpx.Client(base_url=self.server.url, timeout=30, headers=self.server.headers, limits=httpx.Limits(max_keepalive_connections=0))
         i = 0
         while not self._stop.is_set():
             i += 1
@@ -71,7 +71,7 @@ class Traffic:
             if not (self.feedback and d["action"] == "send"):
                 continue
             for event, value in (("opened", None), ("converted", 40.0)):
-                fb = {"decision_id": d["decision_id"], "event": event, "ts": (NOW + timedelta(hours=30)).isoformat(),
+                fb = {"decision_id": d["decision_id"], "customer_id": d["customer_id"], "event": event, "ts": (NOW + timedelta(hours=30)).isoformat(),
                       "value": value}
                 answer = self._post(client, "/v1/feedback", fb)
                 if answer is None:
@@ -97,10 +97,12 @@ def test_kill_9_loses_no_acknowledged_decision_or_feedback(server_factory, custo
     again = restarted.post("/v1/decide", {"customer_id": last["customer_id"], "request_id": last["request_id"]}).json()
     assert again == last  # the idempotency key survived
     d, event, ts, _ = traffic.feedbacks[-1]
-    assert restarted.post("/v1/feedback", {"decision_id": d, "event": event, "ts": ts,
+    cid = next(x["customer_id"] for x in traffic.decisions if x["decision_id"] == d)
+    assert restarted.post("/v1/feedback", {"decision_id": d, "customer_id": cid, "event": event, "ts": ts,
                                            "value": 40.0 if event == "converted" else None}).json()["accepted"] is False
     sent = [x for x in traffic.decisions if x["action"] == "send"]
-    r = restarted.post("/v1/feedback", {"decision_id": sent[0]["decision_id"], "event": "clicked",
+    r = restarted.post("/v1/feedback", {"decision_id": sent[0]["decision_id"], "customer_id": sent[0]["customer_id"],
+                                        "event": "clicked",
                                         "ts": (NOW + timedelta(hours=31)).isoformat()})
     assert r.status_code == 200 and r.json()["accepted"]
 
@@ -133,7 +135,7 @@ def test_hot_swap_under_traffic_fails_no_request(server_factory, project, custom
         assert versions[0] == old and versions[-1] == swapped
         logged = {r["policy_version"] for r in read_records(server.log_dir, "decisions")}
         assert {old, swapped} <= logged
-        assert f'nextbest_policy_version{{version="{swapped}"}} 1.0' in httpx.get(f"{server.url}/metrics").text
+        assert f'nextbest_policy_version{{version="{swapped}"}} 1.0' in server.get("/metrics").text
     finally:
         project.run("promote", str(champion.version), "--force", "--note", "back after the hot swap test")
 
@@ -171,3 +173,19 @@ def test_two_workers_on_redis_keep_caps_and_lose_no_feedback(server_factory, red
     for d in (x for x in traffic.decisions if x["action"] == "send"):
         rec = DecisionRecord.from_json(store.get("decision", d["decision_id"]))
         assert rec.reward == pytest.approx(-costs[d["channel"]] + by_decision.get(d["decision_id"], 0.0))
+
+
+def test_the_service_snapshot_reads_csv_as_it_reads_parquet(project, tmp_path):
+    """`nextbest serve` on a CSV data directory crash-looped (``'str' object has no attribute
+    'ceil'``): the snapshot reads CSV and Parquet alike, through the training code's checks."""
+    from nextbest.serving.snapshot import Snapshot
+
+    for fmt in ("csv", "parquet"):
+        project.run("data", "generate", "--customers", "200", "--days", "15", "--seed", "4", "--format", fmt,
+                    "--out", str(tmp_path / fmt))
+    cfg = load_config(project.config)
+    from_csv, from_parquet = Snapshot(str(tmp_path / "csv"), cfg), Snapshot(str(tmp_path / "parquet"), cfg)
+    assert from_csv.as_of == from_parquet.as_of
+    pd.testing.assert_frame_equal(from_csv.frame, from_parquet.frame, check_dtype=False, check_categorical=False)
+    some = str(from_parquet.index[0])
+    assert from_csv.contact_state(some) == from_parquet.contact_state(some)

@@ -116,13 +116,14 @@ def test_feedback_is_idempotent_and_unknown_decisions_are_rejected(server, proje
             return db.execute("SELECT COUNT(*) FROM kv").fetchone()[0]
 
     before, stored = len(read_records(server.log_dir, "feedback")), rows()
-    r = server.post("/v1/feedback", {"decision_id": "does-not-exist", "event": "opened", "ts": NOW.isoformat()})
+    r = server.post("/v1/feedback", {"decision_id": "does-not-exist", "customer_id": "c1", "event": "opened",
+                                     "ts": NOW.isoformat()})
     assert r.status_code == 404 and "decision_id" in r.text
     assert len(read_records(server.log_dir, "feedback")) == before and rows() == stored  # stored nowhere
 
     sent = next(d for d in (server.post("/v1/decide", {"customer_id": c, "now": NOW.isoformat()}).json()
                             for c in customers(80, offset=200)) if d["action"] == "send")
-    event = {"decision_id": sent["decision_id"], "event": "converted", "value": 80.0,
+    event = {"decision_id": sent["decision_id"], "customer_id": sent["customer_id"], "event": "converted", "value": 80.0,
              "ts": (NOW + timedelta(hours=25)).isoformat()}
     first, again = server.post("/v1/feedback", event).json(), server.post("/v1/feedback", event).json()
     assert first["accepted"] and not again["accepted"] and first["reward"] > 0
@@ -138,7 +139,7 @@ def test_unsubscribe_revokes_the_channel(server, project, customers, people, cfg
             break
     else:
         pytest.fail("no send to a customer with two consented channels")
-    r = server.post("/v1/feedback", {"decision_id": d["decision_id"], "event": "unsubscribed",
+    r = server.post("/v1/feedback", {"decision_id": d["decision_id"], "customer_id": cid, "event": "unsubscribed",
                                      "ts": (NOW + timedelta(hours=25)).isoformat()})
     assert r.json()["accepted"]
     later = NOW + timedelta(days=8)  # past every cap window
@@ -150,14 +151,17 @@ def test_unsubscribe_revokes_the_channel(server, project, customers, people, cfg
 
 
 def test_feedback_reaches_the_shared_learner_within_seconds(server, project, customers):
+    # decided at the clock's time: a decision backdated beyond the learner's delay (0 h here) never enters it
+    now = datetime.now(timezone.utc).replace(microsecond=0)
     store = open_store(server.store_url)
     _, before = store.stats()
     n_before = sum(v[0] for v in before.values())
-    sent = [d for d in (server.post("/v1/decide", {"customer_id": c, "now": NOW.isoformat()}).json()
+    sent = [d for d in (server.post("/v1/decide", {"customer_id": c, "now": now.isoformat()}).json()
                         for c in customers(40, offset=700)) if d["action"] == "send"]
     for d in sent:
-        r = server.post("/v1/feedback", {"decision_id": d["decision_id"], "event": "converted", "value": 50.0,
-                                         "ts": (NOW + timedelta(hours=26)).isoformat()})
+        r = server.post("/v1/feedback", {"decision_id": d["decision_id"], "customer_id": d["customer_id"],
+                                         "event": "converted", "value": 50.0,
+                                         "ts": (parse(d["send_at"]) + timedelta(hours=2)).isoformat()})
         assert r.json()["accepted"]
     deadline = time.time() + 10
     while time.time() < deadline:
@@ -175,7 +179,8 @@ def test_health_readiness_and_metrics(server, project, customers):
     assert httpx.get(f"{server.url}/healthz").status_code == 200
     assert httpx.get(f"{server.url}/readyz").status_code == 200
     server.post("/v1/decide", {"customer_id": customers(1)[0]})
-    text = httpx.get(f"{server.url}/metrics").text
+    assert httpx.get(f"{server.url}/metrics").status_code == 401  # behind the admin scope
+    text = server.get("/metrics").text
     assert 'nextbest_decisions_total{action=' in text
     assert 'nextbest_policy_version{version="nextbest/1"} 1.0' in text
     assert "nextbest_decide_seconds_bucket" in text
@@ -212,10 +217,12 @@ BAD = [
     ("/v1/decide/batch", {"requests": [{"customer_id": "a", "request_id": "d"}, {"customer_id": "b", "request_id": "d"}]},
      "requests[1].request_id"),
     ("/v1/decide/batch", {"requests": [{"customer_id": "c"}] * 10_001}, "requests"),
-    ("/v1/feedback", {"decision_id": "x", "event": "liked", "ts": "2026-11-20T10:00:00Z"}, "event"),
-    ("/v1/feedback", {"decision_id": "x", "event": "opened"}, "ts"),
-    ("/v1/feedback", {"decision_id": "x", "event": "converted", "ts": "2026-11-20", "value": -5}, "value"),
-    ("/v1/feedback", {"decision_id": "x", "event": "converted", "ts": "2026-11-20", "value": 1e12}, "value"),
+    ("/v1/feedback", {"decision_id": "x", "customer_id": "c1", "event": "liked", "ts": "2026-11-20T10:00:00Z"}, "event"),
+    ("/v1/feedback", {"decision_id": "x", "customer_id": "c1", "event": "opened"}, "ts"),
+    ("/v1/feedback", {"decision_id": "x", "customer_id": "c1", "event": "converted", "ts": "2026-11-20", "value": -5},
+     "value"),
+    ("/v1/feedback", {"decision_id": "x", "customer_id": "c1", "event": "converted", "ts": "2026-11-20", "value": 1e12},
+     "value"),
 ]
 
 
@@ -235,10 +242,10 @@ def test_bad_input_gets_a_4xx_naming_the_field_and_writes_nothing(server):
         assert field in r.text, (path, body, r.text[:300])
     after = (len(read_records(server.log_dir, "decisions")), len(read_records(server.log_dir, "feedback")), rows())
     assert after == before
-    r = httpx.post(f"{server.url}/v1/decide", content=b"{not json", headers={"content-type": "application/json"})
+    r = httpx.post(f"{server.url}/v1/decide", content=b"{not json", headers={"content-type": "application/json", **server.headers})
     assert r.status_code == 400
     r = httpx.post(f"{server.url}/v1/feedback", content=b'{"decision_id": "x", "event": "converted", '
-                   b'"ts": "2026-11-20T00:00:00Z", "value": 1e999}', headers={"content-type": "application/json"})
+                   b'"ts": "2026-11-20T00:00:00Z", "value": 1e999}', headers={"content-type": "application/json", **server.headers})
     assert r.status_code == 400 and "value" in r.text
     assert json.loads(r.text)
 
@@ -256,7 +263,8 @@ def test_contact_history_of_the_data_counts_before_the_first_decision(server, pr
     assert store.get("contact", cid) is None
     d = server.post("/v1/decide", {"customer_id": cid, "type": "transactional"}).json()
     assert d["action"] == "send", d
-    fb = server.post("/v1/feedback", {"decision_id": d["decision_id"], "event": "unsubscribed", "ts": d["send_at"]})
+    fb = server.post("/v1/feedback", {"decision_id": d["decision_id"], "customer_id": cid, "event": "unsubscribed",
+                                      "ts": d["send_at"]})
     assert fb.json()["accepted"], fb.text
     state = json.loads(store.get("contact", cid))
     assert len(state["sends"]) == recent[cid] >= 1 and state["unsubscribed"] == [d["channel"]]

@@ -1,0 +1,203 @@
+"""The store is derived state: rebuilding it from the decision log, and noticing when it was not
+derived from the log it faces.
+
+**Epoch.** At the first start of a deployment (an empty store and an empty log) the service
+writes one random id both into the store (``meta:epoch``) and into the log directory
+(``{log_dir}/EPOCH``, ``serving.decision_log.write_epoch``). On every call the engine compares
+them (:class:`EpochGuard`): a store whose epoch is missing (Redis emptied or restarted without
+persistence, a new SQLite file) or differs (another deployment's store) while the log holds
+lines does not match, and the service refuses decisions and feedback (503) and reports not
+ready until ``nextbest store rebuild`` rebuilt it. Deciding on an empty store would forget who
+unsubscribed, who was contacted today, and which request ids were answered.
+
+**Rebuild** (:func:`rebuild`): the log, voided decisions left out, replayed in the order it was
+written (``logged_at``) over the data directory's contact history (``serving.snapshot``):
+
+- contact states: each marketing send at its ``send_at``, each feedback event (opens reset the
+  unanswered count, unsubscribes revoke the channel), starting from what the data shows;
+- decision records still inside their keep time (attribution window + learner delay,
+  ``serving.records.keep_seconds``), with the rewards their feedback added, and the learner's
+  queue of those not yet due;
+- idempotency keys: each request id's answer, for the rest of its 7 days;
+- the learner's statistics: every decision that enters the learner
+  (``serving.records.enters_learner`` at the time it was logged) and is due by now
+  (``learn_after_hours`` after it was taken) with its reward, which equals what the live path adds at maturity plus the later increments.
+  With forgetting on (``half_life_days``) each observation is weighted by the time since it was
+  due (the live path decays in steps of ``DECAY_EVERY_S``: equal within that step).
+
+Where two workers raced on one customer (a send recorded by compare-and-set before its log line
+was written, and an open logged in between) the replayed unanswered count can differ from the
+live one by that race; everything else is exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+import numpy as np
+import pandas as pd
+
+from nextbest.serving import learning
+from nextbest.serving.contact import ContactState
+from nextbest.serving.decision_log import has_records, read_epoch, read_records, write_epoch
+from nextbest.serving.feedback import counts
+from nextbest.serving.idempotency import ANSWER_TTL_S
+from nextbest.serving.records import DecisionRecord, enters_learner, keep_seconds, start_reward
+from nextbest.serving.schemas import DecideResponse
+from nextbest.serving.store import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+META, EPOCH = "meta", "epoch"
+
+
+class StoreMismatch(StoreUnavailable):
+    """The store was not derived from this decision log (emptied, replaced, another deployment's);
+    the service refuses until ``nextbest store rebuild``."""
+
+
+def _send_s(send_at: str) -> float:
+    return int(pd.Timestamp(send_at).value) / 1e9
+
+
+def _at_s(text: str) -> float:
+    return pd.Timestamp(text).timestamp()
+
+
+class EpochGuard:
+    """Whether a store matches the decision log in ``log_dir`` (see the module docstring).
+
+    Parameters
+    ----------
+    log_dir : path
+    """
+
+    def __init__(self, log_dir):
+        self.log_dir = log_dir
+        self._log_epoch = read_epoch(log_dir)
+
+    def start(self, store: Store) -> None:
+        """At a service's start: give a new deployment (empty store, empty log) its epoch."""
+        if store.get(META, EPOCH) is None and self._log_epoch is None and not has_records(self.log_dir):
+            store.put_new(META, EPOCH, uuid.uuid4().hex)
+            epoch = store.get(META, EPOCH)  # another worker may have won the race
+            self._log_epoch = write_epoch(self.log_dir, epoch)
+            log.info("new deployment: store and decision log share epoch %s", self._log_epoch)
+
+    def problem(self, store: Store) -> str | None:
+        """None if the store matches the log, else why not (what the 503 says)."""
+        stored = store.get(META, EPOCH)
+        if stored is not None and stored == self._log_epoch:
+            return None
+        self._log_epoch = read_epoch(self.log_dir)  # a rebuild may have given the log its epoch
+        if stored is not None and stored == self._log_epoch:
+            return None
+        fix = "run `nextbest store rebuild` to rebuild it from the decision log"
+        if stored is None:
+            return f"the store is empty or new while the decision log {self.log_dir} holds decisions; {fix}"
+        if self._log_epoch is None:
+            return f"the store belongs to another decision log than {self.log_dir} (which has no epoch); {fix}"
+        return f"the store was derived from another decision log (epoch {stored}, the log's is {self._log_epoch}); {fix}"
+
+
+def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None = None) -> dict:
+    """Replace everything ``store`` holds with what the decision log says (see the module docstring).
+
+    Parameters
+    ----------
+    store : Store
+        Cleared first; its epoch is written last, so a service facing it refuses until it is done.
+    log_dir : path
+    snapshot : serving.snapshot.Snapshot
+        The data directory's contact history (customers' state before the service's first send).
+    config : Config
+        The serving policy's config (channels, offers, attribution window).
+    online : OnlineSettings
+        The serving policy's learner settings (delay, forgetting).
+    now_s : float, optional
+        The clock (epoch seconds; default: now).
+
+    Returns
+    -------
+    dict
+        Counts of what was written: ``contact``, ``decision``, ``request``, ``queue``, ``matured``.
+    """
+    now_s = time.time() if now_s is None else now_s
+    decisions = read_records(log_dir, "decisions")
+    feedback = read_records(log_dir, "feedback")
+    lines = sorted([(r.get("logged_at", 0.0), 0, i, r) for i, r in enumerate(decisions)]
+                   + [(r.get("logged_at", 0.0), 1, i, r) for i, r in enumerate(feedback)], key=lambda t: t[:3])
+    keep_s, after_s = keep_seconds(config, online), online.learn_after_hours * 3600.0
+    contact: dict[str, ContactState] = {}
+    records: dict[str, DecisionRecord] = {}
+    logged: dict[str, float] = {}  # decision id -> logged_at
+    answers: list[tuple[str, str, float]] = []
+
+    def state(cid: str) -> ContactState:
+        if cid not in contact:
+            contact[cid] = snapshot.contact_state(cid)
+        return contact[cid]
+
+    answer_keys = set(DecideResponse.model_fields)
+    for at, kind, _, r in lines:
+        if kind == 0:
+            did = r["decision_id"]
+            if did in records:
+                continue  # logged twice (a retry after a crash): the first counts
+            send = r["action"] == "send"
+            ch, off = (r["channel"], r["offer"]) if send else (None, None)
+            decided = _at_s(r["now"])
+            sent = _send_s(r["send_at"]) if send else decided
+            records[did] = DecisionRecord(customer_id=str(r["customer_id"]), action_key=r["action_key"], channel=ch,
+                                          offer=off, learner_input=tuple(r["learner_input"]), decided_at=decided,
+                                          sent_at=sent, type=r["type"], reward=start_reward(config, ch, off))
+            logged[did] = at
+            if send and r["type"] == "marketing":
+                contact[str(r["customer_id"])] = state(str(r["customer_id"])).with_send(sent, ch)
+            if r.get("request_id"):
+                answer = {k: v for k, v in r.items() if k in answer_keys}
+                answers.append((r["request_id"], answer, at))
+        else:
+            rec = records.get(r["decision_id"])
+            if rec is None:
+                continue  # its decision is void or not in this log
+            key = f"{r['event']}|{r['ts']}"
+            inside = counts(rec, _at_s(r["ts"]), config)
+            if key not in rec.counted and (inside or rec.type != "marketing"):  # as ``serving.feedback``
+                records[r["decision_id"]] = rec.with_event(key, float(r["reward"]) if inside else 0.0)
+            if rec.channel is not None:
+                contact[rec.customer_id] = state(rec.customer_id).with_event(rec.channel, r["event"])
+
+    deltas: dict[str, np.ndarray] = {}
+    queue, kept, matured = [], [], 0
+    for did, rec in records.items():
+        due, learns = rec.decided_at + after_s, enters_learner(rec, after_s, logged[did])
+        if learns and due <= now_s:
+            rec = records[did] = rec.as_matured()
+            matured += 1
+            obs = learning.observation(np.array(rec.learner_input), rec.reward)
+            if online.half_life_days > 0:
+                obs = obs * 0.5 ** (max(now_s - due, 0.0) / (online.half_life_days * 86400.0))
+            learning.add(deltas, rec.action_key, obs)
+        elif learns:
+            queue.append((did, due))
+        left = max(rec.decided_at, logged[did]) + keep_s - now_s
+        if left > 0:
+            kept.append((did, rec.to_json(), left))
+    requests = [(rid, json.dumps(a), ANSWER_TTL_S - (now_s - at)) for rid, a, at in answers
+                if ANSWER_TTL_S - (now_s - at) > 0]
+    epoch = read_epoch(log_dir) or write_epoch(log_dir, uuid.uuid4().hex)
+    store.clear()
+    store.put_many("contact", [(cid, st.to_json(), None) for cid, st in contact.items()])
+    store.put_many("decision", kept)
+    store.put_many("request", requests)
+    store.enqueue([q for q in queue if q[0] in {k for k, _, _ in kept}])
+    store.add_stats(deltas)
+    store.put(META, EPOCH, epoch)
+    out = {"contact": len(contact), "decision": len(kept), "request": len(requests), "queue": len(queue),
+           "matured": matured}
+    log.info("rebuilt the store from %s: %s (epoch %s)", log_dir, out, epoch)
+    return out

@@ -1,0 +1,74 @@
+"""Schemathesis hooks for ``test_input_contract``: what a schema cannot say about the server's clock.
+
+The published document says ``now`` and ``ts`` are ISO 8601 date-times, but the service takes
+only times within ``serving.max_clock_skew_days`` of its clock (refusing the rest with a 400
+naming the field, tested on their own), and a ``request_id`` names one request (the same id for
+another customer is a 400), and feedback must name its decision's customer (schemathesis reuses
+decision ids it was answered, with a customer of its own: a 400), an event after its message went
+out, and only a conversion on a suppression. Positive cases get times near the clock, request ids
+of their own and, for a decision id the server gave out, feedback that fits the decision (its
+customer, a time after its send, a conversion on a suppression), so ``positive_data_acceptance``
+judges everything else the schema promises. Negative cases are left
+as generated.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import schemathesis
+
+
+def _fix(body: dict) -> None:
+    clock = datetime.now(timezone.utc)
+    for name in ("now", "ts"):
+        if isinstance(body.get(name), str):
+            body[name] = (clock - timedelta(minutes=random.randint(0, 20 * 24 * 60))).isoformat()
+    if isinstance(body.get("request_id"), str):
+        body["request_id"] = f"{body['request_id'][:150]}-{uuid.uuid4().hex}"
+
+
+DECISIONS: dict[str, dict] = {}  # decision id -> the server's answer
+
+
+def _positive(case) -> bool:
+    meta = getattr(case, "meta", None)
+    return meta is not None and meta.generation.mode.is_positive
+
+
+@schemathesis.hook
+def after_call(context, case, response):
+    try:
+        data = response.json() if response.status_code == 200 else None
+    except ValueError:
+        return
+    for d in (data.get("decisions", [data]) if isinstance(data, dict) else []):
+        if isinstance(d, dict) and isinstance(d.get("decision_id"), str) and isinstance(d.get("customer_id"), str):
+            DECISIONS[d["decision_id"]] = d
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    body = case.body
+    if not (_positive(case) and isinstance(body, dict) and body.get("decision_id") in DECISIONS):
+        return
+    d = DECISIONS[body["decision_id"]]
+    body["customer_id"] = d["customer_id"]
+    at = datetime.now(timezone.utc)
+    if d.get("send_at"):
+        at = max(at, datetime.fromisoformat(d["send_at"].replace("Z", "+00:00")))
+    body["ts"] = (at + timedelta(minutes=1)).isoformat()
+    if d.get("action") != "send" and body.get("event") != "converted":
+        body["event"], body["value"] = "converted", 10.0
+
+
+@schemathesis.hook
+def map_case(context, case):
+    if _positive(case) and isinstance(case.body, dict):
+        _fix(case.body)
+        for r in case.body.get("requests") or []:
+            if isinstance(r, dict):
+                _fix(r)
+    return case
