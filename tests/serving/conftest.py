@@ -194,3 +194,18 @@ def customers(project):
 
     ids = pd.read_parquet(project.data / "customers.parquet")["customer_id"].astype(str)
     return lambda n, offset=0: ids.iloc[offset:offset + n].tolist()
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    from nextbest.features.config import load_config
+
+    return load_config()
+
+
+@pytest.fixture(scope="module")
+def people(project):
+    """The project's customer table, indexed by customer id."""
+    import pandas as pd
+
+    return pd.read_parquet(project.data / "customers.parquet").set_index("customer_id")

@@ -32,20 +32,11 @@ import redis
 from nextbest.features.config import load_config
 from nextbest.serving.decision_log import read_log, read_records
 from nextbest.serving.store import open_store
+from serving_waits import poll
 
 RESULTS = Path(__file__).resolve().parents[2] / "test-output" / "faults.json"
 BASE = (datetime.now(timezone.utc) - timedelta(days=8)).replace(hour=9, minute=30, second=0, microsecond=0)
 FIGURES: dict[str, dict] = {}
-
-
-def poll(condition, timeout: float = 30.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    return None
 
 
 class Ledger:
@@ -191,16 +182,6 @@ def check(figures: dict) -> None:
     assert figures["lost_decisions"] == 0 and figures["lost_feedback"] == 0, figures
     assert figures["consent_violations"] == 0 and figures["cap_violations"] == 0, figures
     assert "500" not in figures["status"], figures
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config()
-
-
-@pytest.fixture(scope="module")
-def people(project):
-    return pd.read_parquet(project.data / "customers.parquet").set_index("customer_id")
 
 
 @pytest.fixture(scope="module", autouse=True)

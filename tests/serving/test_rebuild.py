@@ -14,19 +14,9 @@ import pytest
 import redis
 
 from nextbest.serving.store import open_store
+from serving_waits import poll
 
 NOW = (datetime.now(timezone.utc) - timedelta(days=1)).replace(hour=9, minute=30, second=0, microsecond=0)
-
-
-def poll(condition, timeout: float = 30.0, every: float = 0.1):
-    """The first truthy value of ``condition()`` within ``timeout`` seconds, else None."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    return None
 
 
 def ready(server) -> bool:

@@ -19,16 +19,6 @@ from nextbest.serving.store import open_store
 NOW = (datetime.now(timezone.utc) - timedelta(days=1)).replace(hour=9, minute=30, second=0, microsecond=0)
 
 
-@pytest.fixture(scope="module")
-def cfg():
-    return load_config()
-
-
-@pytest.fixture(scope="module")
-def people(project):
-    return pd.read_parquet(project.data / "customers.parquet").set_index("customer_id")
-
-
 def parse(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
