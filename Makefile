@@ -81,4 +81,5 @@ lock:
 	/tmp/nextbest-lock/bin/pip freeze --exclude-editable | grep -v '^nextbest' > constraints.txt
 
 clean:
-	rm -rf $(VENV) $(DEMO) *.egg-info mlflow.db mlruns test-output
+	rm -rf $(VENV) $(DEMO) *.egg-info mlflow.db mlruns test-output nextbest_params.json \
+	  serving/state.db serving/state.db-wal serving/state.db-shm serving/log serving/bentoml

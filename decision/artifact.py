@@ -34,7 +34,8 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 FORMAT = "nextbest-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: conversion and unsubscribe may be stored as the conditional model of a GivenOpen
+READS_VERSIONS = (1, 2)
 MANIFEST = "policy.json"
 RESPONSE_MODELS = ("open", "click", "conversion", "unsubscribe")
 SMALL_BATCH = 2000  # rows below which one thread predicts faster than a pool (thread start-up dominates)
@@ -115,6 +116,43 @@ class BoosterClassifier(_Booster):
 
     def predict(self, X) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(int)
+
+
+class GivenOpen:
+    """P(response) of a message as P(open) x P(response | opened): the funnel.
+
+    Orders after a message and unsubscribes follow an open; the open model learns from every
+    send (opens are frequent), the conditional model only from the opened ones, so each learns
+    what it can see. Estimating the rare joint outcome directly from every send ranked options
+    worse over the family of worlds (benchmarks/RESULTS.md, issue 14). Both models read the
+    same inputs; ``given_open`` is the conditional model (what a registered policy stores).
+    """
+
+    def __init__(self, open_model, given_open):
+        if list(open_model.feature_names_in_) != list(given_open.feature_names_in_):
+            raise ValueError("the open model and the conditional model must read the same inputs")
+        self.open = open_model
+        self.given_open = given_open
+        self.feature_names_in_ = list(given_open.feature_names_in_)
+        self.categories_ = given_open.categories_
+        self.classes_ = np.array([0, 1])
+
+    @property
+    def calibrator_(self):
+        return getattr(self.given_open, "calibrator_", None)
+
+    def predict_given_open(self, X) -> np.ndarray:
+        """P(response | opened), (n,)."""
+        return self.given_open.predict_proba(X)[:, 1]
+
+    def predict_proba(self, X) -> np.ndarray:
+        M = as_matrix(X, self.feature_names_in_, self.categories_)
+        p = self.open.predict_proba(M)[:, 1] * self.predict_given_open(M)
+        return np.stack([1 - p, p], axis=1)
+
+    def to_artifact(self) -> "GivenOpen":
+        return GivenOpen(_exported(self.open, "open", BoosterClassifier),
+                         _exported(self.given_open, "given_open", BoosterClassifier))
 
 
 class BoosterRegressor(_Booster):
@@ -225,10 +263,13 @@ def save_policy(policy, directory: str | Path, note: str = "") -> Path:
     w, pm = _Writer(directory), policy.models
     models = {}
     for name in RESPONSE_MODELS:
-        m = _exported(getattr(pm, name), name, BoosterClassifier)
+        m = getattr(pm, name)
+        funnel = isinstance(m.to_artifact() if hasattr(m, "to_artifact") else m, GivenOpen)
+        m = _exported(m.given_open if funnel else m, name, BoosterClassifier)
         cal = m.calibrator_
         models[name] = {"kind": "classifier", **_inputs(m), **w.booster(name, m.booster_, m.num_iteration),
-                        "calibration": None if cal is None else {"x": cal.x.tolist(), "y": cal.y.tolist()}}
+                        "calibration": None if cal is None else {"x": cal.x.tolist(), "y": cal.y.tolist()},
+                        "given_open": funnel}
     v = _exported(pm.value, "value", BoosterRegressor)
     models["value"] = {"kind": "regressor", **_inputs(v), **w.booster("value", v.booster_, v.num_iteration),
                        "floor": v.floor_}
@@ -294,9 +335,9 @@ def _manifest(directory: Path) -> dict:
         raise ArtifactError(f"{MANIFEST} is corrupt: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{MANIFEST} is not a nextbest policy manifest")
-    if manifest.get("format_version") != FORMAT_VERSION:
+    if manifest.get("format_version") not in READS_VERSIONS:
         raise ArtifactError(f"{MANIFEST} has format version {manifest.get('format_version')}; this nextbest reads "
-                            f"version {FORMAT_VERSION}")
+                            f"versions {', '.join(map(str, READS_VERSIONS))}")
     return manifest
 
 
@@ -330,6 +371,8 @@ def load_policy(directory: str | Path, version: str | None = None):
             cal = s.get("calibration")
             models[name] = BoosterClassifier(r.booster(s, f"{name} model"), s["feature_names"], s["categories"],
                                              calibration=None if cal is None else IsotonicMap(cal["x"], cal["y"]))
+            if s.get("given_open"):  # stored as P(response | opened); "open" comes first in RESPONSE_MODELS
+                models[name] = GivenOpen(models["open"], models[name])
         s = specs["value"]
         models["value"] = BoosterRegressor(r.booster(s, "value model"), s["feature_names"], s["categories"],
                                            floor=s["floor"])

@@ -18,6 +18,9 @@ How a customer is scored
        - offer cost x P(order that redeems the offer)     (conversion model)
        - channel cost - unsubscribe cost x P(unsubscribe) (unsubscribe model)
 
+   Where orders and unsubscribes follow opens (``training.response_funnel``), the conversion and
+   unsubscribe models are P(open) x P(response | opened) (``decision.artifact.GivenOpen``).
+
 4. **Online correction**: the online learner (``decision.online``) turns each option's scores
    into a posterior over its reward; with no feedback yet it reproduces the offline values.
 5. **Choice**: "suppress" (worth 0 on this scale) and every allowed option get a probability
@@ -96,6 +99,14 @@ def with_open_estimate(frame: pd.DataFrame, p_open: np.ndarray) -> pd.DataFrame:
     """Add the open model's estimate for each row's candidate (NaN: no message) as an uplift input."""
     frame[OPEN_ESTIMATE] = np.asarray(p_open, dtype=np.float32)
     return frame
+
+
+def _response(model: Classifier, X: np.ndarray, p_open: np.ndarray) -> np.ndarray:
+    """P(response) of each candidate; a funnel model (``decision.artifact.GivenOpen``) reuses the
+    open probability already computed instead of calling the open model again."""
+    if hasattr(model, "predict_given_open"):
+        return p_open * model.predict_given_open(X)
+    return model.predict_proba(X)[:, 1]
 
 
 @dataclass
@@ -267,9 +278,8 @@ class DecisionPolicy:
         h = hour_of[rows, ks, js]
         X = inputs(m.open, rows, ks, h, js)
         po = m.open.predict_proba(X)[:, 1]
-        Xc = inputs(m.conversion, rows, ks, h, js, po)
-        p_conv = m.conversion.predict_proba(Xc)[:, 1]
-        p_unsub = m.unsubscribe.predict_proba(inputs(m.unsubscribe, rows, ks, h, js, po))[:, 1]
+        p_conv = _response(m.conversion, inputs(m.conversion, rows, ks, h, js, po), po)
+        p_unsub = _response(m.unsubscribe, inputs(m.unsubscribe, rows, ks, h, js, po), po)
         up = self._uplift(inputs(m.uplift, rows, ks, h, js, po), js, po, p_conv)
         v = ovalue[rows]
         f_open = f_unsub = 1.0

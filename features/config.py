@@ -171,6 +171,7 @@ class Training(Section):
     max_rows_per_model: Int = Field(ge=1000)
     early_stopping_rounds: Int = Field(ge=1)
     uplift_mode: Str          # checked against the policy's modes by TrainingSettings / DecisionPolicy
+    response_funnel: Literal["auto", "on", "off"]
     lightgbm: LightGBMParams
     estimated_propensity: EstimatedPropensity
     offpolicy_headline: OffPolicyHeadline
@@ -463,7 +464,12 @@ def load_config(path: str | Path | None = None) -> Config:
         path = Path(path)
         if not path.exists():
             raise ConfigError(f"{path}: config file not found")
-        override = yaml.safe_load(path.read_text()) or {}
+        try:
+            override = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:  # one line: where and what, without the parser's traceback
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(override, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         raw = merge_config(raw, override)

@@ -22,7 +22,8 @@ def _settings(args, cfg):
     if getattr(args, "params", None) and not params_path.exists():
         raise FileNotFoundError(f"{params_path}: parameters file not found")
     if not getattr(args, "no_tuned", False):
-        settings = settings.with_lightgbm(load_tuned_params(params_path))
+        settings = settings.with_lightgbm(load_tuned_params(params_path, getattr(args, "data_dir", None),
+                                                            explicit=bool(getattr(args, "params", None))))
     return settings
 
 

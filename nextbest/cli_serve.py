@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from nextbest.cli import _out
@@ -108,6 +110,7 @@ def cmd_serve(args) -> int:
     if not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"data directory {args.data_dir} does not exist")
     env = serve_env(args)
+    scratch = demo_state(args, env) if args.demo else None
     settings = ServeSettings.from_env(env)  # fail here, with a message, rather than in every worker
     key = demo_key(settings, env) if args.demo else None
     load_keys(settings, env)  # authentication required and no key configured: stop here, saying how to add one
@@ -120,7 +123,11 @@ def cmd_serve(args) -> int:
         raise LookupError(f"the champion (version {version}) cannot be served ({type(exc).__name__}: {exc}); "
                           "promote a version that loads: `nextbest promote VERSION`") from None
     if args.demo:
-        return _demo(args, env, settings.workers, key)
+        try:
+            return _demo(args, env, settings.workers, key)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
     _out(f"serving champion version {version} on http://{args.host}:{args.port} "
          f"(store {settings.store_url}, decision log {settings.log_dir}); Ctrl-C stops it")
     return run_until_signal(serve_command(args.host, args.port), env)
@@ -147,6 +154,22 @@ def run_until_signal(cmd: list[str], env: dict) -> int:
         if proc.poll() is None:
             stop_tree(proc.pid, signal.SIGTERM)
     return 0 if stopped else code
+
+
+def demo_state(args, env: dict) -> Path | None:
+    """A fresh state store and decision log for ``serve --demo`` (removed when the demo stops),
+    unless ``--store`` or ``--log-dir`` name one.
+
+    The demo's data are generated anew with the same dates each time; a store kept from an
+    earlier demo would hold its frequency caps and answer "suppress" for every customer the
+    first demo contacted. A real ``serve`` keeps its state: that is what the state is for.
+    """
+    if args.store or args.log_dir:
+        return None
+    scratch = Path(tempfile.mkdtemp(prefix="nextbest-demo-"))
+    env["NEXTBEST_STORE_URL"] = f"sqlite:///{scratch / 'state.db'}"
+    env["NEXTBEST_LOG_DIR"] = str(scratch / "log")
+    return scratch
 
 
 def demo_key(settings, env: dict) -> str | None:

@@ -23,12 +23,13 @@ class TrainingSettings:
     early_stopping_rounds: int
     uplift_mode: str
     lightgbm: dict
+    response_funnel: str = "auto"
 
     @classmethod
     def from_config(cls, config: Config) -> "TrainingSettings":
         t = config.training  # typed and range-checked by the config
         out = cls(t.warmup_days, t.validation_days, t.max_rows_per_model, t.early_stopping_rounds, t.uplift_mode,
-                  t.lightgbm.params())
+                  t.lightgbm.params(), t.response_funnel)
         return out.with_lightgbm({})
 
     def with_lightgbm(self, params: dict) -> "TrainingSettings":
@@ -46,10 +47,34 @@ class TrainingSettings:
         return replace(self, lightgbm=merged)
 
 
-def load_tuned_params(path: Path) -> dict:
-    """The best parameters saved by ``nextbest tune`` (empty if there are none yet)."""
+def data_fingerprint(data_dir: str | Path) -> str:
+    """A short fingerprint of a data directory's tables (names and sizes of its files): tuned
+    parameters record the data they were tuned on."""
+    import hashlib
+
+    d = Path(data_dir)
+    files = sorted((p.relative_to(d).as_posix(), p.stat().st_size) for p in d.rglob("*")
+                   if p.is_file() and "truth" not in p.parts) if d.is_dir() else []
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+
+
+def load_tuned_params(path: Path, data_dir: str | Path | None = None, explicit: bool = False) -> dict:
+    """The best parameters saved by ``nextbest tune`` (empty if there are none yet).
+
+    Parameters tuned on other data than ``data_dir`` are not applied unless the file was named
+    explicitly (``--params``): settings tuned on one dataset may not suit another (a 1,000-customer
+    set trained with parameters tuned on 50,000 customers can fall to an AUC of 0.5), so they are
+    ignored with a warning that says how to use them anyway.
+    """
     if not path.exists():
         return {}
-    params = json.loads(path.read_text())["params"]
-    log.info("using tuned LightGBM parameters from %s", path)
+    saved = json.loads(path.read_text())
+    params = saved["params"]
+    tuned_on = saved.get("data_fingerprint")
+    if data_dir is not None and not explicit and tuned_on != data_fingerprint(data_dir):
+        log.warning("ignoring the tuned LightGBM parameters in %s: they were tuned on other data (%s); "
+                    "pass --params %s to use them anyway, or run `nextbest tune` on this data",
+                    path, saved.get("data_dir", "unknown"), path)
+        return {}
+    log.info("using tuned LightGBM parameters from %s (tuned on %s)", path, saved.get("data_dir", "unknown"))
     return params

@@ -46,6 +46,7 @@ from nextbest.features.history import Population
 from nextbest.features.io import find_table, load_dataset, read_table
 from nextbest.features.validate import check
 from nextbest.decision.candidates import candidate_frame, customer_columns
+from nextbest.decision.artifact import GivenOpen
 from nextbest.training.models import ResponseClassifier, ValueRegressor
 from nextbest.decision.policy import NO_MESSAGE, DecisionPolicy, PolicyModels, with_open_estimate
 from nextbest.training.propensity import PropensityModel, decisions_from_sends, fill_propensities, propensity_info
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 
 RESPONSES = {"open": "opened", "click": "clicked", "conversion": "converted_attributed",
              "unsubscribe": "unsubscribed"}
+FUNNEL = ("conversion", "unsubscribe")  # responses that may follow an open (see use_funnel)
+FUNNEL_SHARE = 0.95
 
 
 @dataclass
@@ -223,6 +226,13 @@ def fit_models(train: Split, valid: Split, config: Config, settings: TrainingSet
     cols = [c for c in train.X.columns if not c.startswith("cand_")]
     with watch.stage("response_models"):
         for name, outcome in RESPONSES.items():
+            if name in FUNNEL and use_funnel(ys, outcome, settings.response_funnel, name):
+                opened, opened_v = ys["opened"].to_numpy(bool), yv["opened"].to_numpy(bool)
+                given = ResponseClassifier(params, es, seed).fit(
+                    Xs[opened], ys[outcome].to_numpy()[opened],
+                    eval_set=(Xv[opened_v], yv[outcome].to_numpy()[opened_v]), callbacks=callbacks)
+                fitted[name] = GivenOpen(fitted["open"], given)
+                continue
             fitted[name] = ResponseClassifier(params, es, seed).fit(
                 Xs, ys[outcome].to_numpy(), eval_set=(Xv, yv[outcome].to_numpy()), callbacks=callbacks)
         ordered = train.examples["converted"].to_numpy() & (train.examples["order_value"].to_numpy() > 0)
@@ -240,6 +250,25 @@ def fit_models(train: Split, valid: Split, config: Config, settings: TrainingSet
     return PolicyModels(open=fitted["open"], click=fitted["click"], conversion=fitted["conversion"],
                         unsubscribe=fitted["unsubscribe"], value=value, uplift=uplift,
                         customer_columns=cols)
+
+
+def use_funnel(sends: pd.DataFrame, outcome: str, mode: str, name: str = "") -> bool:
+    """Whether ``outcome`` is modelled as P(open) x P(outcome | opened) (``training.response_funnel``):
+    ``on``, ``off``, or ``auto``: when at least 95% of the positive outcomes among ``sends`` followed
+    an open of the message (untracked opens, as on many SMS gateways, would make the funnel miss
+    the rest) and there are opened rows of both outcomes to learn from."""
+    if mode == "off":
+        return False
+    y, opened = sends[outcome].to_numpy(bool), sends["opened"].to_numpy(bool)
+    if mode == "on":
+        if not opened.any():
+            raise ValueError(f"training.response_funnel is on but no training send was opened ({name})")
+        return True
+    share = (y & opened).sum() / max(y.sum(), 1)
+    ok = y.any() and share >= FUNNEL_SHARE and (y & opened).sum() >= 20 and (~y & opened).sum() >= 20
+    log.info("%s: %.1f%% of the %d positive outcomes followed an open; %s", name, 100 * share, int(y.sum()),
+             "P(open) x P(%s | opened)" % name if ok else "modelled directly over every send")
+    return bool(ok)
 
 
 def uplift_frame(split: Split, open_model: ResponseClassifier) -> pd.DataFrame:

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from nextbest.features.config import Config
-from nextbest.training.settings import TrainingSettings
+from nextbest.training.settings import TrainingSettings, data_fingerprint
 from nextbest.training.train import RESPONSES, Stopwatch, prepare, train
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,8 @@ def tune(data_dir: str | Path, config: Config, settings: TrainingSettings, n_tri
                   "seconds": time.perf_counter() - t0, "run_id": parent.info.run_id, "study": study}
     if out is not None:
         Path(out).write_text(json.dumps({"params": best, "objective_log_loss": result["best_value"],
+                                         "data_dir": str(Path(data_dir).resolve()),
+                                         "data_fingerprint": data_fingerprint(data_dir),
                                          "tune_run_id": result["run_id"],
                                          "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=1))
         log.info("best parameters written to %s", out)

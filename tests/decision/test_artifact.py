@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from nextbest.features.history import engagement_history
-from nextbest.decision.artifact import ArtifactError, load_policy, save_policy
+from nextbest.decision.artifact import ArtifactError, GivenOpen, load_policy, save_policy
 from nextbest.decision.policy import Request
 from nextbest.decision.rules import ContactHistory
 
@@ -43,6 +43,9 @@ def test_the_saved_policy_is_open_data(saved, trained):
     assert (saved / "models" / "open.txt").read_text().startswith("tree\n")  # LightGBM model text
     spec = json.loads((saved / "features.json").read_text())
     assert spec["model_inputs"] == trained.policy.models.customer_columns
+    # the simulator's orders and unsubscribes follow opens: both are stored as P(response | opened)
+    assert manifest["models"]["conversion"]["given_open"] and manifest["models"]["unsubscribe"]["given_open"]
+    assert not manifest["models"]["open"]["given_open"]
 
 
 def test_the_loaded_policy_scores_and_decides_like_the_trained_one(saved, trained, snapshot, config):
@@ -55,7 +58,8 @@ def test_the_loaded_policy_scores_and_decides_like_the_trained_one(saved, traine
     now = trained.dataset.decisions["ts"].max().floor("D") + pd.Timedelta(hours=9)
     request = Request(now=now, horizon_hours=24)
     a, b = trained.policy.score(snapshot, contact, request), loaded.score(snapshot, contact, request)
-    for name in ("value", "p_open", "uplift", "baseline", "revenue"):
+    assert isinstance(loaded.models.conversion, GivenOpen) and loaded.models.conversion.open is loaded.models.open
+    for name in ("value", "p_open", "uplift", "baseline", "revenue", "p_unsub"):
         np.testing.assert_allclose(getattr(b, name), getattr(a, name), rtol=1e-12, err_msg=name)
     np.testing.assert_array_equal(b.hour, a.hour)
     da = trained.policy.decide(snapshot, contact, request, rng=np.random.default_rng(3))

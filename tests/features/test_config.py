@@ -100,3 +100,24 @@ def test_every_default_section_is_typed():
     cfg = parse_config(raw)
     for name in raw:
         assert getattr(cfg, name) is not None, name
+
+
+def test_malformed_yaml_is_one_line_naming_the_file_and_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("channels:\n  email: {cost: 0.01\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: line \d+, column \d+ not valid YAML") as info:
+        load_config(path)
+    assert "\n" not in str(info.value)
+
+
+def test_the_cli_answers_malformed_yaml_with_a_message_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+    path = tmp_path / "bad.yaml"
+    path.write_text("channels: [\n")
+    from pathlib import Path
+    cli = Path(sys.executable).parent / "nextbest"
+    proc = subprocess.run([str(cli), "--config", str(path), "train", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"nextbest: {path}: line 2")

@@ -1,5 +1,6 @@
 """The `nextbest` command as a user runs it: generate, validate, build features; errors and exit codes."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -172,3 +173,23 @@ def test_train_without_a_decision_log_says_what_is_missing(tmp_path):
     (data / "logging_decisions.parquet").unlink()
     proc = run("train", str(data), check=False)
     assert proc.returncode == 2 and "logging_decisions" in proc.stderr
+
+
+def test_every_serve_demo_starts_from_a_fresh_state_unless_one_is_named(tmp_path):
+    """A second `make demo` must not inherit the first one's caps (it would suppress everyone)."""
+    import argparse
+
+    from nextbest.cli_serve import demo_state
+
+    args = argparse.Namespace(store=None, log_dir=None)
+    env_a, env_b = {}, {}
+    a, b = demo_state(args, env_a), demo_state(args, env_b)
+    try:
+        assert a != b and a.is_dir() and b.is_dir() and not any(a.iterdir())
+        assert env_a["NEXTBEST_STORE_URL"] == f"sqlite:///{a / 'state.db'}" and env_a["NEXTBEST_LOG_DIR"] == str(a / "log")
+        assert env_b["NEXTBEST_STORE_URL"] != env_a["NEXTBEST_STORE_URL"]
+    finally:
+        shutil.rmtree(a), shutil.rmtree(b)
+    named = {}
+    assert demo_state(argparse.Namespace(store="redis://localhost:6379/0", log_dir=None), named) is None
+    assert named == {}

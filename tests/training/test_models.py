@@ -81,3 +81,33 @@ def test_trained_response_models_beat_chance_on_held_out_days(trained):
         assert len(curves[name]) >= 5
     # the time split: validation decisions come after the training decisions
     assert trained.valid.examples["ts"].min() >= trained.train.examples["ts"].max()
+
+
+def test_the_funnel_is_used_only_where_responses_follow_opens():
+    from nextbest.training.train import use_funnel
+    rng = np.random.default_rng(7)
+    opened = rng.random(4000) < 0.3
+    follows = pd.DataFrame({"opened": opened, "y": opened & (rng.random(4000) < 0.2)})
+    assert use_funnel(follows, "y", "auto")
+    # a third of the responses without an open (untracked opens): modelled over every send
+    loose = follows.assign(y=follows["y"] | (~opened & (rng.random(4000) < 0.05)))
+    assert not use_funnel(loose, "y", "auto")
+    assert use_funnel(loose, "y", "on") and not use_funnel(follows, "y", "off")
+    with pytest.raises(ValueError, match="no training send was opened"):
+        use_funnel(follows.assign(opened=False), "y", "on")
+
+
+def test_funnel_models_multiply_the_open_probability(trained):
+    from nextbest.decision.artifact import GivenOpen
+    conv = trained.policy.models.conversion
+    assert isinstance(conv, GivenOpen)
+    X = trained.valid.X[trained.valid.send].iloc[:300]
+    p = conv.predict_proba(X)[:, 1]
+    np.testing.assert_allclose(p, trained.policy.models.open.predict_proba(X)[:, 1]
+                               * conv.given_open.predict_proba(X)[:, 1], rtol=1e-12)
+    # on the opened validation sends the conditional model is near the observed conversion rate
+    ex = trained.valid.examples[trained.valid.send]
+    opened = ex["opened"].to_numpy(bool)
+    q = conv.given_open.predict_proba(trained.valid.X[trained.valid.send][opened])[:, 1]
+    observed = ex["converted_attributed"].to_numpy()[opened].mean()
+    assert abs(q.mean() - observed) < 0.35 * observed
