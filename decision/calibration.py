@@ -28,6 +28,10 @@ channel): additive, so workers' statistics merge by adding (the store adds them 
 it does the learner's), and they decay by a factor per day (``half_life_days``) so the
 calibration follows a customer base that changes.
 
+In the service (``serving.learning``): a marketing send's record keeps its ``p`` and ``z``;
+its opens and unsubscribes enter the store's shared statistics when it matures, a later first
+open as an exact increment; the store decays them with ``calibration_half_life_days``.
+
 How the policy uses it (``decision.policy.DecisionPolicy.score``): the open factor scales
 everything a message earns through being opened (P(open), the extra orders and the offer's
 cost: orders follow opens), the unsubscribe factor scales P(unsubscribe). A message that a
@@ -90,9 +94,12 @@ class CalibrationStats:
         return cls(float(v[0]), v[1:1 + P * P].reshape(P, P).copy(), v[1 + P * P:].copy())
 
 
+KEY_PREFIX = "calibration|"
+
+
 def key(response: str, channel: str) -> str:
     """The store's name of one calibration: ``"calibration|open|email"``."""
-    return f"calibration|{response}|{channel}"
+    return f"{KEY_PREFIX}{response}|{channel}"
 
 
 def observations(p: np.ndarray, z: np.ndarray, y: np.ndarray) -> CalibrationStats:
@@ -169,4 +176,4 @@ class ResponseCalibration:
     def from_vectors(cls, channels, strength: float, vectors: dict) -> "ResponseCalibration":
         """From the store's vectors (only the keys that name a calibration are read)."""
         return cls(channels, strength, {k: CalibrationStats.from_vector(v) for k, v in vectors.items()
-                                        if k.startswith("calibration|")})
+                                        if k.startswith(KEY_PREFIX)})

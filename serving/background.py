@@ -122,10 +122,12 @@ class LearnerSync:
         self._version = -1
         self._pruned = 0.0
 
-    def run(self, online, keep_s: float, now_s: float | None = None) -> tuple[int, OnlineLearner | None]:
+    def run(self, online, keep_s: float, now_s: float | None = None,
+            channels: tuple = ()) -> tuple[int, OnlineLearner | None]:
         """One round at ``now_s`` (default: the clock) with the serving policy's ``online``
         settings and records kept ``keep_s``; returns how many decisions matured and a learner
-        on the new statistics (None if they did not change)."""
+        on the new statistics, its response calibration over ``channels`` included (None if
+        they did not change)."""
         now_s = time.time() if now_s is None else now_s
         matured = 0
         while True:
@@ -133,15 +135,17 @@ class LearnerSync:
             if not ids:
                 break
             matured += mature(self.store, ids, keep_s, now_s)
-        if online.half_life_days > 0:
-            self.store.decay_stats(online.half_life_days * 86400.0, now_s, DECAY_EVERY_S)
+        if online.half_life_days > 0 or online.calibration_half_life_days > 0:
+            self.store.decay_stats(online.half_life_days * 86400.0, now_s, DECAY_EVERY_S,
+                                   online.calibration_half_life_days * 86400.0)
         if now_s - self._pruned > PRUNE_EVERY_S:
             self.store.prune()
             self._pruned = now_s
         if self.store.stats_version() == self._version:
             return matured, None
         self._version, stats = self.store.stats()
-        return matured, OnlineLearner(online, learning.state_from_vectors(stats))
+        return matured, OnlineLearner(online, learning.state_from_vectors(stats), calibration=learning.calibration_from_vectors(
+            channels, online.calibration_strength, stats))
 
 
 def mature(store: Store, ids: list[str], keep_s: float, now_s: float) -> int:
@@ -168,6 +172,8 @@ def mature(store: Store, ids: list[str], keep_s: float, now_s: float) -> int:
             if new is not None:
                 rec = DecisionRecord.from_json(new)
                 learning.add(deltas, rec.action_key, learning.observation(np.array(rec.learner_input), rec.reward))
+                for k, v in learning.calibration_deltas(rec).items():
+                    learning.add(deltas, k, v)
     finally:
         store.add_stats(deltas)  # what was marked as matured is in the statistics, whatever failed after
     return len(ids)

@@ -42,7 +42,6 @@ import numpy as np
 import pandas as pd
 
 from nextbest.decision.exploration import KeyedRandom
-from nextbest.decision.online import OnlineLearner
 from nextbest.decision.policy import DecisionPolicy, Request
 from nextbest.serving import idempotency
 from nextbest.serving.background import Every, LearnerSync, newer_champion
@@ -73,7 +72,7 @@ class Engine:
         self.store = store or open_store(settings.store_url)
         self.log = DecisionLog(settings.log_dir, fsync=settings.log_fsync, context_keys=settings.log_context_keys)
         self.snapshot = Snapshot(settings.data_dir, self.policy.config)
-        self.learner = OnlineLearner(self.policy.online)
+        self.learner = self.policy.new_learner()
         self._sync = LearnerSync(self.store)
         self._threads = Every()
         self._refused: set[str] = set()  # champion versions that could not be loaded (logged once)
@@ -120,7 +119,8 @@ class Engine:
         """Move due decisions into the shared statistics, decay and reload them (``serving.background``)."""
         if self._mismatch is not None and self.health() is not None:
             return 0  # nothing to learn from a store that does not match the log
-        matured, learner = self._sync.run(self.policy.online, keep_seconds(self.config, self.policy.online), now_s)
+        matured, learner = self._sync.run(self.policy.online, keep_seconds(self.config, self.policy.online), now_s,
+                                          self.policy.config.channel_names)
         if learner is not None:
             self.learner = learner
         return matured

@@ -128,6 +128,9 @@ def add_event(store: Store, decision_id: str, key: str, reward: float, ttl_s: fl
     if store.update("decision", decision_id, count, ttl_s) is None:
         return False
     rec = before[0]
+    deltas = learning.calibration_increment(rec, key.split("|", 1)[0]) if rec.matured else {}
     if rec.matured and reward != 0.0:  # already in the statistics: add the increment
-        store.add_stats({rec.action_key: learning.increment(np.array(rec.learner_input), reward, rec.reward)})
+        deltas[rec.action_key] = learning.increment(np.array(rec.learner_input), reward, rec.reward)
+    if deltas:
+        store.add_stats(deltas)
     return True

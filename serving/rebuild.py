@@ -23,7 +23,9 @@ written (``logged_at``) over the data directory's contact history (``serving.sna
   (``serving.records.enters_learner`` at the time it was logged) and is due by now
   (``learn_after_hours`` after it was taken) with its reward, which equals what the live path adds at maturity plus the later increments.
   With forgetting on (``half_life_days``) each observation is weighted by the time since it was
-  due (the live path decays in steps of ``DECAY_EVERY_S``: equal within that step).
+  due (the live path decays in steps of ``DECAY_EVERY_S``: equal within that step);
+- the response calibration's statistics (``serving.learning.calibration_deltas``) of the same
+  decisions, from their opens and unsubscribes, weighted by ``calibration_half_life_days`` the same way.
 
 Where two workers raced on one customer (a send recorded by compare-and-set before its log line
 was written, and an open logged in between) the replayed unanswered count can differ from the
@@ -40,6 +42,7 @@ import uuid
 import numpy as np
 import pandas as pd
 
+from nextbest.serving.background import DECAY_EVERY_S
 from nextbest.serving import learning
 from nextbest.serving.contact import ContactState
 from nextbest.serving.decision_log import has_records, read_epoch, read_records, write_epoch
@@ -153,7 +156,8 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
             sent = _send_s(r["send_at"]) if send else decided
             records[did] = DecisionRecord(customer_id=str(r["customer_id"]), action_key=r["action_key"], channel=ch,
                                           offer=off, learner_input=tuple(r["learner_input"]), decided_at=decided,
-                                          sent_at=sent, type=r["type"], reward=start_reward(config, ch, off))
+                                          sent_at=sent, type=r["type"], reward=start_reward(config, ch, off),
+                                          calibration=tuple(r.get("calibration") or ()))
             logged[did] = at
             if send and r["type"] == "marketing":
                 contact[str(r["customer_id"])] = state(str(r["customer_id"])).with_send(sent, ch)
@@ -179,9 +183,9 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
             rec = records[did] = rec.as_matured()
             matured += 1
             obs = learning.observation(np.array(rec.learner_input), rec.reward)
-            if online.half_life_days > 0:
-                obs = obs * 0.5 ** (max(now_s - due, 0.0) / (online.half_life_days * 86400.0))
-            learning.add(deltas, rec.action_key, obs)
+            learning.add(deltas, rec.action_key, obs * _decayed(now_s - due, online.half_life_days))
+            for k, v in learning.calibration_deltas(rec).items():
+                learning.add(deltas, k, v * _decayed(now_s - due, online.calibration_half_life_days))
         elif learns:
             queue.append((did, due))
         left = max(rec.decided_at, logged[did]) + keep_s - now_s
@@ -201,3 +205,12 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
            "matured": matured}
     log.info("rebuilt the store from %s: %s (epoch %s)", log_dir, out, epoch)
     return out
+
+
+def _decayed(age_s: float, half_life_days: float) -> float:
+    """The weight left of an observation ``age_s`` old: the live path decays in whole steps of
+    ``DECAY_EVERY_S``, so the age counts in whole steps too (none within the first)."""
+    if half_life_days <= 0:
+        return 1.0
+    steps = max(age_s, 0.0) // DECAY_EVERY_S
+    return 0.5 ** (steps * DECAY_EVERY_S / (half_life_days * 86400.0))

@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from nextbest.decision.calibration import contact_context
 from nextbest.decision.objective import realized_profit
 from nextbest.decision.online import SUPPRESS
 
@@ -53,6 +54,10 @@ class DecisionRecord:
         Already in the learner's shared statistics.
     counted : tuple of str
         Keys ``"{event}|{ts}"`` of the feedback events in ``reward``.
+    calibration : tuple of float
+        For a marketing send: the offline P(open) and P(unsubscribe) of the message and its
+        contact context ``z`` (``decision.calibration``), from which its opens and unsubscribes
+        calibrate the response models (``serving.learning.calibration_deltas``); empty otherwise.
     """
 
     customer_id: str
@@ -66,6 +71,7 @@ class DecisionRecord:
     reward: float
     matured: bool = False
     counted: tuple[str, ...] = ()
+    calibration: tuple[float, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -73,7 +79,8 @@ class DecisionRecord:
     @classmethod
     def from_json(cls, text: str) -> "DecisionRecord":
         raw = json.loads(text)
-        return cls(**{**raw, "learner_input": tuple(raw["learner_input"]), "counted": tuple(raw["counted"])})
+        return cls(**{**raw, "learner_input": tuple(raw["learner_input"]), "counted": tuple(raw["counted"]),
+                      "calibration": tuple(raw.get("calibration", ()))})
 
     def with_event(self, key: str, reward: float) -> "DecisionRecord":
         """The record with a feedback event counted (``reward``: its increment)."""
@@ -89,6 +96,13 @@ def start_reward(config, channel: str | None, offer: str | None) -> float:
     k = -1 if channel is None else config.channel_names.index(channel)
     j = config.offer_names.index(offer if offer is not None else "none")
     return float(realized_profit(config, [k], [j], [0.0], [False], [False])[0])
+
+
+def calibration_inputs(d, hist, pos: int, config) -> tuple[float, ...]:
+    """(offline P(open), offline P(unsubscribe), z...) of row ``pos``'s chosen message."""
+    k, j = divmod(int(d.choice[pos]) - 1, len(config.offer_names))
+    z = contact_context(hist, np.array([pos]), np.array([k]))[0]
+    return (float(d.scores.p_open[pos, k, j]), float(d.scores.p_unsub[pos, k, j]), *map(float, z))
 
 
 def keep_seconds(config, online) -> float:
@@ -128,7 +142,7 @@ def log_row(p: Pending) -> dict:
     """The decision log's line of a decision (its format is a contract: ``serving.decision_log``)."""
     return {**p.decision, "now": datetime.fromtimestamp(p.record.decided_at, timezone.utc).isoformat(),
             "type": p.record.type, "action_key": p.record.action_key, "learner_input": list(p.record.learner_input),
-            **(p.inputs or {})}
+            "calibration": list(p.record.calibration), **(p.inputs or {})}
 
 
 def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind, hist, config,
@@ -192,7 +206,8 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
         record = DecisionRecord(
             customer_id=r.customer_id, action_key=f["action_key"][pos] if send else SUPPRESS, channel=ch, offer=off,
             learner_input=tuple(d.learner_inputs[pos, int(d.choice[pos])].tolist()), decided_at=float(now_s[j]),
-            sent_at=send_s if send else float(now_s[j]), type=kind, reward=start_reward(config, ch, off))
+            sent_at=send_s if send else float(now_s[j]), type=kind, reward=start_reward(config, ch, off),
+            calibration=calibration_inputs(d, hist, pos, config) if send and kind == "marketing" else ())
         contact = None
         if send and kind == "marketing":
             contact = (r.customer_id, raw_states[j], states[j].with_send(send_s, ch).to_json())

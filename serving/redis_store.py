@@ -46,12 +46,17 @@ if not last then
   return '1'
 end
 local dt = now - tonumber(last)
-if dt < tonumber(ARGV[3]) or tonumber(ARGV[2]) <= 0 then return '1' end
-local f = 0.5 ^ (dt / tonumber(ARGV[2]))
+local hl, hc = tonumber(ARGV[2]), tonumber(ARGV[4])
+if dt < tonumber(ARGV[3]) or (hl <= 0 and hc <= 0) then return '1' end
+local f, fc = 1, 1
+if hl > 0 then f = 0.5 ^ (dt / hl) end
+if hc > 0 then fc = 0.5 ^ (dt / hc) end
 local h = redis.call('HGETALL', KEYS[2])
 for i = 1, #h, 2 do
   if string.sub(h[i], -5) ~= '|size' then
-    redis.call('HSET', KEYS[2], h[i], string.format('%.17g', tonumber(h[i + 1]) * f))
+    local g = f
+    if string.sub(h[i], 1, 12) == 'calibration|' then g = fc end
+    redis.call('HSET', KEYS[2], h[i], string.format('%.17g', tonumber(h[i + 1]) * g))
   end
 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -125,9 +130,10 @@ class RedisStore(Store):
     def stats_version(self):
         return int(self.r.get(f"{self.p}:stats_version") or 0)
 
-    def decay_stats(self, half_life_s, now_s, every_s):
+    def decay_stats(self, half_life_s, now_s, every_s, calibration_half_life_s=0.0):
         keys = [f"{self.p}:stats_decayed_at", f"{self.p}:stats", f"{self.p}:stats_version"]
-        return float(self._decay(keys=keys, args=[repr(float(now_s)), repr(float(half_life_s)), repr(float(every_s))]))
+        return float(self._decay(keys=keys, args=[repr(float(now_s)), repr(float(half_life_s)), repr(float(every_s)),
+                                                  repr(float(calibration_half_life_s))]))
 
     def enqueue(self, items):
         if items:

@@ -43,6 +43,8 @@ from typing import Callable
 
 import numpy as np
 
+from nextbest.decision.calibration import KEY_PREFIX
+
 MAX_ATTEMPTS = 100  # compare-and-set rounds on a value that keeps changing before the caller is told to retry
 
 
@@ -122,11 +124,13 @@ class Store(ABC):
         """Remove keys (absent ones are ignored)."""
 
     @abstractmethod
-    def decay_stats(self, half_life_s: float, now_s: float, every_s: float) -> float:
+    def decay_stats(self, half_life_s: float, now_s: float, every_s: float,
+                    calibration_half_life_s: float = 0.0) -> float:
         """Forget: scale every statistic by ``0.5 ** (dt / half_life_s)``, ``dt`` the time since
-        the last decay, if that is at least ``every_s`` (the first call only starts the clock).
-        Atomic, so any number of workers may call it: the statistics decay once per period.
-        Returns the factor applied (1.0 when nothing was done)."""
+        the last decay, if that is at least ``every_s`` (the first call only starts the clock);
+        the response calibration's (keys ``calibration|...``) by its own half-life. A half-life
+        of 0 keeps those statistics whole. Atomic, so any number of workers may call it: the
+        statistics decay once per period. Returns the learner's factor (1.0 when nothing was done)."""
 
     def get(self, ns: str, key: str) -> str | None:
         return self.get_many(ns, [key])[0]
@@ -310,19 +314,21 @@ class SQLiteStore(Store):
     def stats_version(self):
         return int(self._db().execute("SELECT value FROM meta WHERE name = 'stats_version'").fetchone()[0])
 
-    def decay_stats(self, half_life_s, now_s, every_s):
+    def decay_stats(self, half_life_s, now_s, every_s, calibration_half_life_s=0.0):
         with self._tx() as db:
             row = db.execute("SELECT value FROM meta WHERE name = 'stats_decayed_at'").fetchone()
             if row is None:
                 db.execute("INSERT INTO meta VALUES ('stats_decayed_at', ?)", (float(now_s),))
                 return 1.0
             dt = now_s - float(row[0])
-            if dt < every_s or half_life_s <= 0:
+            if dt < every_s or (half_life_s <= 0 and calibration_half_life_s <= 0):
                 return 1.0
-            factor = 0.5 ** (dt / half_life_s)
+            factor = 0.5 ** (dt / half_life_s) if half_life_s > 0 else 1.0
+            cal = 0.5 ** (dt / calibration_half_life_s) if calibration_half_life_s > 0 else 1.0
             rows = db.execute("SELECT action, value FROM stats").fetchall()
             db.executemany("UPDATE stats SET value = ? WHERE action = ?",
-                           [((np.frombuffer(v, dtype=np.float64) * factor).tobytes(), a) for a, v in rows])
+                           [((np.frombuffer(v, dtype=np.float64) * (cal if a.startswith(KEY_PREFIX) else factor))
+                             .tobytes(), a) for a, v in rows])
             db.execute("UPDATE meta SET value = ? WHERE name = 'stats_decayed_at'", (float(now_s),))
             db.execute("UPDATE meta SET value = value + 1 WHERE name = 'stats_version'")
         return factor

@@ -1,0 +1,102 @@
+"""The response calibration in the service: a send's opens and unsubscribes reach the shared
+statistics when it matures (or later, as an increment), the store rebuild and forgetting keep
+them, and the service's values follow them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from nextbest.decision.calibration import P, ResponseCalibration, key
+from nextbest.serving import learning
+from nextbest.serving.records import DecisionRecord
+from nextbest.serving.store import open_store
+
+from serving_waits import poll
+
+
+def _record(counted=(), p_open=0.2, p_unsub=0.01):
+    z = (1.0, 0.3, 0.4, 0.0, 0.5)
+    return DecisionRecord(customer_id="c1", action_key="email/none", channel="email", offer="none",
+                          learner_input=(0.0,) * 6, decided_at=0.0, sent_at=0.0, type="marketing", reward=-0.01,
+                          matured=True, counted=tuple(counted), calibration=(p_open, p_unsub, *z))
+
+
+def test_a_late_open_adds_exactly_what_it_would_have_added_at_maturity():
+    unopened, opened = _record(), _record(counted=("opened|2026-01-01T10:00:00+00:00",))
+    before, after = learning.calibration_deltas(unopened), learning.calibration_deltas(opened)
+    inc = learning.calibration_increment(unopened, "opened")
+    assert set(inc) == {key("open", "email")}
+    np.testing.assert_allclose(before[key("open", "email")] + inc[key("open", "email")], after[key("open", "email")])
+    # a second open of the same message adds nothing; nor does anything for a suppression
+    assert learning.calibration_increment(opened, "opened") == {}
+    assert learning.calibration_deltas(DecisionRecord(**{**_record().__dict__, "channel": None, "calibration": ()})) == {}
+    # an unsubscribe moves only the unsubscribe calibration
+    assert set(learning.calibration_increment(unopened, "unsubscribed")) == {key("unsubscribe", "email")}
+    # the record survives its JSON round trip, calibration inputs included
+    assert DecisionRecord.from_json(opened.to_json()) == opened
+    assert len(opened.calibration) == 2 + P
+
+
+def test_the_store_forgets_calibration_at_its_own_half_life(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    store.add_stats({"email/none": np.ones(3), key("open", "email"): np.ones(3)})
+    store.decay_stats(0.0, 1000.0, 3600.0, 7 * 86400.0)                 # starts the clock
+    store.decay_stats(0.0, 1000.0 + 7 * 86400.0, 3600.0, 7 * 86400.0)   # one calibration half-life later
+    _, stats = store.stats()
+    np.testing.assert_allclose(stats["email/none"], 1.0)                 # the learner never forgets (half-life 0)
+    np.testing.assert_allclose(stats[key("open", "email")], 0.5)
+
+
+def test_unopened_sends_lower_the_services_open_values(server, customers, cfg):
+    """Sends that nobody opens teach the service that P(open) is lower than the offline model says:
+    the statistics reach the store with one observation per send, and the values the service
+    answers with fall for the channels that were used."""
+    store = open_store(server.store_url)
+    ref = customers(4, offset=1150)
+
+    def values():  # transactional decisions do not touch the contact state: the same question twice
+        out = {}
+        for cid in ref:
+            r = server.post("/v1/decide", {"customer_id": cid, "type": "transactional"})
+            assert r.status_code == 200, r.text
+            out.update({(cid, s["channel"], s["offer"]): s["expected_value"] for s in r.json()["scores"]})
+        return out
+
+    before = values()
+    sends = []
+    for cid in customers(150, offset=700):
+        r = server.post("/v1/decide", {"customer_id": cid})
+        assert r.status_code == 200, r.text
+        if r.json()["action"] == "send":
+            sends.append(r.json())
+    assert len(sends) >= 40
+    per_channel = {c: sum(d["channel"] == c for d in sends) for c in cfg.channel_names}
+    # one deliberate late open: it arrives after the send matured and adds its increment
+    late = sends[0]
+    at = datetime.fromisoformat(late["send_at"].replace("Z", "+00:00")) + timedelta(hours=2)
+
+    def matured():
+        recs = [store.get("decision", d["decision_id"]) for d in sends]
+        return all(r is not None and DecisionRecord.from_json(r).matured for r in recs)
+
+    assert poll(matured, timeout=60), "the sends did not enter the learner in time"
+    r = server.post("/v1/feedback", {"decision_id": late["decision_id"], "customer_id": late["customer_id"],
+                                     "event": "opened", "ts": at.isoformat()})
+    assert r.status_code == 200 and r.json()["accepted"], r.text
+    _, stats = store.stats()
+    for c, n in per_channel.items():
+        if n:
+            assert stats[key("open", c)][0] == n and stats[key("unsubscribe", c)][0] == n
+    calibration = ResponseCalibration.from_vectors(cfg.channel_names, cfg.online.calibration_strength, stats)
+    used = [c for c, n in per_channel.items() if n >= 10]
+    for c in used:  # almost none opened: the intercept of the open correction is negative
+        assert calibration.beta("open", c)[0] < 0, c
+
+    def lower():
+        after = values()
+        moved = [k for k in before if k[1] in used and before[k] > 0.01 and after.get(k, before[k]) < before[k] - 1e-9]
+        return moved if len(moved) >= 2 else None
+
+    assert poll(lower, timeout=30, every=0.5), "the service's values did not follow the calibration"
