@@ -32,9 +32,14 @@ In the service (``serving.learning``): a marketing send's record keeps its ``p``
 its opens and unsubscribes enter the store's shared statistics when it matures, a later first
 open as an exact increment; the store decays them with ``calibration_half_life_days``.
 
+The same model calibrates ``order``, P(order | opened), per **offer** from the opened messages
+(did an order follow): an offer that stops working shows there, in days rather than in the
+weeks realized profit would need.
+
 How the policy uses it (``decision.policy.DecisionPolicy.score``): the open factor scales
 everything a message earns through being opened (P(open), the extra orders and the offer's
-cost: orders follow opens), the unsubscribe factor scales P(unsubscribe). A message that a
+cost: orders follow opens), the order factor the orders after an open of that offer (and the
+offer's cost with them), the unsubscribe factor P(unsubscribe). A message that a
 tired customer will not open is then worth less than nothing and "don't send" wins.
 """
 
@@ -49,7 +54,7 @@ CONTEXT = ("intercept", "channel_sends_7d", "all_sends_7d", "channel_unanswered"
 SCALE = np.array([1.0, 3.0, 5.0, 5.0, 7.0])  # each context input divided by its typical range
 CAPS = np.array([1.0, 14.0, 21.0, 10.0, 7.0])  # inputs above these count as these (bounded inputs)
 P = len(CONTEXT)
-RESPONSES = ("open", "unsubscribe")
+RESPONSES = ("open", "unsubscribe", "order")  # "order": P(order | opened), per offer (the others per channel)
 FLOOR, CEILING = 0.05, 3.0
 EPS = 1e-4
 
@@ -112,7 +117,7 @@ def observations(p: np.ndarray, z: np.ndarray, y: np.ndarray) -> CalibrationStat
 
 
 class ResponseCalibration:
-    """Calibration factors per (response, channel); see the module docstring.
+    """Calibration factors per (response, channel), and of ``order`` per offer; see the module docstring.
 
     Parameters
     ----------
@@ -121,14 +126,21 @@ class ResponseCalibration:
     strength : float
         Prior precision of ``beta`` (how sure we are that the offline model is right).
     stats : dict, optional
-        ``key(response, channel)`` -> :class:`CalibrationStats` to start from.
+        ``key(response, channel or offer)`` -> :class:`CalibrationStats` to start from.
+    offers : sequence of str
+        The configured offers, in ``config.offer_names`` order (the groups of ``order``).
     """
 
-    def __init__(self, channels, strength: float, stats: dict | None = None):
+    def __init__(self, channels, strength: float, stats: dict | None = None, offers=()):
         self.channels = tuple(channels)
+        self.offers = tuple(offers)
         self.strength = float(strength)
         self.stats: dict[str, CalibrationStats] = dict(stats or {})
         self._beta: dict[str, np.ndarray] = {}
+
+    def _groups(self, response: str) -> tuple:
+        """What a response is calibrated by: the offer for ``order``, else the channel."""
+        return self.offers if response == "order" else self.channels
 
     def beta(self, response: str, channel: str) -> np.ndarray:
         """Posterior mean of ``beta`` (P,); zeros without feedback."""
@@ -140,21 +152,23 @@ class ResponseCalibration:
         return self._beta[k]
 
     def factor(self, response: str, channel_code: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """The correction factor (m,) of m messages on channels ``channel_code`` (m,) with context ``z`` (m, P)."""
+        """The correction factor (m,) of m messages on channels ``channel_code`` (m,) (offer codes
+        for ``order``) with context ``z`` (m, P)."""
         channel_code = np.asarray(channel_code)
         out = np.ones(len(channel_code))
         if not self.stats:
             return out
-        for k, name in enumerate(self.channels):
+        for k, name in enumerate(self._groups(response)):
             sel = channel_code == k
             if sel.any():
                 out[sel] = 1.0 + z[sel] @ self.beta(response, name)
         return np.clip(out, FLOOR, CEILING)
 
     def update(self, response: str, channel_code: np.ndarray, p: np.ndarray, z: np.ndarray, y: np.ndarray) -> None:
-        """Add m observed messages (offline probability ``p``, context ``z``, response ``y``)."""
+        """Add m observed messages (offline probability ``p``, context ``z``, response ``y``; for
+        ``order``: opened messages, ``channel_code`` their offer codes, ``p`` the offline P(order | opened))."""
         channel_code = np.asarray(channel_code)
-        for k, name in enumerate(self.channels):
+        for k, name in enumerate(self._groups(response)):
             sel = channel_code == k
             if sel.any():
                 kk = key(response, name)
@@ -173,7 +187,7 @@ class ResponseCalibration:
         return json.dumps({k: s.to_vector().tolist() for k, s in self.stats.items()})
 
     @classmethod
-    def from_vectors(cls, channels, strength: float, vectors: dict) -> "ResponseCalibration":
+    def from_vectors(cls, channels, strength: float, vectors: dict, offers=()) -> "ResponseCalibration":
         """From the store's vectors (only the keys that name a calibration are read)."""
         return cls(channels, strength, {k: CalibrationStats.from_vector(v) for k, v in vectors.items()
-                                        if k.startswith(KEY_PREFIX)})
+                                        if k.startswith(KEY_PREFIX)}, offers)

@@ -162,6 +162,7 @@ class Scores:
     baseline: np.ndarray     # (n,) expected profit of the day without a message
     revenue: np.ndarray      # (n, K, O) margin x order value x uplift
     p_unsub: np.ndarray      # (n, K, O) the offline P(unsubscribe) (before calibration; ``p_open`` too)
+    p_order_open: np.ndarray  # (n, K, O) the offline P(order after the message | opened) (before calibration)
 
 
 @dataclass
@@ -216,7 +217,8 @@ class DecisionPolicy:
 
     def new_calibration(self) -> ResponseCalibration:
         """Response calibration with no feedback yet (every factor 1)."""
-        return ResponseCalibration(self.config.channel_names, self.online.calibration_strength)
+        return ResponseCalibration(self.config.channel_names, self.online.calibration_strength,
+                                   offers=self.config.offer_names)
 
     @property
     def action_keys(self) -> list[str]:
@@ -250,8 +252,9 @@ class DecisionPolicy:
         uplift = np.zeros((n, K, O))
         revenue = np.zeros((n, K, O))
         p_unsub_best = np.zeros((n, K, O))
+        q_best = np.zeros((n, K, O))
         if n == 0:
-            return Scores(value, best_hour, p_open_best, uplift, elig, delay, np.zeros(0), revenue, p_unsub_best)
+            return Scores(value, best_hour, p_open_best, uplift, elig, delay, np.zeros(0), revenue, p_unsub_best, q_best)
         obj = cfg.objective
         cust = arrays if arrays is not None else CustomerArrays(features)
 
@@ -267,7 +270,7 @@ class DecisionPolicy:
         daily = m.uplift.predict_arm(base, NO_MESSAGE) * 24.0 / obj.attribution_window_hours
         baseline = obj.margin * ovalue * daily
         if not allowed.any():
-            return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue, p_unsub_best)
+            return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue, p_unsub_best, q_best)
         # send time: the open model over every allowed (channel, hour), one call
         rows, ks, hours = np.nonzero(allowed.any(axis=3))
         p = np.full((n, K, 24), -1.0)
@@ -276,24 +279,39 @@ class DecisionPolicy:
         hour_of = np.where(allowed, p[:, :, :, None], -2.0).argmax(axis=2)       # (n, K, O)
         rows, ks, js = np.nonzero(allowed.any(axis=2))
         h = hour_of[rows, ks, js]
-        X = inputs(m.open, rows, ks, h, js)
-        po = m.open.predict_proba(X)[:, 1]
-        p_conv = _response(m.conversion, inputs(m.conversion, rows, ks, h, js, po), po)
-        p_unsub = _response(m.unsubscribe, inputs(m.unsubscribe, rows, ks, h, js, po), po)
-        up = self._uplift(inputs(m.uplift, rows, ks, h, js, po), js, po, p_conv)
-        v = ovalue[rows]
-        f_open = f_unsub = 1.0
+        # the candidates at their best hour: one set of candidate columns and one input matrix per
+        # distinct model input (the funnel's models read the open model's), shared by the models
+        cand = candidate_arrays(cust, rows, ks, h, js, cfg)
+        matrices: dict = {}
+
+        def at_best(model):
+            key = tuple(model.feature_names_in_)
+            if key not in matrices:
+                matrices[key] = model_input(model.feature_names_in_, model.categories_, cust, rows, cand)
+            return matrices[key]
+
+        po = m.open.predict_proba(at_best(m.open))[:, 1]
+        cand[OPEN_ESTIMATE] = po.astype(np.float32)
+        p_conv = _response(m.conversion, at_best(m.conversion), po)
+        p_unsub = _response(m.unsubscribe, at_best(m.unsubscribe), po)
+        q = np.clip(p_conv / np.maximum(po, 1e-9), 0.0, 1.0)  # P(order | opened)
+        f_open = f_unsub = f_order = 1.0
         if calibration is not None and calibration.stats:  # the feedback's correction (decision.calibration)
             z = contact_context(contact, rows, ks)
             f_open, f_unsub = calibration.factor("open", ks, z), calibration.factor("unsubscribe", ks, z)
-        value[rows, ks, js] = (f_open * (obj.margin * v * up - offer_costs(cfg, js, v) * p_conv) - channel_costs(cfg)[ks]
-                               - obj.unsubscribe_cost * p_unsub * f_unsub)
+            f_order = calibration.factor("order", js, z)
+        p_conv_c = p_conv * f_order  # the orders after an open, as the offer's feedback says
+        up = self._uplift(at_best(m.uplift), js, po, p_conv_c)
+        v = ovalue[rows]
+        value[rows, ks, js] = (f_open * (obj.margin * v * up - offer_costs(cfg, js, v) * p_conv_c)
+                               - channel_costs(cfg)[ks] - obj.unsubscribe_cost * p_unsub * f_unsub)
         best_hour[rows, ks, js] = h
         p_open_best[rows, ks, js] = po
         p_unsub_best[rows, ks, js] = p_unsub
+        q_best[rows, ks, js] = q
         uplift[rows, ks, js] = up * f_open
         revenue[rows, ks, js] = obj.margin * v * up * f_open
-        return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue, p_unsub_best)
+        return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue, p_unsub_best, q_best)
 
     def _uplift(self, X: np.ndarray, offer: np.ndarray, p_open: np.ndarray, p_conv: np.ndarray) -> np.ndarray:
         """Extra P(order) each candidate causes (see ``uplift_mode``); ``offer`` codes (r,)."""

@@ -123,10 +123,10 @@ class LearnerSync:
         self._pruned = 0.0
 
     def run(self, online, keep_s: float, now_s: float | None = None,
-            channels: tuple = ()) -> tuple[int, OnlineLearner | None]:
+            channels: tuple = (), offers: tuple = ()) -> tuple[int, OnlineLearner | None]:
         """One round at ``now_s`` (default: the clock) with the serving policy's ``online``
         settings and records kept ``keep_s``; returns how many decisions matured and a learner
-        on the new statistics, its response calibration over ``channels`` included (None if
+        on the new statistics, its response calibration over ``channels`` and ``offers`` included (None if
         they did not change)."""
         now_s = time.time() if now_s is None else now_s
         matured = 0
@@ -145,7 +145,7 @@ class LearnerSync:
             return matured, None
         self._version, stats = self.store.stats()
         return matured, OnlineLearner(online, learning.state_from_vectors(stats), calibration=learning.calibration_from_vectors(
-            channels, online.calibration_strength, stats))
+            channels, online.calibration_strength, stats, offers))
 
 
 def mature(store: Store, ids: list[str], keep_s: float, now_s: float) -> int:

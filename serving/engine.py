@@ -120,7 +120,7 @@ class Engine:
         if self._mismatch is not None and self.health() is not None:
             return 0  # nothing to learn from a store that does not match the log
         matured, learner = self._sync.run(self.policy.online, keep_seconds(self.config, self.policy.online), now_s,
-                                          self.policy.config.channel_names)
+                                          self.policy.config.channel_names, self.policy.config.offer_names)
         if learner is not None:
             self.learner = learner
         return matured

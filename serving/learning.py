@@ -2,9 +2,10 @@
 
 One vector per action: ``[n, X'X (D*D, row-major), X'r (D), r'r]`` of ``decision.online.ActionStats``;
 and one per (response, channel) of the response calibration (``decision.calibration``), under
-keys ``"calibration|open|email"``: ``[n, A (P*P), b (P)]``. A marketing send's opens and
-unsubscribes enter the calibration when it matures (``calibration_deltas``); a first open or
-unsubscribe reported after that adds its increment (``calibration_increment``).
+keys ``"calibration|open|email"`` (and ``"calibration|order|pct10"``): ``[n, A (P*P), b (P)]``.
+A marketing send's opens, unsubscribes and orders after an open enter the calibration when it
+matures (``calibration_deltas``); a first event reported after that adds its increment
+(``calibration_increment``).
 """
 
 from __future__ import annotations
@@ -37,43 +38,9 @@ def is_calibration(key: str) -> bool:
     return key.startswith(cal.KEY_PREFIX)
 
 
-def calibration_from_vectors(channels, strength: float, vectors: dict[str, np.ndarray]) -> cal.ResponseCalibration:
-    return cal.ResponseCalibration.from_vectors(channels, strength, vectors)
-
-
-# responses of a message that calibrate the offline models, and the events that show each
-CALIBRATED = {"open": ("opened", "clicked"), "unsubscribe": ("unsubscribed",)}
-
-
-def _responded(counted, events) -> bool:
-    return any(k.split("|", 1)[0] in events for k in counted)
-
-
-def calibration_deltas(rec) -> dict[str, np.ndarray]:
-    """What a maturing marketing send adds to the calibration: one observation per response
-    (did it open, did it unsubscribe, from the events counted so far); empty for anything else."""
-    if not rec.calibration or rec.channel is None:
-        return {}
-    p = {"open": rec.calibration[0], "unsubscribe": rec.calibration[1]}
-    z = np.asarray(rec.calibration[2:], dtype=float)[None, :]
-    return {cal.key(r, rec.channel): cal.observations(np.array([p[r]]), z,
-                                                      np.array([float(_responded(rec.counted, ev))])).to_vector()
-            for r, ev in CALIBRATED.items()}
-
-
-def calibration_increment(rec, event: str) -> dict[str, np.ndarray]:
-    """A matured send's first ``event`` of a calibrated response, reported late: the change from
-    "did not respond" to "responded" in its observation (``n`` and ``A`` are unchanged)."""
-    if not rec.calibration or rec.channel is None:
-        return {}
-    out = {}
-    for i, (r, ev) in enumerate(CALIBRATED.items()):
-        if event in ev and not _responded(rec.counted, ev):
-            z = np.asarray(rec.calibration[2:], dtype=float)[None, :]
-            p = np.array([rec.calibration[i]])
-            out[cal.key(r, rec.channel)] = (cal.observations(p, z, np.ones(1)).to_vector()
-                                            - cal.observations(p, z, np.zeros(1)).to_vector())
-    return out
+def calibration_from_vectors(channels, strength: float, vectors: dict[str, np.ndarray],
+                             offers=()) -> cal.ResponseCalibration:
+    return cal.ResponseCalibration.from_vectors(channels, strength, vectors, offers)
 
 
 def observation(x: np.ndarray, reward: float) -> np.ndarray:
@@ -88,3 +55,63 @@ def increment(x: np.ndarray, delta: float, reward_before: float) -> np.ndarray:
 
 def add(deltas: dict[str, np.ndarray], key: str, vector: np.ndarray) -> None:
     deltas[key] = deltas[key] + vector if key in deltas else vector
+
+
+# responses of a message that calibrate the offline models, and the events that show each
+OPEN_EVENTS, UNSUB_EVENTS, ORDER_EVENTS = ("opened", "clicked"), ("unsubscribed",), ("converted",)
+
+
+def _responded(counted, events) -> bool:
+    return any(k.split("|", 1)[0] in events for k in counted)
+
+
+def _inputs(rec):
+    """(p_open, p_unsub, p_order_open or None, z (1, P)) of a record, or None if it has none."""
+    c = rec.calibration
+    if not c or rec.channel is None or len(c) not in (2 + cal.P, 3 + cal.P):
+        return None
+    q = c[2] if len(c) == 3 + cal.P else None
+    return c[0], c[1], q, np.asarray(c[-cal.P:], dtype=float)[None, :]
+
+
+def _obs(p: float, z: np.ndarray, y: bool) -> np.ndarray:
+    return cal.observations(np.array([p]), z, np.array([float(y)])).to_vector()
+
+
+def calibration_deltas(rec) -> dict[str, np.ndarray]:
+    """What a maturing marketing send adds to the calibration, from the events counted so far:
+    did it open, did it unsubscribe, and, if it opened, did an order follow (per offer); empty
+    for anything else."""
+    x = _inputs(rec)
+    if x is None:
+        return {}
+    p_open, p_unsub, q, z = x
+    opened = _responded(rec.counted, OPEN_EVENTS)
+    out = {cal.key("open", rec.channel): _obs(p_open, z, opened),
+           cal.key("unsubscribe", rec.channel): _obs(p_unsub, z, _responded(rec.counted, UNSUB_EVENTS))}
+    if opened and q is not None and rec.offer is not None:
+        out[cal.key("order", rec.offer)] = _obs(q, z, _responded(rec.counted, ORDER_EVENTS))
+    return out
+
+
+def calibration_increment(rec, event: str) -> dict[str, np.ndarray]:
+    """A matured send's ``event`` reported late (``rec``: the record before it was counted): what
+    it changes in :func:`calibration_deltas`, so that late feedback adds exactly what it would have
+    added at maturity. A first open turns "did not open" into "opened" and starts the order
+    observation; a first order after an open turns its "no order" into "order"."""
+    x = _inputs(rec)
+    if x is None:
+        return {}
+    p_open, p_unsub, q, z = x
+    opened = _responded(rec.counted, OPEN_EVENTS)
+    out = {}
+    if event in OPEN_EVENTS and not opened:
+        out[cal.key("open", rec.channel)] = _obs(p_open, z, True) - _obs(p_open, z, False)
+        if q is not None and rec.offer is not None:
+            out[cal.key("order", rec.offer)] = _obs(q, z, _responded(rec.counted, ORDER_EVENTS))
+    elif event in UNSUB_EVENTS and not _responded(rec.counted, UNSUB_EVENTS):
+        out[cal.key("unsubscribe", rec.channel)] = _obs(p_unsub, z, True) - _obs(p_unsub, z, False)
+    elif (event in ORDER_EVENTS and opened and q is not None and rec.offer is not None
+          and not _responded(rec.counted, ORDER_EVENTS)):
+        out[cal.key("order", rec.offer)] = _obs(q, z, True) - _obs(q, z, False)
+    return out

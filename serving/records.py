@@ -55,9 +55,10 @@ class DecisionRecord:
     counted : tuple of str
         Keys ``"{event}|{ts}"`` of the feedback events in ``reward``.
     calibration : tuple of float
-        For a marketing send: the offline P(open) and P(unsubscribe) of the message and its
-        contact context ``z`` (``decision.calibration``), from which its opens and unsubscribes
-        calibrate the response models (``serving.learning.calibration_deltas``); empty otherwise.
+        For a marketing send: the offline P(open), P(unsubscribe) and P(order | opened) of the
+        message and its contact context ``z`` (``decision.calibration``), from which its opens,
+        unsubscribes and orders calibrate the response models
+        (``serving.learning.calibration_deltas``); empty otherwise.
     """
 
     customer_id: str
@@ -99,10 +100,11 @@ def start_reward(config, channel: str | None, offer: str | None) -> float:
 
 
 def calibration_inputs(d, hist, pos: int, config) -> tuple[float, ...]:
-    """(offline P(open), offline P(unsubscribe), z...) of row ``pos``'s chosen message."""
+    """(offline P(open), P(unsubscribe), P(order | opened), z...) of row ``pos``'s chosen message."""
     k, j = divmod(int(d.choice[pos]) - 1, len(config.offer_names))
     z = contact_context(hist, np.array([pos]), np.array([k]))[0]
-    return (float(d.scores.p_open[pos, k, j]), float(d.scores.p_unsub[pos, k, j]), *map(float, z))
+    s = d.scores
+    return (float(s.p_open[pos, k, j]), float(s.p_unsub[pos, k, j]), float(s.p_order_open[pos, k, j]), *map(float, z))
 
 
 def keep_seconds(config, online) -> float:

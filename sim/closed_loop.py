@@ -295,6 +295,9 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
                 z = contact_context(contact, idx, ch)
                 learner.calibration.update("open", ch, dec.scores.p_open[idx, ch, off], z, resp.opened)
                 learner.calibration.update("unsubscribe", ch, dec.scores.p_unsub[idx, ch, off], z, resp.unsubscribed)
+                o = resp.opened  # P(order | opened) per offer, from the opened messages
+                learner.calibration.update("order", off[o], dec.scores.p_order_open[idx[o], ch[o], off[o]], z[o],
+                                           resp.message_order[o])
         row.update(explored=float(frame["explored"].mean()), sent=float(send.mean()),
                    realized_profit=float(reward.mean()), learner_n=learner.state.n,
                    **{f"violations_{k}": c for k, c in broken.items()}, **peer_rows)

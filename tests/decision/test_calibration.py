@@ -102,3 +102,39 @@ def test_a_policy_told_that_nobody_opens_sends_nothing(trained, small_world):
         learner.calibration.update("open", np.full(m, k), np.full(m, 0.3), z, np.zeros(m))
     quiet = policy.decide(feats, contact, request, explain=False, rng=np.random.default_rng(0), learner=learner)
     assert (quiet.frame["action"] == "send").sum() < 0.2 * (plain.frame["action"] == "send").sum()
+
+
+def test_an_offer_whose_opens_stop_converting_loses_its_sends(trained, small_world):
+    """Orders after an open are calibrated per offer: an offer whose opened messages never convert
+    any more is worth less, and the greedy policy moves its sends to other offers or to none."""
+    import pandas as pd
+
+    from nextbest.decision.exploration import Exploration
+    from nextbest.decision.policy import Request
+    from nextbest.decision.rules import ContactHistory
+    from nextbest.features.history import engagement_history
+
+    policy = trained.policy.with_exploration(Exploration.from_config(trained.policy.config).with_(
+        method="greedy", control_share=0.0))
+    cfg = policy.config
+    ids = small_world.customers["customer_id"].head(600)
+    feats = engagement_history(trained.log, ids, small_world.end, trained.population)
+    contact = ContactHistory.from_features(feats, cfg)
+    request = Request(now=pd.Timestamp("2026-10-01 07:00", tz="UTC"))
+    plain = policy.decide(feats, contact, request, explain=False, learner=policy.new_learner())
+    counts = plain.frame.loc[plain.frame["action"] == "send", "offer"].value_counts()
+    offer = counts.index[0]
+    assert counts.iloc[0] >= 20, counts
+    j = cfg.offer_names.index(offer)
+    learner = policy.new_learner()
+    m = 4000
+    rng = np.random.default_rng(5)
+    z = context(rng.integers(0, 5, m), rng.integers(0, 7, m), rng.integers(0, 5, m), rng.uniform(4, 100, m))
+    learner.calibration.update("order", np.full(m, j), np.full(m, 0.08), z, np.zeros(m))
+    after = policy.decide(feats, contact, request, explain=False, learner=learner)
+    assert (after.frame["offer"] == offer).sum() < 0.5 * counts.iloc[0]
+    # the other offers' values are untouched
+    other = [k for k in range(len(cfg.offer_names)) if k != j]
+    a, b = plain.scores.value[:, :, other], after.scores.value[:, :, other]
+    np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+    np.testing.assert_allclose(b[np.isfinite(b)], a[np.isfinite(a)])

@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import numpy as np
+import pytest
 
 from nextbest.decision.calibration import P, ResponseCalibration, key
 from nextbest.serving import learning
@@ -16,18 +17,48 @@ from nextbest.serving.store import open_store
 from serving_waits import poll
 
 
-def _record(counted=(), p_open=0.2, p_unsub=0.01):
+def _record(counted=(), p_open=0.2, p_unsub=0.01, q=0.05):
     z = (1.0, 0.3, 0.4, 0.0, 0.5)
-    return DecisionRecord(customer_id="c1", action_key="email/none", channel="email", offer="none",
+    return DecisionRecord(customer_id="c1", action_key="email/pct10", channel="email", offer="pct10",
                           learner_input=(0.0,) * 6, decided_at=0.0, sent_at=0.0, type="marketing", reward=-0.01,
-                          matured=True, counted=tuple(counted), calibration=(p_open, p_unsub, *z))
+                          matured=True, counted=tuple(counted), calibration=(p_open, p_unsub, q, *z))
 
 
-def test_a_late_open_adds_exactly_what_it_would_have_added_at_maturity():
-    unopened, opened = _record(), _record(counted=("opened|2026-01-01T10:00:00+00:00",))
+OPEN, ORDER = "opened|2026-01-01T10:00:00+00:00", "converted|2026-01-01T12:00:00+00:00"
+
+
+def _sum(*deltas):
+    out = {}
+    for d in deltas:
+        for k, v in d.items():
+            out[k] = out[k] + v if k in out else v
+    return out
+
+
+@pytest.mark.parametrize("late", [(OPEN,), (ORDER,), (OPEN, ORDER), (ORDER, OPEN)])
+def test_late_feedback_adds_what_it_would_have_added_at_maturity(late):
+    """Whatever arrives after maturity, in whatever order, the statistics end where a record that
+    had it all at maturity starts: open, and the order-given-open observation of its offer."""
+    at_maturity = learning.calibration_deltas(_record())
+    rec, parts = _record(), [at_maturity]
+    for k in late:
+        parts.append(learning.calibration_increment(rec, k.split("|")[0]))
+        rec = rec.with_event(k, 0.0)
+    total, want = _sum(*parts), learning.calibration_deltas(rec)
+    assert set(total) == set(want)
+    for k in want:
+        np.testing.assert_allclose(total[k], want[k], atol=1e-12, err_msg=k)
+    if OPEN in late:
+        assert key("order", "pct10") in want  # an opened message calibrates its offer's P(order | opened)
+    else:
+        assert key("order", "pct10") not in want
+
+
+def test_a_late_open_adds_exactly_its_increment():
+    unopened, opened = _record(), _record(counted=(OPEN,))
     before, after = learning.calibration_deltas(unopened), learning.calibration_deltas(opened)
     inc = learning.calibration_increment(unopened, "opened")
-    assert set(inc) == {key("open", "email")}
+    assert set(inc) == {key("open", "email"), key("order", "pct10")}
     np.testing.assert_allclose(before[key("open", "email")] + inc[key("open", "email")], after[key("open", "email")])
     # a second open of the same message adds nothing; nor does anything for a suppression
     assert learning.calibration_increment(opened, "opened") == {}
@@ -36,7 +67,10 @@ def test_a_late_open_adds_exactly_what_it_would_have_added_at_maturity():
     assert set(learning.calibration_increment(unopened, "unsubscribed")) == {key("unsubscribe", "email")}
     # the record survives its JSON round trip, calibration inputs included
     assert DecisionRecord.from_json(opened.to_json()) == opened
-    assert len(opened.calibration) == 2 + P
+    assert len(opened.calibration) == 3 + P
+    # a record written before P(order | opened) was kept calibrates opens and unsubscribes only
+    old = DecisionRecord(**{**opened.__dict__, "calibration": opened.calibration[:2] + opened.calibration[3:]})
+    assert set(learning.calibration_deltas(old)) == {key("open", "email"), key("unsubscribe", "email")}
 
 
 def test_the_store_forgets_calibration_at_its_own_half_life(tmp_path):
