@@ -98,7 +98,7 @@ def prepare(home: Path, customers: int) -> Path:
 
 
 def start_service(home: Path, data: Path, port: int, workdir: Path, store: str, workers: int = 1):
-    env = {**project_env(home), "NEXTBEST_STORE_URL": store, "NEXTBEST_API_KEYS": f"{KEY}:decide,feedback,admin"}
+    env = {**project_env(home), "NEXTBEST_STORE_URL": store, "NEXTBEST_API_KEYS": f"{KEY}:decide,feedback,events,admin"}
     out = open(workdir / f"server-{port}.log", "ab")
     proc = subprocess.Popen([BIN / "nextbest", "serve", str(data), "--port", str(port), "--workers", str(workers),
                              "--log-dir", str(workdir / "log")], env=env, cwd=home, stdout=out,
@@ -164,6 +164,28 @@ def batches(url: str, ids: list[str], seconds: float, size: int = 1000, clients:
     return {"decisions_per_s": n / elapsed, "calls": len(done), "seconds_per_call_p50": float(np.median([s for _, s in done]))}
 
 
+def start_redis(workdir: Path):
+    """A scratch redis-server (no persistence) on a free port, answering pings; (process, URL)."""
+    import redis
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise SystemExit("redis-server is not installed: run `make system-deps`")
+    rport = free_port()
+    proc = subprocess.Popen([exe, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                             "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL, start_new_session=True)
+    url = f"redis://127.0.0.1:{rport}/0"
+    deadline = time.time() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            return proc, url
+        except redis.ConnectionError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def mixed_load(home: Path, data: Path, workdir: Path, seconds: int) -> dict:
     """Redis + 2 workers, 8 threads deciding and posting feedback; checked afterwards."""
     from nextbest.features.config import load_config
@@ -172,14 +194,8 @@ def mixed_load(home: Path, data: Path, workdir: Path, seconds: int) -> dict:
     from nextbest.serving.records import DecisionRecord
     from nextbest.serving.store import open_store
 
-    exe = shutil.which("redis-server")
-    if exe is None:
-        raise SystemExit("redis-server is not installed: run `make system-deps`")
-    rport, port = free_port(), free_port()
-    redis_proc = subprocess.Popen([exe, "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                   "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL, start_new_session=True)
-    url = f"redis://127.0.0.1:{rport}/0"
-    time.sleep(0.5)
+    redis_proc, url = start_redis(workdir)
+    port = free_port()
     cfg = load_config()
     people = pd.read_parquet(data / "customers.parquet")
     full = people[people[[f"consent_{c}" for c in cfg.channel_names]].all(axis=1)]["customer_id"].astype(str).tolist()[:200]

@@ -2,7 +2,8 @@
 
 One JSON document per customer::
 
-    {"sends": [[send time (epoch s), channel], ...],   marketing sends of the last 7 days and planned ones
+    {"sends": [[send time (epoch s), channel(, message id)], ...],   marketing sends of the last 7 days and
+                                                                     planned ones (other senders' with their id)
      "unanswered": {channel: messages since the last open},
      "unsubscribed": [channel, ...]}
 
@@ -44,10 +45,15 @@ class ContactState:
         return json.dumps({"sends": self.sends, "unanswered": self.unanswered, "unsubscribed": self.unsubscribed},
                           separators=(",", ":"))
 
-    def with_send(self, t: float, channel: str) -> "ContactState":
-        """The state after a marketing send at ``t``; sends older than a week before it are dropped."""
+    def with_send(self, t: float, channel: str, message_id: str | None = None) -> "ContactState":
+        """The state after a marketing send at ``t``; sends older than a week before it are dropped.
+        A send named by ``message_id`` (another sender's message, ``serving.events``) is kept with
+        its id and counts once however often it is applied."""
+        if message_id is not None and any(len(s) > 2 and s[2] == message_id for s in self.sends):
+            return ContactState(list(self.sends), dict(self.unanswered), list(self.unsubscribed))
         keep = [s for s in self.sends if s[0] > t - WEEK_S]
-        return ContactState(keep + [[float(t), channel]], {**self.unanswered, channel: self.unanswered.get(channel, 0) + 1},
+        entry = [float(t), channel] if message_id is None else [float(t), channel, message_id]
+        return ContactState(keep + [entry], {**self.unanswered, channel: self.unanswered.get(channel, 0) + 1},
                             list(self.unsubscribed))
 
     def with_event(self, channel: str | None, event: str) -> "ContactState":
@@ -72,7 +78,7 @@ def history(states: list[ContactState], now_s: np.ndarray, channels: list[str]) 
     unanswered, unsub = np.zeros((n, K), np.int64), np.zeros((n, K), bool)
     for i, st in enumerate(states):
         now = float(now_s[i])
-        for t, c in st.sends:
+        for t, c, *_ in st.sends:
             k = code.get(c)
             if k is None:
                 continue  # a channel no longer configured

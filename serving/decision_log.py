@@ -41,7 +41,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-KINDS = ("decisions", "feedback", "void")
+KINDS = ("decisions", "feedback", "events", "void")  # events: other senders' (serving.events)
 EPOCH_FILE = "EPOCH"
 
 
@@ -74,8 +74,8 @@ def write_epoch(log_dir: str | Path, epoch: str) -> str:
 
 
 def has_records(log_dir: str | Path) -> bool:
-    """Whether the log holds any decision or feedback line."""
-    return any(p.stat().st_size > 0 for kind in ("decisions", "feedback")
+    """Whether the log holds any decision, feedback or event line."""
+    return any(p.stat().st_size > 0 for kind in ("decisions", "feedback", "events")
                for p in Path(log_dir).glob(f"*/{kind}-*.jsonl"))
 
 
@@ -279,6 +279,48 @@ def read_log(log_dir: str | Path, as_of=None) -> tuple[pd.DataFrame, pd.DataFram
     return decisions, events
 
 
+def read_events(log_dir: str | Path, as_of=None) -> pd.DataFrame:
+    """Other senders' events (``serving.events``) as the data contract's ``events`` rows: each
+    event id once (the first line), marketing messages only (a transactional send and its
+    responses are not marketing history), those dated by ``as_of`` (``None``: all)."""
+    ev = pd.DataFrame(read_records(log_dir, "events"))
+    if ev.empty:
+        return _empty_events()
+    ev = ev.drop_duplicates("event_id")
+    transactional = set(ev.loc[(ev["event"] == "sent") & (ev["type"] != "marketing"), "message_id"])
+    ev = ev[~ev["message_id"].isin(transactional) & (ev["type"] == "marketing")]
+    ts = pd.to_datetime(ev["ts"], utc=True, format="ISO8601")
+    if as_of is not None:
+        later = (ts > _utc(as_of)).to_numpy()
+        if later.any():
+            log.info("as of %s: %d ingested event(s) dated later wait for a later export", as_of, int(later.sum()))
+        ev, ts = ev[~later], ts[~later]
+    return pd.DataFrame({
+        "customer_id": ev["customer_id"].astype(str), "ts": ts, "event": ev["event"],
+        "message_id": ev["message_id"], "channel": ev["channel"], "offer": ev["offer"],
+        "value": pd.to_numeric(ev["value"]), "propensity": float("nan"),
+    }).reset_index(drop=True)
+
+
+def _with_ingested(events: pd.DataFrame, ingested: pd.DataFrame) -> pd.DataFrame:
+    """``ingested`` rows the data contract accepts next to ``events``: a send whose message id is
+    taken is a duplicate, a response to a message nobody reported sent has nothing to attach to
+    (both counted in the log)."""
+    if ingested.empty:
+        return ingested
+    sent_before = set(events.loc[events["event"] == "sent", "message_id"].astype(str))
+    is_sent = (ingested["event"] == "sent").to_numpy()
+    mid = ingested["message_id"].astype(str)
+    # taken before, or by an earlier ingested send (the first one reported counts)
+    dup = is_sent & (mid.isin(sent_before).to_numpy() | (mid.where(is_sent).duplicated() & is_sent))
+    known = sent_before | set(ingested.loc[is_sent & ~dup, "message_id"].astype(str))
+    orphan = ~is_sent & ingested["message_id"].notna().to_numpy() & ~ingested["message_id"].astype(str).isin(known).to_numpy()
+    if dup.any() or orphan.any():
+        log.info("ingested events left out of the export: %d send(s) of a message id already sent, %d response(s) "
+                 "to a message no sent event names", int(dup.sum()), int(orphan.sum()))
+    return ingested[~dup & ~orphan]
+
+
 def _utc(t) -> pd.Timestamp:
     t = pd.Timestamp(t)
     return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
@@ -301,7 +343,8 @@ def export_data_dir(data_dir: str | Path, log_dir: str | Path, out: str | Path, 
     ``train`` and ``evaluate`` read the result. The export holds what was known at ``as_of``
     (default: now; see :func:`read_log`), so it always validates: a planned send appears once it
     is due, feedback dated later waits for the next export. ``data_dir`` is copied as it is.
-    Returns the numbers of decisions and events taken from the log.
+    Other senders' events (``serving.events``) are written too (:func:`read_events`). Returns the
+    numbers of decisions and events taken from the log.
     """
     from nextbest.features.io import load_dataset, read_table, write_table
 
@@ -312,19 +355,22 @@ def export_data_dir(data_dir: str | Path, log_dir: str | Path, out: str | Path, 
                          "happened yet")
     customers, events = load_dataset(data_dir)
     decisions, logged = read_log(log_dir, as_of)
-    if decisions.empty:
-        raise ValueError(f"no marketing decision in {log_dir} taken (and, for a send, due) by {as_of}")
+    ingested = _with_ingested(pd.concat([events, logged], ignore_index=True), read_events(log_dir, as_of))
+    if decisions.empty and ingested.empty:
+        raise ValueError(f"no marketing decision in {log_dir} taken (and, for a send, due) by {as_of}, "
+                         "and no event of another sender")
     try:
         base = read_table(data_dir, "logging_decisions")
     except FileNotFoundError:
         base = decisions.iloc[:0]
-    unknown = sorted(set(decisions["customer_id"]) - set(customers["customer_id"].astype(str)))
+    unknown = sorted((set(decisions["customer_id"]) | set(ingested["customer_id"])) - set(customers["customer_id"].astype(str)))
     if unknown:  # cold-start customers: add them without consent or attributes (the log has none)
         customers = pd.concat([customers, pd.DataFrame({"customer_id": unknown})], ignore_index=True)
     out = Path(out)
     write_table(customers, out, "customers")
-    write_table(pd.concat([events, logged[events.columns.intersection(logged.columns)]], ignore_index=True)
+    write_table(pd.concat([events, logged[events.columns.intersection(logged.columns)],
+                           ingested[events.columns.intersection(ingested.columns)]], ignore_index=True)
                 .sort_values("ts", kind="stable"), out, "events")
     write_table(pd.concat([base, decisions[base.columns.intersection(decisions.columns)]], ignore_index=True), out,
                 "logging_decisions")
-    return len(decisions), len(logged)
+    return len(decisions), len(logged) + len(ingested)

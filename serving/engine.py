@@ -50,6 +50,7 @@ from nextbest.serving.contact import history
 from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.feedback import UnknownDecision, record_feedback
 from nextbest.serving.rebuild import EpochGuard, StoreMismatch
+from nextbest.serving.events import check_events, record_events
 from nextbest.serving.records import Pending, enters_learner, keep_seconds, log_row, pending_rows, ttl
 from nextbest.serving.schemas import DecideRequest, FeedbackRequest
 from nextbest.serving.settings import ServeSettings
@@ -266,6 +267,12 @@ class Engine:
                           "their callers got an error", len(decision_ids), reason)
 
     # ------------------------------------------------------------------ feedback
+    def events(self, events: list, prefix: str = "") -> list[dict]:
+        """Record other senders' message events (``serving.events``); idempotent by event id."""
+        check_events(events, self.config, self.settings.max_order_value, self.settings.max_clock_skew_days, prefix)
+        self._check_store()
+        return record_events(events, self.store, self.log, self.snapshot)
+
     def feedback(self, fb: FeedbackRequest) -> dict:
         """Record one feedback event (``serving.feedback``); idempotent."""
         self._check_store()

@@ -106,6 +106,12 @@ def _decide_each(payload: list[dict]):
     return _guarded(_engine.decide_each)([DecideRequest.model_validate(p) for p in payload])
 
 
+def _events(payload: list[dict], prefix: str):
+    from nextbest.serving.schemas import EventRequest
+
+    return _guarded(_engine.events)([EventRequest.model_validate(p) for p in payload], prefix)
+
+
 def _health() -> str | None:
     try:
         return _guarded(_engine.health)()
@@ -198,6 +204,9 @@ class EngineProcess:
         from nextbest.serving.schemas import FeedbackRequest
 
         return self._run(_call, "feedback", FeedbackRequest.model_validate(request.model_dump()))
+
+    def events(self, events, prefix: str = ""):
+        return self._run(_events, _plain(events), prefix)
 
     def stop(self) -> None:
         self._stopped.set()

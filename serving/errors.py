@@ -22,14 +22,17 @@ It also publishes the config in the OpenAPI document: ``GET /docs.json`` is pass
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 
 from nextbest.serving.auth import answer
 
+log = logging.getLogger(__name__)
+
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
-JSON_ROUTES = ("/v1/decide", "/v1/decide/batch", "/v1/feedback", "/v1/events")
+JSON_ROUTES = ("/v1/decide", "/v1/decide/batch", "/v1/feedback", "/v1/events", "/v1/events/batch")
 
 
 class BodyError(ValueError):
@@ -226,7 +229,10 @@ class ValidationErrorShape:
                 return
             body = held["body"]
             if held["start"]["status"] == 200:
-                body = json.dumps(publish(json.loads(body), self.config, self.settings)).encode()
+                try:
+                    body = json.dumps(publish(json.loads(body), self.config, self.settings)).encode()
+                except Exception:  # noqa: BLE001 - BentoML's own document rather than no answer at all
+                    log.exception("could not publish the config in the OpenAPI document; serving BentoML's")
             await _resend(send, held["start"], body)
 
         return wrapped

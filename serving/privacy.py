@@ -36,7 +36,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 RECEIPTS = "erasures.jsonl"
-LOG_KINDS = ("decisions", "feedback")
+LOG_KINDS = ("decisions", "feedback", "events")
 
 
 def customer_hash(customer_id: str) -> str:

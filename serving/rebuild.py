@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.serving.background import DECAY_EVERY_S
-from nextbest.serving import learning
+from nextbest.serving import events, learning
 from nextbest.serving.contact import ContactState
 from nextbest.serving.decision_log import has_records, read_epoch, read_records, write_epoch
 from nextbest.serving.feedback import counts
@@ -131,8 +131,10 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
     now_s = time.time() if now_s is None else now_s
     decisions = read_records(log_dir, "decisions")
     feedback = read_records(log_dir, "feedback")
+    ingested = read_records(log_dir, "events")
     lines = sorted([(r.get("logged_at", 0.0), 0, i, r) for i, r in enumerate(decisions)]
-                   + [(r.get("logged_at", 0.0), 1, i, r) for i, r in enumerate(feedback)], key=lambda t: t[:3])
+                   + [(r.get("logged_at", 0.0), 1, i, r) for i, r in enumerate(feedback)]
+                   + [(r.get("logged_at", 0.0), 2, i, r) for i, r in enumerate(ingested)], key=lambda t: t[:3])
     keep_s, after_s = keep_seconds(config, online), online.learn_after_hours * 3600.0
     contact: dict[str, ContactState] = {}
     records: dict[str, DecisionRecord] = {}
@@ -145,7 +147,14 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
         return contact[cid]
 
     answer_keys = set(DecideResponse.model_fields)
+    event_ids: dict[str, float] = {}  # other senders' event id -> logged_at of its first line
     for at, kind, _, r in lines:
+        if kind == 2:  # another sender's event (serving.events): once per id
+            if r["event_id"] not in event_ids:
+                event_ids[r["event_id"]] = at
+                if r["channel"] is not None:
+                    contact[str(r["customer_id"])] = events.apply(state(str(r["customer_id"])), r)
+            continue
         if kind == 0:
             did = r["decision_id"]
             if did in records:
@@ -198,6 +207,8 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
     store.put_many("contact", [(cid, st.to_json(), None) for cid, st in contact.items()])
     store.put_many("decision", kept)
     store.put_many("request", requests)
+    store.put_many(events.EVENT_NS, [(e, "1", events.EVENT_ID_TTL_S - (now_s - at)) for e, at in event_ids.items()
+                                     if events.EVENT_ID_TTL_S - (now_s - at) > 0])
     store.enqueue([q for q in queue if q[0] in {k for k, _, _ in kept}])
     store.add_stats(deltas)
     store.put(META, EPOCH, epoch)

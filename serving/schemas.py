@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from nextbest.decision.online import FEEDBACK_EVENTS
+from nextbest.features.schema import EVENT_TYPES
 from nextbest.features.localtime import WEEK_HOURS
 
 MAX_BATCH = 10_000
@@ -161,6 +162,61 @@ class FeedbackResponse(BaseModel):
     reward: float = Field(description="profit this event adds to the decision's reward")
 
 
+class EventRequest(Strict):
+    """One message lifecycle event from any sender (the data contract's ``events`` row, with an id)."""
+
+    event_id: str = Field(..., min_length=1, max_length=200, pattern=ID,
+                          description="idempotency key: the same id is recorded once")
+    customer_id: str = Field(..., min_length=1, max_length=200, pattern=ID)
+    event: Literal[EVENT_TYPES]
+    ts: datetime = Field(..., description="when it happened (ISO 8601; naive = UTC)")
+    message_id: str | None = Field(None, min_length=1, max_length=200, pattern=ID, json_schema_extra=NULLABLE,
+                                   validate_default=True, description="links the events of one message: required on every event but an "
+                                               "organic order (converted without a message)")
+    channel: str | None = Field(None, json_schema_extra=NULLABLE,
+                                description="required on sent and on every response to a message")
+    offer: str | None = Field(None, json_schema_extra=NULLABLE, description="the sent message's offer (default none)")
+    value: float | None = Field(None, ge=0, allow_inf_nan=False, json_schema_extra=NULLABLE, validate_default=True,
+                                description="order value: required on converted, refused elsewhere")
+    type: Literal["marketing", "transactional"] = Field(
+        "marketing", description="a transactional send does not count against marketing caps")
+
+    _text = field_validator("ts", mode="before")(lambda cls, v: iso_text(v))
+    _utc = field_validator("ts")(lambda cls, v: as_utc(v))
+    _number = field_validator("value", mode="before")(lambda cls, v: number(v))
+
+    @field_validator("value")
+    @classmethod
+    def _value_on_conversions(cls, v, info: ValidationInfo):
+        event = info.data.get("event")
+        if event == "converted" and v is None:
+            raise ValueError("a conversion needs the order value")
+        if v is not None and event is not None and event != "converted":
+            raise ValueError(f"only a conversion carries an order value, not {event!r}")
+        return v
+
+    @field_validator("message_id")
+    @classmethod
+    def _message_on_messages(cls, v, info: ValidationInfo):
+        event = info.data.get("event")
+        if v is None and event is not None and event != "converted":
+            raise ValueError(f"a {event!r} event needs the message_id of its message")
+        return v
+
+
+class EventBatch(Strict):
+    events: list[EventRequest] = Field(..., min_length=1, max_length=MAX_BATCH)
+
+
+class EventResponse(BaseModel):
+    event_id: str
+    accepted: bool = Field(description="false when an event with this id was recorded before")
+
+
+class EventBatchResponse(BaseModel):
+    events: list[EventResponse]
+
+
 # ---------------------------------------------------------------------------- the published document
 _ERROR = {"$ref": "#/components/schemas/InvalidArgument"}
 _STATUSES = {"401": "no valid API key (Authorization: Bearer KEY)", "403": "the API key lacks this route's scope",
@@ -168,10 +224,17 @@ _STATUSES = {"401": "no valid API key (Authorization: Bearer KEY)", "403": "the 
 
 
 def _by_event(schema: dict) -> dict:
-    """A feedback body as two shapes: a conversion with its order value, any other event without one."""
+    """A feedback body as two shapes: a conversion with its order value, any other event without
+    one; another sender's event as three (:func:`_event_shapes`); a batch of events item by item."""
     props = schema.get("properties", {})
+    items = props.get("events", {}).get("items") if isinstance(props.get("events"), dict) else None
+    if isinstance(items, dict) and "properties" in items:
+        props["events"]["items"] = _by_event(items)
+        return schema
     if not ("event" in props and "value" in props):
         return schema
+    if "event_id" in props:
+        return _event_shapes(schema)
     others = [e for e in props["event"].get("enum", []) if e != "converted"]
     src = props["value"]
     number_ = next((a for a in src.get("anyOf", []) if a.get("type") == "number"), {})
@@ -182,6 +245,37 @@ def _by_event(schema: dict) -> dict:
     other = {**schema, "properties": {**{k: v for k, v in props.items() if k != "value"},
                                       "event": {**props["event"], "enum": others}}}
     return {"oneOf": [converted, other], **({"title": schema["title"]} if "title" in schema else {})}
+
+
+def _event_shapes(schema: dict) -> dict:
+    """Another sender's event (``EventRequest``) as the three shapes the service takes: an event of
+    a message (its id and channel, no value), an order after a message (id, channel, value) and
+    an organic order (a value, no message)."""
+    props, required = schema["properties"], list(schema.get("required", []))
+
+    def plain(name: str) -> dict:  # the non-null alternative of an optional field
+        src = props[name]
+        alt = next((a for a in src.get("anyOf", []) if a.get("type") != "null"), {})
+        out = {**{k: v for k, v in src.items() if k not in ("nullable", "default", "anyOf")}, **alt}
+        if "enum" in out:
+            out["enum"] = [v for v in out["enum"] if v is not None]
+        return out
+
+    value = {**plain("value"), "type": "number"}
+    value["minimum"] = value.get("minimum", 0)
+    message = {k: props[k] for k in props if k != "value"}
+    message.update(message_id=plain("message_id"), channel=plain("channel"))
+    others = [e for e in props["event"].get("enum", []) if e != "converted"]
+    shapes = [
+        {**schema, "properties": {**message, "event": {**props["event"], "enum": others}},
+         "required": [*required, "message_id", "channel"]},
+        {**schema, "properties": {**message, "value": value, "event": {**props["event"], "enum": ["converted"]}},
+         "required": [*required, "message_id", "channel", "value"]},
+        {**schema, "properties": {**{k: v for k, v in props.items() if k not in ("message_id", "channel", "offer")},
+                                  "value": value, "event": {**props["event"], "enum": ["converted"]}},
+         "required": [*required, "value"]},
+    ]
+    return {"oneOf": shapes, **({"title": schema["title"]} if "title" in schema else {})}
 
 
 def publish(spec: dict, config, settings) -> dict:
@@ -235,6 +329,11 @@ def publish(spec: dict, config, settings) -> dict:
                                      "type": "string", "enum": zones}
             if isinstance(props.get("context"), dict) and props["context"].get("type") == "object":
                 props["context"]["maxProperties"] = settings.max_context_keys
+            if "event_id" in props and "channel" in props:  # another sender's event: configured channel and offer
+                for name, names in (("channel", channels), ("offer", offers)):
+                    # OpenAPI 3.0: a nullable enum lists null among its values
+                    props[name] = {**{k: v for k, v in props[name].items() if k not in ("anyOf", "default")},
+                                   "type": "string", "enum": [*names, None], "nullable": True}
             if "value" in props and "event" in props:
                 for alt in [props["value"], *props["value"].get("anyOf", [])]:
                     if alt.get("type") == "number":
@@ -244,6 +343,10 @@ def publish(spec: dict, config, settings) -> dict:
 
     visit(spec.get("components", {}))
     visit(spec.get("paths", {}))
+    schemas = spec.get("components", {}).get("schemas", {})
+    for name, schema in list(schemas.items()):  # a batch's items refer to these
+        if "event_id" in schema.get("properties", {}) and "value" in schema.get("properties", {}):
+            schemas[name] = _event_shapes(schema)
     for ops in spec.get("paths", {}).values():
         for op in ops.values():
             body = op.get("requestBody", {})

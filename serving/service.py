@@ -1,6 +1,7 @@
 """The BentoML service: thin routes over ``serving.engine.Engine``.
 
-Routes: ``POST /v1/decide``, ``POST /v1/decide/batch``, ``POST /v1/feedback``; BentoML's own
+Routes: ``POST /v1/decide``, ``POST /v1/decide/batch``, ``POST /v1/feedback``, ``POST /v1/events`` and
+``/v1/events/batch`` (other senders' message events, ``serving.events``); BentoML's own
 ``GET /healthz`` (alive), ``GET /readyz`` (the engine process answers a ping and the store is
 reachable and matches the decision log: ``__is_ready__``), ``GET /metrics`` (Prometheus, the
 metrics below plus BentoML's request metrics) and the OpenAPI schema at ``GET /docs.json``.
@@ -38,7 +39,9 @@ from nextbest.serving.engine_process import RETRY_AFTER_S, EngineProcess, unavai
 from nextbest.serving.auth import Auth
 from nextbest.serving.checks import check_feedback
 from nextbest.serving.errors import ValidationErrorShape
-from nextbest.serving.schemas import BatchRequest, BatchResponse, DecideRequest, DecideResponse, FeedbackRequest, FeedbackResponse
+from nextbest.serving.schemas import (BatchRequest, BatchResponse, DecideRequest, DecideResponse, EventBatch,
+                                      EventBatchResponse, EventRequest, EventResponse, FeedbackRequest,
+                                      FeedbackResponse)
 from nextbest.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ DECISIONS = Counter("nextbest_decisions", "Decisions by action and channel", ["a
 LATENCY = Histogram("nextbest_decide_seconds", "Time to answer, by endpoint", ["endpoint"],
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 FEEDBACK = Counter("nextbest_feedback", "Feedback events by event and whether they counted", ["event", "accepted"])
+EVENTS = Counter("nextbest_events", "Other senders' events by event and whether they were new", ["event", "accepted"])
 POLICY = Gauge("nextbest_policy_version", "1 for the policy version a worker serves", ["version"],
                multiprocess_mode="livemax")
 
@@ -138,6 +142,29 @@ class DecisionService:
             return _error(exc)
         FEEDBACK.labels(out["event"], str(out["accepted"]).lower()).inc()
         return _json(out)
+
+
+    @bentoml.api(route="/v1/events")
+    def event(self, request: EventRequest, /) -> EventResponse:
+        """A message event from another sender (sent, opened, unsubscribed...): caps, consent and
+        unanswered counts follow it at once; the same event id counts once."""
+        try:
+            out = self.engine.events([request])[0]
+        except Exception as exc:  # noqa: BLE001 - _error re-raises what it does not map
+            return _error(exc)
+        EVENTS.labels(request.event, str(out["accepted"]).lower()).inc()
+        return _json(out)
+
+    @bentoml.api(route="/v1/events/batch")
+    def event_batch(self, request: EventBatch, /) -> EventBatchResponse:
+        """Up to 10,000 events in one call; all or nothing (an invalid event names its position)."""
+        try:
+            out = self.engine.events(request.events, prefix="events")
+        except Exception as exc:  # noqa: BLE001 - _error re-raises what it does not map
+            return _error(exc)
+        for e, o in zip(request.events, out):
+            EVENTS.labels(e.event, str(o["accepted"]).lower()).inc()
+        return _json({"events": out})
 
 
 async def _erase(request: Request) -> Response:

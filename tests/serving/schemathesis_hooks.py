@@ -3,7 +3,7 @@
 The published document says ``now`` and ``ts`` are ISO 8601 date-times, but the service takes
 only times within ``serving.max_clock_skew_days`` of its clock (refusing the rest with a 400
 naming the field, tested on their own), and a ``request_id`` names one request (the same id for
-another customer is a 400), and feedback must name its decision's customer (schemathesis reuses
+another customer is a 400; an ``event_id`` names one event of a batch), and feedback must name its decision's customer (schemathesis reuses
 decision ids it was answered, with a customer of its own: a 400), an event after its message went
 out, and only a conversion on a suppression. Positive cases get times near the clock, request ids
 of their own and, for a decision id the server gave out, feedback that fits the decision (its
@@ -26,8 +26,9 @@ def _fix(body: dict) -> None:
     for name in ("now", "ts"):
         if isinstance(body.get(name), str):
             body[name] = (clock - timedelta(minutes=random.randint(0, 20 * 24 * 60))).isoformat()
-    if isinstance(body.get("request_id"), str):
-        body["request_id"] = f"{body['request_id'][:150]}-{uuid.uuid4().hex}"
+    for name in ("request_id", "event_id"):  # one id names one request (event) of a batch
+        if isinstance(body.get(name), str):
+            body[name] = f"{body[name][:150]}-{uuid.uuid4().hex}"
 
 
 DECISIONS: dict[str, dict] = {}  # decision id -> the server's answer
@@ -68,7 +69,7 @@ def before_call(context, case, kwargs):
 def map_case(context, case):
     if _positive(case) and isinstance(case.body, dict):
         _fix(case.body)
-        for r in case.body.get("requests") or []:
+        for r in (case.body.get("requests") or []) + (case.body.get("events") or []):
             if isinstance(r, dict):
                 _fix(r)
     return case

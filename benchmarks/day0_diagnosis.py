@@ -1,0 +1,102 @@
+"""Where the trained policy loses to the oracle on day 0, world by world.
+
+    .venv/bin/python benchmarks/day0_diagnosis.py [--customers 2000] [--worlds 8]
+
+Per world of the family (``sim.family``): 60 days of history, the policy trained with the
+default config (seed 0), then every customer decided greedily at the start of the next day and
+scored on the world's truth. Printed per world:
+
+- ``norm``: the policy's normalized value (as in the closed loop, day 0);
+- ``norm_best_option_at_our_hours``: what the best (channel, offer) by *true* value would reach
+  at the hours the policy chose (the gap to 1 is what the send hour costs);
+- ``sent`` and ``sent_oracle``: shares of customers messaged;
+- ``loss_bad_sends``, ``loss_missed``, ``loss_choice``: the value lost to messages worth less than
+  nothing, to customers not messaged whom the oracle messages, and to choosing another option;
+- ``corr_value``: correlation of estimated and true extra profit over every allowed option;
+- ``open_at_hour`` (policy / customer's most frequent open hour / oracle): the true open rate at
+  the hour each picks (email, no offer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pandas as pd
+
+HIST = 60
+
+
+def diagnose(job) -> dict:
+    import tempfile
+
+    from nextbest.decision.policy import Request
+    from nextbest.decision.rules import ContactHistory
+    from nextbest.features.config import load_config
+    from nextbest.features.eventlog import EventLog
+    from nextbest.features.history import Population, engagement_history
+    from nextbest.sim.simulate import generate, write
+    from nextbest.sim.simulation_eval import _send_time, true_profit
+    from nextbest.training.train import train
+
+    kind, customers = job
+    cfg = load_config()
+    sim = generate(customers, HIST, 5, cfg, progress=False, world=kind)
+    with tempfile.TemporaryDirectory() as tmp:
+        policy = train(write(sim, f"{tmp}/data", seed=5), cfg, seed=0).policy
+    policy = policy.with_exploration(policy.exploration.with_(method="greedy", control_share=0.0))
+    world = sim.world
+    world.start_day(int((sim.end - sim.start) / pd.Timedelta(days=1)))
+    ids = world.customers["customer_id"].astype(str).to_numpy()
+    log_ = EventLog.build(world.customers, sim.events, cfg)
+    feats = engagement_history(log_, ids, sim.end, Population.from_log(log_))
+    dec = policy.decide(feats, ContactHistory.from_features(feats, cfg), Request(now=sim.end), explain=False)
+    n, K, O = world.n, len(cfg.channel_names), len(cfg.offer_names)
+    idx, s = np.arange(n), dec.scores
+    sup = world.expected_profit(idx, -1, 0, 0)
+    best = world.oracle(idx, allowed=s.eligibility.allowed)
+    vo, vp = best["expected_profit"].to_numpy(), true_profit(world, dec)
+    true_inc = np.full((n, K, O), np.nan)
+    for k in range(K):
+        for o in range(O):
+            ok = s.hour[:, k, o] >= 0
+            if ok.any():
+                true_inc[ok, k, o] = world.expected_profit(idx[ok], k, s.hour[ok, k, o], o) - sup[ok]
+    gap, send = (vo - sup).sum(), dec.choice > 0
+    est = np.where(np.isfinite(s.value), s.value, np.nan)
+    m = np.isfinite(est) & np.isfinite(true_inc)
+    bad = -np.minimum(vp - sup, 0)[send].sum() / gap
+    ok = world.allowed(idx) & s.eligibility.allowed
+    hours = _send_time(s, feats, ok, world, cfg)["mean_true_open_rate"]
+    return {
+        "world": str(kind), "norm": (vp - sup).sum() / gap,
+        "norm_best_option_at_our_hours": np.maximum(np.nan_to_num(true_inc, nan=-1e9).reshape(n, -1).max(1), 0).sum() / gap,
+        "sent": send.mean(), "sent_oracle": best["channel"].notna().mean(),
+        "loss_bad_sends": bad, "loss_missed": (vo - sup)[~send].sum() / gap,
+        "loss_choice": ((vo - vp)[send]).sum() / gap - bad,
+        "corr_value": np.corrcoef(est[m], true_inc[m])[0, 1],
+        "open_at_hour": f"{hours['policy']:.3f} / {hours['most_frequent_open_hour']:.3f} / {hours['oracle_hour']:.3f}",
+    }
+
+
+def main() -> None:
+    from nextbest.sim.family import world_family
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--customers", type=int, default=2000)
+    ap.add_argument("--worlds", type=int, default=8)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with ProcessPoolExecutor(2) as ex:
+        rows = list(ex.map(diagnose, [(k, args.customers) for k in world_family(args.worlds)]))
+    table = pd.DataFrame(rows).set_index("world")
+    pd.set_option("display.width", 200)
+    print(table.round(3).to_string())
+    num = table.select_dtypes("number")
+    print("\nmean\n" + num.mean().round(3).to_string() + "\n\nworst\n" + num.min().round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()

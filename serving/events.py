@@ -1,0 +1,116 @@
+"""Message lifecycle events from any sender: ``POST /v1/events`` and ``/v1/events/batch``.
+
+Other systems send messages too (the ESP's newsletter, a CRM journey, the shop's order mails)
+and report what happened to them. Each event is a row of the data contract's ``events`` table
+with an ``event_id``; it is checked like the file contract (configured channel and offer, an
+order value on conversions only, a message id on every response, not in the future beyond the
+allowed clock skew) and then, in this order:
+
+1. **logged** durably (decision log kind ``events``): nothing acknowledged is lost, a store can
+   be rebuilt from the log (``serving.rebuild``) and ``nextbest log export`` writes the events
+   as ``events`` rows, so the next retraining sees them;
+2. **applied to the customer's contact state** in the store, by compare-and-set, all of one
+   customer's events of the call in one update: a marketing ``sent`` counts against the
+   frequency caps and the collision gap exactly like the service's own sends (keyed by its
+   message id, so applying it twice counts once); an open, click or order resets the channel's
+   unanswered count; an unsubscribe revokes the channel at once. Transactional sends do not
+   count against marketing caps. The next decision reads the new state: an event is reflected
+   as soon as its call returns;
+3. **its id remembered** for :data:`EVENT_ID_TTL_S`: the same id again answers
+   ``accepted: false`` and changes nothing.
+
+A crash between 1 and 3 makes a retry log the event again (readers keep the first line of an
+id) and apply it again, which changes nothing (step 2 is idempotent).
+
+Decision: responses to a message name its channel (the API cannot look up messages sent by
+other systems before the snapshot); an order without a message id is an organic order and
+changes no contact state. Behavioural events (visits, carts) and the engagement features they
+would update in real time are not handled yet (README, "Real time").
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta, timezone
+
+from nextbest.serving.checks import InvalidInput
+from nextbest.serving.contact import ContactState
+from nextbest.serving.decision_log import DecisionLog
+from nextbest.serving.store import Store
+
+EVENT_ID_TTL_S = 7 * 86400.0  # a retry later than a week is a new event
+EVENT_NS = "event"
+
+
+def check_events(events: list, config, max_order_value: float, max_clock_skew_days: float,
+                 prefix: str = "") -> None:
+    """What the config does not allow, naming the field (``InvalidInput``); writes nothing."""
+    clock = datetime.now(timezone.utc)
+    ahead = clock + timedelta(days=max_clock_skew_days)
+    seen: dict[str, int] = {}
+    for i, e in enumerate(events):
+        at = f"{prefix}[{i}]." if prefix else ""
+        if e.event_id in seen:
+            raise InvalidInput(f"{at}event_id", f"{e.event_id!r} also names event {seen[e.event_id]}")
+        seen[e.event_id] = i
+        if e.ts > ahead:
+            raise InvalidInput(f"{at}ts", f"{e.ts.isoformat()} is more than {max_clock_skew_days:g} days ahead of "
+                                          f"the server's clock ({clock:%Y-%m-%dT%H:%M}Z)")
+        if e.channel is None and e.message_id is not None:
+            raise InvalidInput(f"{at}channel", f"a {e.event!r} event of a message needs the message's channel")
+        for name in ("channel", "offer"):
+            if e.message_id is None and getattr(e, name) is not None:
+                raise InvalidInput(f"{at}{name}", "an order without a message (no message_id) has no " + name)
+        if e.channel is not None and e.channel not in config.channel_names:
+            raise InvalidInput(f"{at}channel", f"unknown channel {e.channel!r}; configured: {list(config.channel_names)}")
+        if e.offer is not None and e.offer not in config.offer_names:
+            raise InvalidInput(f"{at}offer", f"unknown offer {e.offer!r}; configured: {list(config.offer_names)}")
+        if e.value is not None and e.value > max_order_value:
+            raise InvalidInput(f"{at}value", f"{e.value:g} is over the largest order value {max_order_value:g} "
+                                             "(serving.max_order_value)")
+
+
+def log_row(e) -> dict:
+    """The decision log's line of an event (kind ``events``; a contract read by export and rebuild)."""
+    return {"event_id": e.event_id, "customer_id": e.customer_id, "event": e.event, "ts": e.ts.isoformat(),
+            "message_id": e.message_id, "channel": e.channel,
+            "offer": (e.offer or "none") if e.event == "sent" else e.offer, "value": e.value, "type": e.type}
+
+
+def apply(state: ContactState, row: dict) -> ContactState:
+    """One logged event's change of a contact state (the live path and the rebuild share it)."""
+    if row["channel"] is None:
+        return state
+    if row["event"] == "sent":
+        if row.get("type", "marketing") != "marketing":
+            return state
+        return state.with_send(datetime.fromisoformat(row["ts"]).timestamp(), row["channel"],
+                               message_id=f"event:{row['message_id']}")
+    return state.with_event(row["channel"], row["event"])
+
+
+def record_events(events: list, store: Store, log: DecisionLog, snapshot) -> list[dict]:
+    """Log, apply and remember ``events`` (see the module docstring); one answer per event."""
+    ids = [e.event_id for e in events]
+    known = store.get_many(EVENT_NS, ids)
+    fresh = [e for e, k in zip(events, known) if k is None]
+    rows = sorted((log_row(e) for e in fresh), key=lambda r: r["ts"])  # the order they apply in, and replay in
+    if rows:
+        log.append("events", rows)
+    by_customer: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_customer[r["customer_id"]].append(r)
+    for cid, mine in by_customer.items():
+        if all(r["channel"] is None for r in mine):
+            continue
+
+        def change(cur, cid=cid, mine=mine):
+            state = snapshot.contact_state(cid, cur)
+            for r in mine:
+                state = apply(state, r)
+            return state.to_json()
+
+        store.update("contact", cid, change)
+    store.put_many(EVENT_NS, [(e.event_id, "1", EVENT_ID_TTL_S) for e in fresh])
+    fresh_ids = {e.event_id for e in fresh}
+    return [{"event_id": e.event_id, "accepted": e.event_id in fresh_ids} for e in events]
