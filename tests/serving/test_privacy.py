@@ -37,6 +37,9 @@ def test_erasure_over_http_and_cli_with_receipts_and_the_context_allow_list(serv
         d = r.json()
         fb = {"decision_id": d["decision_id"], "customer_id": cid, "event": "opened", "ts": d["send_at"]}
         assert server.post("/v1/feedback", fb).json()["accepted"]
+    ev = {"event_id": f"ev-{a}", "customer_id": a, "event": "sent", "message_id": f"esp-{a}", "channel": "email",
+          "ts": NOW.isoformat()}  # another sender's message to the customer
+    assert server.post("/v1/events", ev).json()["accepted"]
     store = open_store(server.store_url)
     ids = {r["customer_id"]: r for r in read_records(server.log_dir, "decisions")}
     assert ids[a]["request"]["context"] == {"trigger": "cart_abandoned"}  # only the allow-listed keys
@@ -58,13 +61,14 @@ def test_erasure_over_http_and_cli_with_receipts_and_the_context_allow_list(serv
     assert receipt["customer_hash"] == hashlib.sha256(a.encode()).hexdigest()
     assert receipt["removed"]["decision_records"] == 1 and receipt["removed"]["idempotency_answers"] == 1
     assert receipt["removed"]["contact_states"] == 1
-    assert receipt["removed"]["log_lines"] + receipt["removed"]["log_lines_pending"] == 2  # its decision and feedback
+    assert receipt["removed"]["log_lines"] + receipt["removed"]["log_lines_pending"] == 3  # decision, feedback, event
     assert store.get("contact", a) is None and store.get("request", f"req-{a}") is None
     assert store.get("decision", ids[a]["decision_id"]) is None
     assert store.get("request", f"req-{b}") is not None and store.get("decision", ids[b]["decision_id"]) is not None
     # readers leave the customer out at once, even where its lines wait for their file to rotate
     assert a not in {r["customer_id"] for r in read_records(server.log_dir, "decisions")}
     assert a not in {r["customer_id"] for r in read_records(server.log_dir, "feedback")}
+    assert a not in {r["customer_id"] for r in read_records(server.log_dir, "events")}
     receipts = (server.log_dir / RECEIPTS).read_text()
     assert a not in receipts and receipt["customer_hash"] in receipts
 
