@@ -182,7 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     from nextbest import cli_erase
     cli_erase.add_commands(top)
     cli_store.add_commands(top)
+    _show_defaults(p)
     return p
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's help names its default (``--help`` of any command), recursively."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
+            continue
+        default = action.default
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or action.help == argparse.SUPPRESS
+                or "%(default)" in (action.help or "") or "default" in (action.help or "")):
+            continue
+        action.help = f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
 
 
 def _positive(text: str) -> int:

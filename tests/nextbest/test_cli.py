@@ -193,3 +193,9 @@ def test_every_serve_demo_starts_from_a_fresh_state_unless_one_is_named(tmp_path
     named = {}
     assert demo_state(argparse.Namespace(store="redis://localhost:6379/0", log_dir=None), named) is None
     assert named == {}
+
+
+def test_help_names_every_default():
+    out = run("data", "generate", "--help").stdout
+    assert "--days DAYS           default: 90" in out and "default: 0" in out  # --seed 0 too
+    assert "(default: " in run("tune", "--help").stdout
