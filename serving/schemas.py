@@ -218,6 +218,12 @@ class EventBatchResponse(BaseModel):
 
 
 # ---------------------------------------------------------------------------- the published document
+API_DESCRIPTION = (
+    "Next-best-action decisions: whether to send anything to a customer, on which channel, when and with "
+    "which offer (`/v1/decide`, `/v1/decide/batch`); what happened to a decision's message (`/v1/feedback`); "
+    "other senders' message events (`/v1/events`). Every route needs an API key with its scope "
+    "(`Authorization: Bearer KEY`). Channels and offers are this deployment's configured ones. Errors are JSON "
+    "`{\"error\", \"field\", \"detail\"}`. README: \"Serving\".")
 _ERROR = {"$ref": "#/components/schemas/InvalidArgument"}
 _STATUSES = {"401": "no valid API key (Authorization: Bearer KEY)", "403": "the API key lacks this route's scope",
              "413": "the body is over serving.max_body_bytes", "415": "the body is not JSON"}
@@ -343,7 +349,18 @@ def publish(spec: dict, config, settings) -> dict:
 
     visit(spec.get("components", {}))
     visit(spec.get("paths", {}))
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("nextbest")
+    except PackageNotFoundError:
+        release = "dev"
+    spec["info"] = {"title": "nextbest decision API", "version": release, "description": API_DESCRIPTION}
     schemas = spec.get("components", {}).get("schemas", {})
+    error = schemas.get("InvalidArgument")
+    if isinstance(error, dict):  # the error shape the service answers (serving.errors): the field too
+        error.setdefault("properties", {})["field"] = {
+            "type": "string", "nullable": True, "description": "the request field at fault, e.g. requests[3].channels"}
     for name, schema in list(schemas.items()):  # a batch's items refer to these
         if "event_id" in schema.get("properties", {}) and "value" in schema.get("properties", {}):
             schemas[name] = _event_shapes(schema)

@@ -102,6 +102,10 @@ def test_the_openapi_document_publishes_the_config(server):
     assert '"maximum": 10000000.0' in text and "apiKey" in doc["components"]["securitySchemes"]
     assert "delete" in doc["paths"]["/v1/customers/{customer_id}"]
     assert doc["paths"]["/v1/feedback"]["post"]["security"] == [{"apiKey": []}]
+    # our own title, version and description (not BentoML's badges), and the error shape as answered
+    assert doc["info"]["title"] == "nextbest decision API" and doc["info"]["version"] not in ("None", "")
+    assert "BentoML" not in doc["info"]["description"] and "contact" not in doc["info"]
+    assert "field" in doc["components"]["schemas"]["InvalidArgument"]["properties"]
 
 
 def test_schemathesis_every_check_then_the_export_validates(server_factory, project, tmp_path):
