@@ -122,6 +122,7 @@ def steady_events(url, ids, channels, stop: threading.Event, per_s=1000, every=0
 
 def one_store(name, store_url, home, data, work, ids, people, channels, script, args) -> dict:
     port = bench.free_port()
+    work.mkdir(parents=True, exist_ok=True)
     proc = bench.start_service(home, data, port, work, store_url, 1)
     url = f"http://127.0.0.1:{port}"
     out = {}

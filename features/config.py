@@ -100,6 +100,7 @@ class OfferSpec(Section):
     value: Num = Field(ge=0)
     channels: list[Str]
     valid_hours: Hours
+    valid_for_hours: Num | None = Field(None, gt=0)  # how long the offer holds after the send; None: no end
     when: When | None = None  # no rules: always eligible
 
 
@@ -337,6 +338,7 @@ class Offer:
     channels: tuple[str, ...]
     valid_hours: HourWindow
     when: Condition = field(default_factory=Condition)
+    valid_for_hours: float | None = None
 
     def cost(self, order_value):
         """What the offer costs us on an order of ``order_value`` (scalar or array)."""
@@ -445,8 +447,10 @@ def parse_config(raw: dict) -> Config:
             raise ConfigError(f"offers.{name}.channels: unknown channel(s) {unknown}; configured: {list(channels)}")
         if o.kind == "percent" and o.value > 1:
             raise ConfigError(f"offers.{name}.value: a percent offer is a share in [0, 1], got {o.value}")
+        if name == "none" and o.valid_for_hours is not None:
+            raise ConfigError("offers.none.valid_for_hours: a message without an offer has nothing that expires")
         offers[name] = Offer(name, o.kind, o.value, tuple(o.channels), HourWindow.of(o.valid_hours),
-                             Condition.of(o.when))
+                             Condition.of(o.when), o.valid_for_hours)
     if "none" not in offers:
         raise ConfigError("offers: the offer `none` (a message without an offer) must exist")
     windows = spec.features.windows_days

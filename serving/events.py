@@ -99,18 +99,19 @@ def record_events(events: list, store: Store, log: DecisionLog, snapshot) -> lis
         log.append("events", rows)
     by_customer: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        by_customer[r["customer_id"]].append(r)
-    for cid, mine in by_customer.items():
-        if all(r["channel"] is None for r in mine):
-            continue
+        if r["channel"] is not None:
+            by_customer[r["customer_id"]].append(r)
 
-        def change(cur, cid=cid, mine=mine):
+    def change(cid, mine):
+        def fn(cur):
             state = snapshot.contact_state(cid, cur)
             for r in mine:
                 state = apply(state, r)
             return state.to_json()
+        return fn
 
-        store.update("contact", cid, change)
+    # every customer of the call in one read and one compare-and-set per round
+    store.update_many("contact", {cid: change(cid, mine) for cid, mine in by_customer.items()})
     store.put_many(EVENT_NS, [(e.event_id, "1", EVENT_ID_TTL_S) for e in fresh])
     fresh_ids = {e.event_id for e in fresh}
     return [{"event_id": e.event_id, "accepted": e.event_id in fresh_ids} for e in events]

@@ -107,6 +107,15 @@ def calibration_inputs(d, hist, pos: int, config) -> tuple[float, ...]:
     return (float(s.p_open[pos, k, j]), float(s.p_unsub[pos, k, j]), float(s.p_order_open[pos, k, j]), *map(float, z))
 
 
+def offer_expiry(send_s: float | None, offer: str | None, config) -> str | None:
+    """When the message's offer stops holding (ISO 8601, UTC): ``send_at`` + the offer's
+    ``valid_for_hours``; None without a send, an offer, or an end."""
+    hours = config.offers[offer].valid_for_hours if send_s is not None and offer is not None else None
+    if hours is None:
+        return None
+    return datetime.fromtimestamp(send_s + hours * 3600.0, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def keep_seconds(config, online) -> float:
     """How long a decision's record is kept after it was taken: the attribution window, the
     learner's delay and an hour's margin."""
@@ -200,6 +209,7 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
             "request_id": r.request_id, "customer_id": r.customer_id, "action": f["action"][pos],
             "channel": ch, "channels": channels, "send_at": str(send_at_ns[pos])[:26] + "Z" if send else None,
             "local_hour": int(f["local_hour"][pos]) if send else None, "offer": off,
+            "offer_expires_at": offer_expiry(send_s if send else None, off, config),
             "propensity": f["propensity"][pos], "expected_value": f["expected_value"][pos],
             "explored": f["explored"][pos], "control": f["control"][pos],
             "known_customer": bool(known[j]), "scores": scores, "reasons": d.reasons[pos],

@@ -111,6 +111,9 @@ class DecideResponse(BaseModel):
                                      json_schema_extra=NULLABLE)
     local_hour: int | None = Field(json_schema_extra=NULLABLE)
     offer: str | None = Field(json_schema_extra=NULLABLE)
+    offer_expires_at: datetime | None = Field(None, json_schema_extra=NULLABLE,
+                                              description="UTC; when the offer stops holding (send_at + the offer's "
+                                                          "valid_for_hours); null without an offer or an end")
     propensity: float = Field(description="probability of exactly this action under the policy")
     expected_value: float
     explored: bool

@@ -158,12 +158,28 @@ class Store(ABC):
         Conflict
             The value changed under every one of :data:`MAX_ATTEMPTS` rounds.
         """
+        return self.update_many(ns, {key: fn}, ttl_s)[key]
+
+    def update_many(self, ns: str, fns: dict[str, Callable[[str | None], str | None]],
+                    ttl_s: float | None = None) -> dict[str, str | None]:
+        """:meth:`update` of several keys in one read and one compare-and-set per round (the same
+        bound and the same guarantee per key; keys are independent): what each ``fn`` returned."""
+        out: dict[str, str | None] = {}
+        todo = list(fns)
         for _ in range(MAX_ATTEMPTS):
-            current = self.get(ns, key)
-            new = fn(current)
-            if new is None or new == current or self.cas_many(ns, [(key, current, new)], ttl_s)[0]:
-                return new
-        raise Conflict(f"{ns} {key!r} kept changing; retry")
+            if not todo:
+                return out
+            items = []
+            for key, current in zip(todo, self.get_many(ns, todo)):
+                new = fns[key](current)
+                out[key] = new
+                if new is not None and new != current:
+                    items.append((key, current, new))
+            done = self.cas_many(ns, items, ttl_s) if items else []
+            todo = [key for (key, _, _), ok in zip(items, done) if not ok]
+        if todo:
+            raise Conflict(f"{ns} {todo[0]!r} kept changing; retry")
+        return out
 
     def prune(self) -> int:
         """Drop expired keys where the backend does not do it itself; returns how many."""

@@ -37,9 +37,14 @@ def test_decide_follows_consent_quiet_hours_and_horizon(server, project, custome
         assert 0 < d["propensity"] <= 1 and d["reasons"]
         assert sum(s["probability"] for s in d["scores"]) <= 1 + 1e-9
         if d["action"] == "suppress":
-            assert d["channel"] is None and d["send_at"] is None
+            assert d["channel"] is None and d["send_at"] is None and d["offer_expires_at"] is None
             continue
         sends += 1
+        hold = cfg.offers[d["offer"]].valid_for_hours  # the offer holds this long after the send
+        if hold is None:
+            assert d["offer_expires_at"] is None
+        else:
+            assert parse(d["offer_expires_at"]) == parse(d["send_at"]) + timedelta(hours=hold)
         assert d["channel"] in consented(people, cid, cfg), (cid, d)
         at = parse(d["send_at"])
         assert NOW <= at < NOW + timedelta(hours=12)
