@@ -72,13 +72,7 @@ def ingest(url, ids, channels, seconds, size, clients=2) -> dict:
                     done.append((size, time.perf_counter() - t))
                 i += 1
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
+    elapsed = bench.run_clients(client, clients)
     return {"events_per_s": sum(n for n, _ in done) / elapsed, "calls": len(done),
             "seconds_per_call_p50": float(np.median([s for _, s in done]))}
 

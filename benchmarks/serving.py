@@ -137,6 +137,17 @@ def wrk(url: str, script: Path, seconds: int, connections: int) -> dict:
             "timeouts": int(timeouts.group(1)) if timeouts else 0}
 
 
+def run_clients(client, clients: int) -> float:
+    """Run ``client(k)`` for k in range(clients) in threads until all return; the wall time."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def batches(url: str, ids: list[str], seconds: float, size: int = 1000, clients: int = 2) -> dict:
     done, lock, stop_at = [], threading.Lock(), time.time() + seconds
     rng = np.random.default_rng(3)
@@ -153,13 +164,7 @@ def batches(url: str, ids: list[str], seconds: float, size: int = 1000, clients:
                 with lock:
                     done.append((len(r.json()["decisions"]), time.perf_counter() - t))
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
+    elapsed = run_clients(client, clients)
     n = sum(d for d, _ in done)
     return {"decisions_per_s": n / elapsed, "calls": len(done), "seconds_per_call_p50": float(np.median([s for _, s in done]))}
 

@@ -132,7 +132,15 @@ class BatchResponse(BaseModel):
     decisions: list[DecideResponse]
 
 
-class FeedbackRequest(Strict):
+class _TimedEvent(Strict):
+    """What an event body shares: ``ts`` as ISO 8601 text read as UTC, ``value`` a number."""
+
+    _text = field_validator("ts", mode="before", check_fields=False)(lambda cls, v: iso_text(v))
+    _utc = field_validator("ts", check_fields=False)(lambda cls, v: as_utc(v))
+    _number = field_validator("value", mode="before", check_fields=False)(lambda cls, v: number(v))
+
+
+class FeedbackRequest(_TimedEvent):
     decision_id: str = Field(..., min_length=1, max_length=200, pattern=ID)
     customer_id: str = Field(..., min_length=1, max_length=200, pattern=ID,
                              description="the decision's customer (feedback naming another is refused)")
@@ -143,9 +151,6 @@ class FeedbackRequest(Strict):
                                 description="order value (required for converted, refused on other events; at "
                                             "most serving.max_order_value)")
 
-    _text = field_validator("ts", mode="before")(lambda cls, v: iso_text(v))
-    _utc = field_validator("ts")(lambda cls, v: as_utc(v))
-    _number = field_validator("value", mode="before")(lambda cls, v: number(v))
 
     @field_validator("value")
     @classmethod
@@ -165,7 +170,7 @@ class FeedbackResponse(BaseModel):
     reward: float = Field(description="profit this event adds to the decision's reward")
 
 
-class EventRequest(Strict):
+class EventRequest(_TimedEvent):
     """One message lifecycle event from any sender (the data contract's ``events`` row, with an id)."""
 
     event_id: str = Field(..., min_length=1, max_length=200, pattern=ID,
@@ -184,9 +189,6 @@ class EventRequest(Strict):
     type: Literal["marketing", "transactional"] = Field(
         "marketing", description="a transactional send does not count against marketing caps")
 
-    _text = field_validator("ts", mode="before")(lambda cls, v: iso_text(v))
-    _utc = field_validator("ts")(lambda cls, v: as_utc(v))
-    _number = field_validator("value", mode="before")(lambda cls, v: number(v))
 
     @field_validator("value")
     @classmethod
