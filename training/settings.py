@@ -48,14 +48,18 @@ class TrainingSettings:
 
 
 def data_fingerprint(data_dir: str | Path) -> str:
-    """A short fingerprint of a data directory's tables (names and sizes of its files): tuned
-    parameters record the data they were tuned on."""
+    """SHA-256 over the data directory's table files (names and bytes), 16 hex digits: every
+    training run is tagged with it, and tuned parameters record the data they were tuned on."""
     import hashlib
 
-    d = Path(data_dir)
-    files = sorted((p.relative_to(d).as_posix(), p.stat().st_size) for p in d.rglob("*")
-                   if p.is_file() and "truth" not in p.parts) if d.is_dir() else []
-    return hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16]
+    h = hashlib.sha256()
+    files = sorted(p for p in Path(data_dir).rglob("*") if p.is_file() and "truth" not in p.parts)
+    for p in files:
+        h.update(str(p.relative_to(data_dir)).encode())
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 def load_tuned_params(path: Path, data_dir: str | Path | None = None, explicit: bool = False) -> dict:

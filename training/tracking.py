@@ -13,10 +13,10 @@ is simulated, the simulator's truth follows as a check.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -28,23 +28,11 @@ from nextbest.decision import registry
 from nextbest.training import run_metrics
 from nextbest.training.evaluate import measured_incrementality, response_metrics, uplift_evaluation
 from nextbest.training.report import ReportData, write_report
-from nextbest.training.settings import TrainingSettings
+from nextbest.training.settings import TrainingSettings, data_fingerprint
 from nextbest.sim.simulation_eval import evaluate_on_world, load_truth
 from nextbest.training.train import TrainResult, train
 
 log = logging.getLogger(__name__)
-
-
-def data_fingerprint(data_dir: str | Path) -> str:
-    """SHA-256 over the data directory's table files (names and bytes), 16 hex digits."""
-    h = hashlib.sha256()
-    files = sorted(p for p in Path(data_dir).rglob("*") if p.is_file() and "truth" not in p.parts)
-    for p in files:
-        h.update(str(p.relative_to(data_dir)).encode())
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
 
 
 def headline_rounds(res: TrainResult, config: Config, seed: int = 0):
@@ -180,6 +168,19 @@ def evaluate_and_report(res: TrainResult, config: Config, out_dir: Path, version
     return run_metrics.finite(metrics), path
 
 
+@contextmanager
+def _marked_if_failed(name: str):
+    """Inside an MLflow run: a failure renames the run ``FAILED: <name>`` (and MLflow marks it FAILED)."""
+    import mlflow
+
+    try:
+        yield
+    except BaseException as exc:
+        mlflow.set_tag("mlflow.runName", f"FAILED: {name}")
+        mlflow.set_tag("failure", f"{type(exc).__name__}: {exc}"[:500])
+        raise
+
+
 def run_training(data_dir: str | Path, config: Config, settings: TrainingSettings | None = None, seed: int = 0,
                  register: bool = True, promote: bool = False, nested: bool = False,
                  run_name: str | None = None, config_path: str | None = None, callbacks=(), prepared=None) -> dict:
@@ -195,7 +196,10 @@ def run_training(data_dir: str | Path, config: Config, settings: TrainingSetting
     registry.setup()
     settings = settings or TrainingSettings.from_config(config)
     champion_version = registry.champion_version()
-    with mlflow.start_run(run_name=run_name, nested=nested) as run:
+    # named after what it does from the start; renamed after its version once registered, marked
+    # when it fails (MLflow sets the FAILED status), so the marketer's list reads without opening runs
+    name = run_name or f"training on {Path(data_dir).name}"
+    with mlflow.start_run(run_name=name, nested=nested) as run, _marked_if_failed(name):
         mlflow.log_params({"data_dir": str(data_dir), "seed": seed, "config": config_path or "defaults",
                            **{f"training.{k}": v for k, v in asdict(settings).items() if k != "lightgbm"},
                            **{f"lightgbm.{k}": v for k, v in settings.lightgbm.items()}})

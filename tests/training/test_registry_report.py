@@ -200,3 +200,26 @@ def test_a_version_whose_evaluation_fails_is_not_left_registered(two_runs, small
     with pytest.raises(RuntimeError, match="report failed"):
         tracking.run_training(small_data_dir, config, seed=2)
     assert [v["version"] for v in registry.versions()] == before
+
+
+def test_a_failed_training_run_is_named_and_marked_failed(two_runs, store, small_data_dir, config):
+    """The marketer's run list: runs are named after what they did; a failure says so."""
+    import mlflow
+
+    from nextbest.decision import registry
+    from nextbest.training.tracking import run_training
+
+    def boom(env):  # a LightGBM callback that stops the first model at its first round
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_training(small_data_dir, config, seed=2, callbacks=[boom])
+    client = mlflow.MlflowClient(tracking_uri=registry.tracking_uri(), registry_uri=registry.tracking_uri())
+    runs = client.search_runs([client.get_experiment_by_name(registry.EXPERIMENT).experiment_id],
+                              order_by=["attributes.start_time DESC"])
+    failed = runs[0]  # the newest
+    assert failed.info.status == "FAILED"
+    assert failed.data.tags["mlflow.runName"] == f"FAILED: training on {small_data_dir.name}"
+    assert "disk on fire" in failed.data.tags["failure"]
+    assert {"nextbest v1", "nextbest v2"} <= {r.data.tags["mlflow.runName"] for r in runs[1:]}
+    assert {v["version"] for v in registry.versions()} == {"1", "2"}  # nothing registered for it
