@@ -75,7 +75,7 @@ def record_feedback(fb, store: Store, log, snapshot, config, online) -> dict:
     if fb.event == "converted" and fb.value is None:
         raise InvalidInput("value", "a conversion needs the order value")
     ts = fb.ts
-    if ts.timestamp() < rec.sent_at:
+    if before_send(ts, rec.sent_at):
         at = datetime.fromtimestamp(rec.sent_at, timezone.utc).isoformat()
         raise InvalidInput("ts", f"{ts.isoformat()} is before the message went out ({at})" if rec.channel else
                            f"{ts.isoformat()} is before the decision ({at})")
@@ -97,6 +97,14 @@ def record_feedback(fb, store: Store, log, snapshot, config, online) -> dict:
                      lambda cur: snapshot.contact_state(rec.customer_id, cur).with_event(rec.channel, fb.event).to_json())
     return {"decision_id": fb.decision_id, "event": fb.event, "reward": reward if inside else 0.0,
             "accepted": accepted}
+
+
+def before_send(ts, sent_at: float) -> bool:
+    """Whether an event at ``ts`` (datetime) is before its message went out at ``sent_at`` (epoch
+    seconds). Times travel as ISO text to the microsecond, and two float conversions of the same
+    microsecond can differ by a rounding step: an event stamped with the answer's own ``send_at``
+    is not before it."""
+    return ts.timestamp() < sent_at - 1e-6
 
 
 def ended(counted, event: str, key: str) -> bool:

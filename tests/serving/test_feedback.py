@@ -71,3 +71,21 @@ def test_late_stepwise_feedback_ends_in_the_statistics_of_the_final_rewards(tmp_
     assert got.n == want.n and np.allclose(got.xr, want.xr) and np.isclose(got.rr, want.rr)
     assert np.allclose(OnlineLearner(online, learning.state_from_vectors(stats)).posterior("email/pct10")[0],
                        OnlineLearner(online).partial_fit(["email/pct10"] * 50, X, final).posterior("email/pct10")[0])
+
+
+def test_an_event_at_the_answers_own_send_time_is_not_before_it():
+    """``send_at`` goes out as ISO text to the microsecond; read back, it must never count as
+    before the record's float send time (they can differ by a float rounding step)."""
+    from datetime import datetime
+
+    import numpy as np
+
+    from nextbest.serving.feedback import before_send
+
+    rng = np.random.default_rng(0)
+    for ns in rng.integers(1_700_000_000 * 10**9, 1_900_000_000 * 10**9, 20_000) // 1000 * 1000:
+        sent_at = int(ns) / 1e9                                   # as the record keeps it
+        text = str(np.datetime64(int(ns), "ns"))[:26] + "Z"       # as the answer says it
+        ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        assert not before_send(ts, sent_at), text
+    assert before_send(datetime.fromisoformat("2026-01-01T00:00:00+00:00"), 1767225600.5)

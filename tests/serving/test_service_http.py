@@ -260,6 +260,6 @@ def test_contact_history_of_the_data_counts_before_the_first_decision(server, pr
     assert d["action"] == "send", d
     fb = server.post("/v1/feedback", {"decision_id": d["decision_id"], "customer_id": cid, "event": "unsubscribed",
                                       "ts": d["send_at"]})
-    assert fb.json()["accepted"], fb.text
+    assert fb.status_code == 200 and fb.json().get("accepted"), (fb.status_code, fb.text)
     state = json.loads(store.get("contact", cid))
     assert len(state["sends"]) == recent[cid] >= 1 and state["unsubscribed"] == [d["channel"]]
