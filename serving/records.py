@@ -107,6 +107,11 @@ def calibration_inputs(d, hist, pos: int, config) -> tuple[float, ...]:
     return (float(s.p_open[pos, k, j]), float(s.p_unsub[pos, k, j]), float(s.p_order_open[pos, k, j]), *map(float, z))
 
 
+# answers carry readable numbers (0.9, not 0.8999999999999999): probabilities to 1e-10, far below
+# anything off-policy evaluation could notice; money to a millionth of the currency
+PROBABILITY_DIGITS, MONEY_DIGITS = 10, 6
+
+
 def offer_expiry(send_s: float | None, offer: str | None, config) -> str | None:
     """When the message's offer stops holding (ISO 8601, UTC): ``send_at`` + the offer's
     ``valid_for_hours``; None without a send, an offer, or an end."""
@@ -201,7 +206,8 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
             channels = [ch] if send else []
         scores = [{"channel": config.channel_names[a // O], "offer": config.offer_names[a % O],
                    "local_hour": int(d.scores.hour[pos, a // O, a % O]),
-                   "expected_value": float(d.values[pos, a + 1]), "probability": float(d.action_dist[pos, a + 1])}
+                   "expected_value": round(float(d.values[pos, a + 1]), MONEY_DIGITS),
+                   "probability": round(float(d.action_dist[pos, a + 1]), PROBABILITY_DIGITS)}
                   for a in np.flatnonzero(np.isfinite(d.values[pos, 1:]))]
         send_s = int(send_at_ns[pos].astype(np.int64)) / 1e9 if send else None
         decision = {
@@ -210,7 +216,8 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
             "channel": ch, "channels": channels, "send_at": str(send_at_ns[pos])[:26] + "Z" if send else None,
             "local_hour": int(f["local_hour"][pos]) if send else None, "offer": off,
             "offer_expires_at": offer_expiry(send_s if send else None, off, config),
-            "propensity": f["propensity"][pos], "expected_value": f["expected_value"][pos],
+            "propensity": round(f["propensity"][pos], PROBABILITY_DIGITS),
+            "expected_value": round(f["expected_value"][pos], MONEY_DIGITS),
             "explored": f["explored"][pos], "control": f["control"][pos],
             "known_customer": bool(known[j]), "scores": scores, "reasons": d.reasons[pos],
             "policy_version": f["policy_version"][pos],

@@ -35,6 +35,9 @@ def test_decide_follows_consent_quiet_hours_and_horizon(server, project, custome
         d = r.json()
         assert d["customer_id"] == cid and d["known_customer"] and d["policy_version"] == "nextbest/1"
         assert 0 < d["propensity"] <= 1 and d["reasons"]
+        for x in [d["propensity"], d["expected_value"], *[v for s in d["scores"] for v in s.values()
+                                                         if isinstance(v, float)]]:
+            assert len(repr(x).split(".")[-1].split("e")[0]) <= 10, x  # readable, not 0.8999999999999999
         assert sum(s["probability"] for s in d["scores"]) <= 1 + 1e-9
         if d["action"] == "suppress":
             assert d["channel"] is None and d["send_at"] is None and d["offer_expires_at"] is None
