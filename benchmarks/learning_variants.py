@@ -5,7 +5,11 @@
 VARIANTS is a comma-separated list of: ``calib`` (response calibration and the realized-profit
 heads), ``noprofit`` (response calibration only: the default, ``online.learn_profit: false``),
 ``nocalib`` (realized-profit heads only: the learner before issue 14), ``nolearn`` (exploration
-and the control group, no learning). 60 days of history, 20 closed-loop days, the world's shift
+and the control group, no learning), ``retrain`` (the default learning, plus ``nextbest
+retrain``'s loop every RETRAIN_EVERY days: a candidate trained on the history joined with the
+loop's own log, served only if the paired doubly robust gain over the serving policy on the
+served decisions has its 95% lower bound above ``retrain.min_gain``) and ``retrain_always`` (the
+same candidates served without the gate: what retraining alone is worth). 60 days of history, 20 closed-loop days, the world's shift
 on day 10. Prints each run's daily values and a table of day 0, days 7-9 and 17-19 per world and
 variant, and the family mean and worst. Results: benchmarks/RESULTS.md.
 """
@@ -18,7 +22,35 @@ from pathlib import Path
 import pandas as pd
 
 HIST, DAYS, SHIFT = 60, 20, 10
+RETRAIN_EVERY = 4  # twice before the shift, twice after; fixed before the first run, never tuned
 OUT = Path(__file__).parent / "out" / "learning_variants"
+
+
+def retrainer(cfg, champion, workdir: Path, gate: bool, seed: int = 5):
+    """``run_closed_loop``'s retrain hook: train a candidate on the loop's data so far and judge it
+    like ``nextbest retrain`` does (paired DR against the serving policy, on the served decisions)."""
+    from nextbest.sim.simulate import write
+    from nextbest.training.offpolicy import logged_rounds
+    from nextbest.training.retrain import paired_evaluation, paired_gate, served_days
+    from nextbest.training.train import train
+    serving = [champion]
+
+    def hook(data, served_ids):
+        d = write(data, workdir / data.end.strftime("%Y%m%d"), seed=seed)
+        candidate = train(d, cfg, seed=0).policy
+        days = served_days(d, served_ids, cfg.retrain.eval_days, cfg.offpolicy.reward_window_hours)
+        if days == 0:
+            return None
+        rounds = logged_rounds(d, cfg, days=days, max_rounds=cfg.retrain.max_rounds, seed=seed,
+                               message_ids=set(served_ids))
+        ev = paired_evaluation(rounds, candidate, serving[0], n_boot=cfg.retrain.n_boot, seed=seed)
+        ok, reason = paired_gate(ev.estimate, cfg.retrain.min_gain)
+        print(workdir.name, data.end.date(), reason, flush=True)
+        if ok or not gate:
+            serving[0] = candidate
+            return candidate
+        return None
+    return hook
 
 
 def run(job):
@@ -45,10 +77,13 @@ def run(job):
         s = copy.deepcopy(sim)
         shift = Shift.for_world(s.world, SHIFT)
         learn = v != "nolearn"
-        res = run_closed_loop(p, s, DAYS, seed=5, shift=shift, learn=learn, progress=False)
+        hook = (retrainer(cfg, p, OUT / f"{kind.replace(':', '_')}_{CUST}_{v}", gate=v == "retrain")
+                if v.startswith("retrain") else None)
+        res = run_closed_loop(p, s, DAYS, seed=5, shift=shift, learn=learn, progress=False,
+                              retrain=hook, retrain_every=RETRAIN_EVERY if hook else 0)
         dl = res.daily.assign(world=kind, variant=v)
         out.append(dl)
-        print(kind, v, "treated", dl["normalized_policy_treated"].round(2).tolist(), "frozen", dl["normalized_frozen"].round(2).tolist(), flush=True)
+        print(kind, v, "retrained on days", dl.loc[dl["retrained"], "day"].tolist(), "treated", dl["normalized_policy_treated"].round(2).tolist(), "frozen", dl["normalized_frozen"].round(2).tolist(), flush=True)
     return pd.concat(out)
 
 if __name__ == "__main__":

@@ -20,6 +20,13 @@ is reported over everyone (its control group included: holding 5% out costs thei
 gains by design) and over the customers outside the control group (``policy_treated``), the
 like-for-like comparison with the frozen policy and the oracle.
 
+With ``retrain`` and ``retrain_every``, every ``retrain_every`` days the loop hands the history
+joined with its own played days (events and the learning policy's decisions with their exact
+propensities, as ``nextbest log export`` would write them: what was known at the day's start) to
+``retrain``, which returns a new policy to serve from then on, or None to keep the current one.
+The simulator never trains (``sim`` does not import ``training``): the benchmark passes a function
+that does (``benchmarks/learning_variants.py``). The frozen arm stays the policy the loop began with.
+
 A :class:`Shift` changes the customers' preferences mid-run (a channel falls out of favour, an
 offer stops working); the oracle sees the new world at once, the policies must learn it.
 """
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -205,9 +213,33 @@ def _realized_profit(cfg, idx, ch, off, resp) -> np.ndarray:
     return realized_profit(cfg, channel, offer, resp.organic_value + message, redeemed, unsub, message)
 
 
+def _served_decisions(cfg, ids, frame, idx, ch, off, hour, send_ts, msg, day_start, prefix) -> pd.DataFrame:
+    """The day's decisions in the ``logging_decisions`` contract: a send is stamped with its send
+    time and message id, a suppression with the decision time and an id of its own."""
+    n = len(ids)
+    channel, offer, local_hour = np.full(n, None, dtype=object), np.full(n, None, dtype=object), np.full(n, -1)
+    channel[idx] = np.asarray(cfg.channel_names, dtype=object)[ch]
+    offer[idx] = np.asarray(cfg.offer_names, dtype=object)[off]
+    local_hour[idx] = hour
+    ts = np.full(n, int(day_start.timestamp()), dtype=np.int64)
+    ts[idx] = send_ts
+    mid = np.char.add(prefix, np.arange(n).astype(str)).astype(object)
+    mid[idx] = np.char.add("m", np.asarray(msg).astype(str))
+    send = np.zeros(n, dtype=bool)
+    send[idx] = True
+    return pd.DataFrame({
+        "customer_id": pd.array(ids, dtype="str"), "ts": pd.to_datetime(ts, unit="s", utc=True),
+        "action": pd.array(np.where(send, "send", "suppress"), dtype="str"),
+        "channel": pd.array(channel, dtype="str"), "local_hour": local_hour,
+        "offer": pd.array(offer, dtype="str"), "propensity": frame["propensity"].to_numpy(dtype=float),
+        "message_id": pd.array(mid, dtype="str")})
+
+
 def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed: int = 0,
                     shift: Shift | None = None, learn: bool = True, progress: bool = True,
-                    peers: dict | None = None) -> ClosedLoopResult:
+                    peers: dict | None = None,
+                    retrain: Callable[[SimulatedData, np.ndarray], DecisionPolicy | None] | None = None,
+                    retrain_every: int = 0) -> ClosedLoopResult:
     """Play ``days`` days after the end of ``sim``'s history (``sim.world`` moves on; see module doc).
 
     ``peers``: name -> object with ``decide(ctx: DayContext) -> (channel, local_hour, offer)`` code
@@ -216,6 +248,12 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
     :func:`shadow_outcomes` of its own decisions. The daily table also counts the played policy's
     rule violations (``violations_<rule>``, see :class:`RuleAudit`) and the peers' sends outside
     the allowed cells (``peer_violations_<name>``).
+
+    ``retrain(data, served_ids)``: called before deciding on every ``retrain_every``-th day (0: never)
+    with the history plus the played days as one :class:`SimulatedData` ending at that day's start,
+    and the ``message_id`` of every decision the loop logged (the served decisions); it returns the
+    policy to serve from that day (with a fresh learner: the calibration is relative to the models
+    it corrected) or None. The daily table says which days swapped (``retrained``).
     """
     peers = peers or {}
     audit = RuleAudit(policy.config, sim)
@@ -231,7 +269,7 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
     events = _Events()
     next_msg = 10**9  # above the history's message numbers
     idx_all = np.arange(world.n)
-    rows = []
+    rows, served = [], []
     for d in tqdm(range(days), desc="closed loop", unit="day", disable=not progress):
         if shift is not None and d == shift.day:
             shift.apply(world)
@@ -240,6 +278,16 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
         world.start_day(history_days + d)
         new = events.frame(cfg, cust_ids, day_s)
         log_events = pd.concat([sim.events, new], ignore_index=True)
+        swapped = False
+        if retrain is not None and retrain_every > 0 and d > 0 and d % retrain_every == 0:
+            logged = pd.concat(served, ignore_index=True)
+            logged = logged[logged["ts"] < day_start].reset_index(drop=True)
+            data = SimulatedData(sim.customers, log_events, pd.concat([sim.decisions, logged], ignore_index=True),
+                                 world, sim.start, day_start)
+            candidate = retrain(data, logged["message_id"].to_numpy())
+            if candidate is not None:
+                policy, learner, swapped = candidate, candidate.new_learner(), True
+                log.info("closed loop day %d: serving the retrained policy", d)
         log_ = EventLog.build(world.customers, log_events, cfg)
         feats = engagement_history(log_, ids, day_start, Population.from_log(log_))
         contact = ContactHistory.from_features(feats, cfg)
@@ -281,6 +329,8 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
                    + rng.integers(0, 600, len(idx)))
         msg = np.arange(next_msg, next_msg + len(idx))
         next_msg += len(idx)
+        served.append(_served_decisions(cfg, ids, frame, idx, ch, off, hour, send_ts, msg, day_start,
+                                        f"d{d}-"))
         midnight = local_midnight_utc(day_s, world.tz_code, TIMEZONES)
         known = np.stack([feats[f"consent_{c}"].to_numpy(bool) & (feats[f"{c}_unsubscribed"].to_numpy() == 0)
                           for c in cfg.channel_names], axis=1)
@@ -299,7 +349,7 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
                 learner.calibration.update("order", off[o], dec.scores.p_order_open[idx[o], ch[o], off[o]], z[o],
                                            resp.message_order[o])
         row.update(explored=float(frame["explored"].mean()), sent=float(send.mean()),
-                   realized_profit=float(reward.mean()), learner_n=learner.state.n,
+                   realized_profit=float(reward.mean()), learner_n=learner.state.n, retrained=swapped,
                    **{f"violations_{k}": c for k, c in broken.items()}, **peer_rows)
         rows.append(row)
     daily = pd.DataFrame(rows)
