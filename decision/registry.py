@@ -66,7 +66,13 @@ def _setup(experiment: str) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     if os.environ.get("MLFLOW_RUN_ID"):  # inside `mlflow run`: log into the run (and experiment) it made
-        return mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+        exp_id = mlflow.get_run(os.environ["MLFLOW_RUN_ID"]).info.experiment_id
+        name = mlflow.get_experiment(exp_id).name
+        if name != experiment:
+            log.warning("this `mlflow run` run is in the experiment %r, not %r, where nextbest's other runs are: "
+                        "export MLFLOW_EXPERIMENT_NAME=%s (or pass --experiment-name %s) before `mlflow run`",
+                        name, experiment, experiment, experiment)
+        return exp_id
     exp = mlflow.get_experiment_by_name(experiment)
     if exp is None:
         location = None

@@ -138,7 +138,7 @@ def test_mlflow_run_train_tune_report_and_promote(tmp_path):
     root = Path(__file__).parents[2]
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "NEXTBEST_HOME": str(tmp_path),
-           "PATH": f"{BIN.parent}{os.pathsep}{os.environ['PATH']}"}
+           "PATH": f"{BIN.parent}{os.pathsep}{os.environ['PATH']}", "MLFLOW_EXPERIMENT_NAME": "nextbest"}
     data = tmp_path / "data"
     run("data", "generate", "--customers", "1500", "--days", "30", "--seed", "4", "--out", str(data))
 
@@ -163,8 +163,35 @@ def test_mlflow_run_train_tune_report_and_promote(tmp_path):
     runs = mlflow_api.search_runs(search_all_experiments=True, output_format="list")
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(nested) == 2 and all("objective_log_loss" in r.data.metrics for r in nested)
+    # the README's `export MLFLOW_EXPERIMENT_NAME=nextbest`: every run in the project's experiment
+    nextbest = mlflow_api.get_experiment_by_name("nextbest").experiment_id
+    assert {r.info.experiment_id for r in runs} == {nextbest}
     models = subprocess.run([str(BIN), "models"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert models.returncode == 0 and "version 1" in models.stdout
+
+
+def test_a_mlflow_run_outside_the_project_experiment_is_named_with_the_fix(tmp_path, monkeypatch, caplog):
+    """`mlflow run` without an experiment makes its run in MLflow's Default: nextbest logs into it
+    (it cannot move a run) and says how to keep the runs together."""
+    from mlflow import MlflowClient
+
+    from nextbest.decision import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    default = client.get_experiment_by_name("Default").experiment_id
+    run_id = client.create_run(default).info.run_id
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    with caplog.at_level("WARNING", logger="nextbest.decision.registry"):
+        assert registry.setup() == default
+    assert "'Default', not 'nextbest'" in caplog.text and "MLFLOW_EXPERIMENT_NAME=nextbest" in caplog.text
+    ours = client.create_experiment("nextbest")
+    monkeypatch.setenv("MLFLOW_RUN_ID", client.create_run(ours).info.run_id)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nextbest.decision.registry"):
+        assert registry.setup() == ours
+    assert not caplog.text
 
 
 def test_train_without_a_decision_log_says_what_is_missing(tmp_path):
