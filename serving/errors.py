@@ -16,7 +16,8 @@ above, so clients get one format and the published schema is true. Before that, 
   ``serving.max_context_bytes`` bytes (400, field ``context`` or ``requests[i].context``).
 
 It also publishes the config in the OpenAPI document: ``GET /docs.json`` is passed through
-``serving.schemas.publish`` (channels and offers as enums, the bounds the config sets).
+``serving.schemas.publish`` (channels and offers as enums, the bounds the config sets), and
+serves nextbest's own documentation page at ``GET /`` (``serving.docs_page``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 import re
 
 from nextbest.serving.auth import answer
+from nextbest.serving.docs_page import PATHS as DOCS_PAGE, serve_index
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +170,8 @@ class ValidationErrorShape:
             return await self.app(scope, receive, send)
         if scope["method"] == "GET" and scope["path"] == "/docs.json":
             return await self.app(scope, receive, self._publishing(send))
+        if scope["method"] == "GET" and scope["path"] in DOCS_PAGE:
+            return await serve_index(send)
         if scope["method"] == "POST" and scope["path"] in JSON_ROUTES:
             headers = dict(scope["headers"])
             kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()

@@ -289,6 +289,19 @@ def _event_shapes(schema: dict) -> dict:
     return {"oneOf": shapes, **({"title": schema["title"]} if "title" in schema else {})}
 
 
+API_TITLE = "nextbest decision API"
+
+
+def release() -> str:
+    """The installed nextbest's version ("dev" when it runs from a source tree without metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("nextbest")
+    except PackageNotFoundError:
+        return "dev"
+
+
 def publish(spec: dict, config, settings) -> dict:
     """The OpenAPI document BentoML builds from the models above, with what the deployment's config
     allows: channel and offer names as enums, consent per configured channel, IANA time zones, the
@@ -354,13 +367,7 @@ def publish(spec: dict, config, settings) -> dict:
 
     visit(spec.get("components", {}))
     visit(spec.get("paths", {}))
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        release = version("nextbest")
-    except PackageNotFoundError:
-        release = "dev"
-    spec["info"] = {"title": "nextbest decision API", "version": release, "description": API_DESCRIPTION}
+    spec["info"] = {"title": API_TITLE, "version": release(), "description": API_DESCRIPTION}
     schemas = spec.get("components", {}).get("schemas", {})
     error = schemas.get("InvalidArgument")
     if isinstance(error, dict):  # the error shape the service answers (serving.errors): the field too

@@ -266,3 +266,32 @@ def test_contact_history_of_the_data_counts_before_the_first_decision(server, pr
     assert fb.status_code == 200 and fb.json().get("accepted"), (fb.status_code, fb.text)
     state = json.loads(store.get("contact", cid))
     assert len(state["sends"]) == recent[cid] >= 1 and state["unsubscribed"] == [d["channel"]]
+
+
+def test_the_api_docs_page_is_nextbests_and_loads_nothing_from_elsewhere(server):
+    """`/` in a real browser: nextbest's title and version, the routes rendered from the published
+    document, and every request the page makes goes to the service itself (BentoML's page loads
+    Google Tag Manager and a GitHub badge)."""
+    import shutil
+    from urllib.parse import urlparse
+
+    from playwright.sync_api import expect, sync_playwright
+
+    from nextbest.serving.schemas import API_TITLE, release
+
+    requested = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium")
+        page = browser.new_page()
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(server.url + "/")
+        expect(page).to_have_title(f"{API_TITLE} {release()}")
+        expect(page.get_by_text("/v1/decide", exact=True).first).to_be_visible(timeout=30_000)
+        expect(page.get_by_text("/v1/events/batch", exact=True).first).to_be_visible()
+        expect(page.locator("h2.title")).to_contain_text(API_TITLE)
+        browser.close()
+    hosts = {urlparse(u).netloc for u in requested if not u.startswith("data:")}
+    assert hosts == {urlparse(server.url).netloc}, requested
+    assert any(u.endswith("/docs.json") for u in requested)
+    html = server.get("/", key=None)
+    assert html.status_code == 200 and "googletagmanager" not in html.text and "github" not in html.text.lower()
