@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -60,6 +61,45 @@ class _PruningCallback:
         self.trial.report(loss, self.model * self.stride + env.iteration)
         if self.trial.should_prune():
             raise optuna.TrialPruned(f"pruned at model {self.model}, round {env.iteration}")
+
+
+class _Progress:
+    """Optuna callback: one log line per finished trial (its state, objective, the best so far, time)."""
+
+    def __init__(self, n_trials: int, t0: float):
+        self.n_trials, self.t0 = n_trials, t0
+
+    def __call__(self, study, trial) -> None:
+        import optuna
+
+        states = [t.state for t in study.trials]
+        done = states.count(optuna.trial.TrialState.COMPLETE)
+        what = (f"objective {trial.value:.5f}" if trial.state == optuna.trial.TrialState.COMPLETE
+                else trial.state.name.lower())
+        best = f"best {study.best_value:.5f} (trial {study.best_trial.number})" if done else "no trial complete yet"
+        log.info("tuning: trial %d/%d %s; %s; %d pruned; %.0f s", trial.number + 1, self.n_trials, what, best,
+                 states.count(optuna.trial.TrialState.PRUNED), time.perf_counter() - self.t0)
+
+
+def history_plot(study, path: Path) -> Path:
+    """The optimisation history (Optuna's own plot: each completed trial's objective and the best so far)."""
+    import warnings
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization.matplotlib import plot_optimization_history
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        ax = plot_optimization_history(study)
+    ax.set_title("Tuning: validation log loss of the response models, summed (lower is better)", fontsize=10)
+    ax.set_ylabel("summed log loss")
+    ax.figure.set_size_inches(9, 5)
+    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(ax.figure)
+    return path
 
 
 def tune(data_dir: str | Path, config: Config, settings: TrainingSettings, n_trials: int = 20,
@@ -108,10 +148,13 @@ def tune(data_dir: str | Path, config: Config, settings: TrainingSettings, n_tri
 
     with mlflow.start_run(run_name="tune") as parent:
         mlflow.log_params({"tune.n_trials": n_trials, "tune.timeout_s": timeout, "tune.seed": seed})
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=False)
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, show_progress_bar=False,
+                       callbacks=[_Progress(n_trials, t0)])
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         if not done:
             raise RuntimeError("no trial completed within the budget; raise --timeout or --trials")
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(history_plot(study, Path(tmp) / "optimization_history.png")))
         best = {**settings.lightgbm, **study.best_params}
         mlflow.log_metric("best_objective_log_loss", study.best_value)
         mlflow.log_dict({"params": best}, "best_params.json")

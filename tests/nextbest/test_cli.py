@@ -155,7 +155,10 @@ def test_mlflow_run_train_tune_report_and_promote(tmp_path):
                              env=env, cwd=tmp_path)
     assert promote.returncode == 0, promote.stderr[-2000:]
     assert "champion: version 1" in promote.stdout
-    mlflow_run("tune", f"data_dir={data}", "trials=2", "timeout=300")
+    tuned = mlflow_run("tune", f"data_dir={data}", "trials=2", "timeout=300")
+    progress = [line for line in tuned.stderr.splitlines() if "tuning: trial" in line]
+    assert [p.split("tuning: ")[1].split(" ")[1] for p in progress] == ["1/2", "2/2"], tuned.stderr[-3000:]
+    assert "best " in progress[-1]
     assert "params" in (tmp_path / "nextbest_params.json").read_text()
     mlflow_run("report", f"data_dir={data}", f"out={tmp_path / 'report'}")
     assert (tmp_path / "report" / "index.html").exists() and list((tmp_path / "report").glob("*.png"))
@@ -163,6 +166,11 @@ def test_mlflow_run_train_tune_report_and_promote(tmp_path):
     runs = mlflow_api.search_runs(search_all_experiments=True, output_format="list")
     nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(nested) == 2 and all("objective_log_loss" in r.data.metrics for r in nested)
+    parent = next(r for r in runs if r.info.run_id == nested[0].data.tags["mlflow.parentRunId"])
+    plot = Path(mlflow_api.artifacts.download_artifacts(run_id=parent.info.run_id,
+                                                        artifact_path="optimization_history.png",
+                                                        dst_path=str(tmp_path / "plot")))
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
     # the README's `export MLFLOW_EXPERIMENT_NAME=nextbest`: every run in the project's experiment
     nextbest = mlflow_api.get_experiment_by_name("nextbest").experiment_id
     assert {r.info.experiment_id for r in runs} == {nextbest}
