@@ -50,6 +50,10 @@ class Snapshot:
         self.arrays = CustomerArrays(feats)  # converted to float arrays once; batches take rows of it
         self.index = pd.Index(ids)
         self.channels = config.channel_names
+        # what contact_state reads, as plain arrays: a pandas row per event costs ~0.3 ms
+        self._position = {c: i for i, c in enumerate(ids)}
+        self._unanswered = np.stack([feats[f"{c}_unanswered"].to_numpy()[:len(ids)] for c in self.channels],
+                                    axis=1).astype(np.int64) if len(self.channels) else np.zeros((len(ids), 0), int)
         self.default_timezone = config.default_timezone
         log.info("features of %d customers as of %s", len(ids), self.as_of)
 
@@ -59,11 +63,11 @@ class Snapshot:
         channel); empty for an unknown customer."""
         if stored is not None:
             return ContactState.from_json(stored)
-        i = self.index.get_indexer([customer])[0]
-        if i < 0:
+        i = self._position.get(customer)
+        if i is None:
             return ContactState()
-        row = self.frame.iloc[i]
-        unanswered = {c: int(row[f"{c}_unanswered"]) for c in self.channels if row[f"{c}_unanswered"] > 0}
+        row = self._unanswered[i]
+        unanswered = {c: int(row[k]) for k, c in enumerate(self.channels) if row[k] > 0}
         return ContactState(list(self._recent.get(customer, [])), unanswered, [])
 
     def rows(self, customer_ids: list[str], profiles: list) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
