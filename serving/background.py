@@ -211,3 +211,47 @@ def newer_champion(policy, snapshot, refused: set | None = None):
         refused.add(version)
         return None
     return new
+
+
+class SnapshotWatch:
+    """Watches the data directory for a new export and loads it (``Engine.check_snapshot``).
+
+    An export is loaded once it has stayed unchanged between two looks (``serving.reload_seconds``
+    apart), so a writer replacing the tables one by one is never read half way; an export that
+    changes while it is read is read again at the next look. Contact states live in the store and
+    are kept. An export that fails the data contract, or lacks a feature the serving policy needs,
+    is refused (logged once) and the running snapshot stays.
+    """
+
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+        self.seen: tuple | None = None       # the export at the last look
+        self.refused: set[tuple] = set()     # exports that could not be loaded
+
+    def newer(self, current, policy):
+        """The new export's :class:`Snapshot` if there is one ready to serve, else None."""
+        from nextbest.serving.snapshot import Snapshot, source_fingerprint
+
+        seen = source_fingerprint(self.data_dir)
+        previous, self.seen = self.seen, seen
+        if seen == current.source or seen != previous or seen in self.refused:
+            return None
+        try:
+            new = Snapshot(self.data_dir, policy.config)
+        except Exception as exc:  # noqa: BLE001 - bad data keeps the running snapshot
+            if is_outage(exc):
+                raise
+            self.refused.add(seen)
+            log.error("the data directory's new export cannot be served (%s: %s); keeping the snapshot as of %s",
+                      type(exc).__name__, exc, current.as_of)
+            return None
+        if new.source != source_fingerprint(self.data_dir):
+            return None  # written to while it was read: the next look reads it again
+        missing = sorted(set(policy.models.customer_columns) - set(new.frame.columns))
+        if missing:
+            self.refused.add(seen)
+            log.error("the new export lacks features the serving policy needs (%s); keeping the snapshot as of %s",
+                      missing[:5], current.as_of)
+            return None
+        log.info("snapshot reloaded: %d customers as of %s (was %s)", len(new.index), new.as_of, current.as_of)
+        return new

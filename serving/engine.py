@@ -44,7 +44,7 @@ import pandas as pd
 from nextbest.decision.exploration import KeyedRandom
 from nextbest.decision.policy import DecisionPolicy, Request
 from nextbest.serving import idempotency
-from nextbest.serving.background import Every, LearnerSync, newer_champion
+from nextbest.serving.background import Every, LearnerSync, SnapshotWatch, newer_champion
 from nextbest.serving.checks import InvalidInput, check_requests
 from nextbest.serving.contact import history
 from nextbest.serving.decision_log import DecisionLog
@@ -77,6 +77,7 @@ class Engine:
         self._sync = LearnerSync(self.store)
         self._threads = Every()
         self._refused: set[str] = set()  # champion versions that could not be loaded (logged once)
+        self._watch = SnapshotWatch(settings.data_dir)
         self._epoch = EpochGuard(settings.log_dir)
         self._epoch.start(self.store)
         self._mismatch: str | None = None
@@ -91,9 +92,10 @@ class Engine:
 
     # ------------------------------------------------------------------ background work
     def start_background(self) -> None:
-        """Threads: learner sync (mature, decay, reload statistics) and champion hot swap."""
+        """Threads: learner sync (mature, decay, reload statistics), champion hot swap, snapshot reload."""
         self._threads.start(self.sync_learner, self.settings.learner_sync_seconds)
         self._threads.start(self.check_champion, self.settings.reload_seconds)
+        self._threads.start(self.check_snapshot, self.settings.reload_seconds)
 
     def stop(self) -> None:
         self._threads.stop()
@@ -133,6 +135,14 @@ class Engine:
             self.policy = policy
             log.info("hot swap: now serving %s", policy.version)
         return policy is not None
+
+    def check_snapshot(self) -> bool:
+        """Load a new export of the data directory without a restart (``background.SnapshotWatch``);
+        requests in flight finish on the snapshot they started with."""
+        new = self._watch.newer(self.snapshot, self.policy)
+        if new is not None:
+            self.snapshot = new
+        return new is not None
 
     # ------------------------------------------------------------------ decide
     def check(self, requests: list[DecideRequest], prefix: str = "") -> None:
@@ -212,15 +222,15 @@ class Engine:
 
     def _decide_rows(self, requests, rows: list[int], now: datetime) -> list[Pending]:
         """Decide ``rows`` of ``requests`` on the current store state (one policy call per group)."""
-        policy, learner, cfg = self.policy, self.learner, self.policy.config
+        policy, learner, cfg, snap = self.policy, self.learner, self.policy.config, self.snapshot  # one of each per call
         reqs = [requests[i] for i in rows]
         ids = [r.customer_id for r in reqs]
         raw_states = self.store.get_many("contact", ids)
-        states = [self.snapshot.contact_state(cid, raw) for cid, raw in zip(ids, raw_states)]
+        states = [snap.contact_state(cid, raw) for cid, raw in zip(ids, raw_states)]
         times = pd.DatetimeIndex([r.now or now for r in reqs]).as_unit("ns")
         now_s = times.asi8 // 10**9
         contact, unsub = history(states, now_s, list(cfg.channel_names))
-        feats, known, pos, edited = self.snapshot.features(ids, [r.profile for r in reqs], unsub)
+        feats, known, pos, edited = snap.features(ids, [r.profile for r in reqs], unsub)
         keys = [str(r.request_id) if r.request_id else secrets.token_hex(16) for r in reqs]
         groups: dict[tuple, list[int]] = {}
         for j, r in enumerate(reqs):
@@ -235,9 +245,9 @@ class Engine:
             hist = type(contact)(contact.sent_day[js], contact.sent_week[js], contact.hours_since_last[js],
                                  contact.unanswered[js])
             d = policy.decide(sub, hist, request, rng=KeyedRandom([keys[j] for j in js]), learner=learner,
-                              arrays=self.snapshot.arrays.take(pos[js], sub, edited))
+                              arrays=snap.arrays.take(pos[js], sub, edited))
             out += pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind, hist, cfg,
-                                self.snapshot.as_of.isoformat())
+                                snap.as_of.isoformat())
         return out
 
     def _write(self, finished: list[Pending]) -> None:

@@ -86,6 +86,10 @@ def _start(settings: ServeSettings) -> None:
     from nextbest.serving.engine import Engine
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which stops us
+    if not logging.getLogger().handlers:  # a spawned child starts without the server's logging: say what we do
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [engine %(process)d]: %(message)s")
+        for noisy in ("httpx", "mlflow", "alembic", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     _engine = Engine(settings)
     _engine.start_background()
 

@@ -21,6 +21,22 @@ from nextbest.serving.contact import ContactState
 log = logging.getLogger(__name__)
 
 COLD = "\x00cold-start"
+TABLES = ("customers", "events")
+
+
+def source_fingerprint(data_dir: str) -> tuple:
+    """What identifies the data directory's current export: each table's files with their size and
+    modification time (a folder of Parquet parts counts every part). A changed export changes it."""
+    out = []
+    for name in TABLES:
+        try:
+            path = find_table(data_dir, name)
+        except FileNotFoundError:
+            out.append((name, None))
+            continue
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        out.append((name, tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())))
+    return tuple(out)
 
 
 class Snapshot:
@@ -34,7 +50,8 @@ class Snapshot:
     """
 
     def __init__(self, data_dir: str, config):
-        files = {name: str(find_table(data_dir, name)) for name in ("customers", "events")}
+        self.source = source_fingerprint(data_dir)  # before reading: a later change is seen as new
+        files = {name: str(find_table(data_dir, name)) for name in TABLES}
         customers, events = check(*load_dataset(data_dir), config, files=files)
         self.as_of = events["ts"].max().ceil("D") if len(events) else pd.Timestamp.now(tz="UTC").ceil("D")
         log_ = EventLog.build(customers, events[events["ts"] < self.as_of], config)

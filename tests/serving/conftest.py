@@ -81,8 +81,10 @@ def project(tmp_path_factory) -> Project:
 class Server:
     """``nextbest serve`` in its own process group, on a free port."""
 
-    def __init__(self, project: Project, workdir: Path, store_url: str | None = None, workers: int = 1):
+    def __init__(self, project: Project, workdir: Path, store_url: str | None = None, workers: int = 1,
+                 data_dir: Path | None = None):
         self.project, self.workdir = project, workdir
+        self.data_dir = data_dir or project.data
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.store_url = store_url or f"sqlite:///{workdir / 'state.db'}"
@@ -95,7 +97,7 @@ class Server:
         env = {**self.project.env, "NEXTBEST_STORE_URL": self.store_url}
         self._out = open(self.workdir / f"server-{self.port}.log", "ab")
         self.proc = subprocess.Popen(
-            [NEXTBEST, "--config", str(self.project.config), "serve", str(self.project.data), "--port", str(self.port),
+            [NEXTBEST, "--config", str(self.project.config), "serve", str(self.data_dir), "--port", str(self.port),
              "--log-dir", str(self.log_dir), "--workers", str(self.workers)],
             env=env, cwd=self.project.home, stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -136,8 +138,8 @@ class Server:
 def server_factory(project, tmp_path):
     started = []
 
-    def make(store_url=None, workers=1, workdir=None) -> Server:
-        s = Server(project, workdir or tmp_path, store_url, workers).start()
+    def make(store_url=None, workers=1, workdir=None, data_dir=None) -> Server:
+        s = Server(project, workdir or tmp_path, store_url, workers, data_dir).start()
         started.append(s)
         return s
 

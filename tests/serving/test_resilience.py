@@ -140,6 +140,50 @@ def test_hot_swap_under_traffic_fails_no_request(server_factory, project, custom
         project.run("promote", str(champion.version), "--force", "--note", "back after the hot swap test")
 
 
+def test_a_new_export_loads_into_the_running_service_under_traffic(server_factory, project, customers, tmp_path):
+    """A new export of the data directory is served without a restart and without a failed request;
+    a bad export is refused and the running snapshot stays."""
+    import os
+    import shutil
+
+    from serving_waits import poll
+
+    data = tmp_path / "data"
+    shutil.copytree(project.data, data)
+    server = server_factory(workdir=tmp_path, data_dir=data)
+    newcomer = "customer-added-by-the-new-export"
+
+    def known() -> bool:
+        r = server.post("/v1/decide", {"customer_id": newcomer})
+        assert r.status_code == 200, r.text
+        return r.json()["known_customer"]
+
+    assert not known()
+    people = pd.read_parquet(data / "customers.parquet")
+    added = pd.concat([people, people.iloc[[0]].assign(customer_id=newcomer)], ignore_index=True)
+    with Traffic(server, customers(300), threads=2, fixed_now=False, feedback=False) as traffic:
+        before = poll(lambda: len(traffic.decisions) >= 20, timeout=60)
+        added.to_parquet(tmp_path / "customers.parquet.tmp")
+        os.replace(tmp_path / "customers.parquet.tmp", data / "customers.parquet")  # how an export should land
+        reloaded = poll(known, timeout=90, every=0.5)
+        after = len(traffic.decisions)
+        poll(lambda: len(traffic.decisions) >= after + 20, timeout=60)
+    assert before and reloaded, server.log_tail()
+    assert traffic.failures == []
+    assert f"snapshot reloaded: {len(added)} customers" in server.log_tail(200_000)
+
+    # an export that breaks the data contract is refused, and the service keeps the last good one
+    events = pd.read_parquet(data / "events.parquet")
+    bad = events.copy()
+    bad.loc[bad.index[0], "channel"] = "carrier-pigeon"
+    bad.to_parquet(tmp_path / "events.parquet.tmp")
+    os.replace(tmp_path / "events.parquet.tmp", data / "events.parquet")
+    assert poll(lambda: "new export cannot be served" in server.log_tail(200_000), timeout=90, every=0.5), \
+        server.log_tail()
+    assert known()
+    assert server.get("/readyz").status_code == 200
+
+
 def test_two_workers_on_redis_keep_caps_and_lose_no_feedback(server_factory, redis_db, project, customers):
     cfg = load_config()
     people = pd.read_parquet(project.data / "customers.parquet")
