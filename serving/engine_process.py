@@ -5,8 +5,9 @@ core (the GIL). The worker therefore hands every call to a child process that ho
 :class:`serving.engine.Engine` (policy, snapshot, store connection, decision log, background
 learner sync and hot swap) and waits for the answer, so HTTP and decisions run on two cores:
 BentoML's classic split of an API server and a model runner. The child is started with
-``spawn`` (a fork of a threaded server is unsafe) and dies with its worker; killing the server's
-process group kills it too. Calls are small pickles: the requests in, plain dicts out.
+``spawn`` (a fork of a threaded server is unsafe) and dies with its worker: it exits within
+:data:`ORPHAN_CHECK_S` once its worker is gone, however the worker ended. Calls are small
+pickles: the requests in, plain dicts out.
 
 Self-healing: a child that dies (killed, out of memory) breaks the pool; the call that notices
 it starts a new child in the background and every call until that child is up gets
@@ -34,6 +35,21 @@ log = logging.getLogger(__name__)
 
 _engine = None
 RESTART_BACKOFF_S = 2.0  # between attempts to start a new engine process
+ORPHAN_CHECK_S = 1.0     # how often the engine process looks whether its worker is still there
+
+
+def _exit_with_parent(parent: int) -> None:
+    """End this process once the worker that started it is gone.
+
+    A worker stopped while its engine was being replaced (the stop signal reached the engine
+    first, the worker started a new one) would otherwise leave that new engine running for
+    ever, holding the store, the log directory and a core's worth of threads.
+    """
+    while True:
+        time.sleep(ORPHAN_CHECK_S)
+        if os.getppid() != parent:
+            log.warning("the worker that started this engine process (pid %d) is gone: exiting", parent)
+            os._exit(0)
 
 
 class EngineUnavailable(RuntimeError):
@@ -86,6 +102,7 @@ def _start(settings: ServeSettings) -> None:
     from nextbest.serving.engine import Engine
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which stops us
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="exit-with-worker").start()
     if not logging.getLogger().handlers:  # a spawned child starts without the server's logging: say what we do
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [engine %(process)d]: %(message)s")
         for noisy in ("httpx", "mlflow", "alembic", "urllib3"):

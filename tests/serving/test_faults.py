@@ -244,6 +244,25 @@ def engine_processes(server) -> list[psutil.Process]:
     return out
 
 
+def test_an_engine_process_ends_with_its_worker(server_factory, tmp_path):
+    """SIGKILL of a worker (no chance to stop its engine): the engine process exits by itself
+    (before this, an engine started while the server stopped outlived it)."""
+    server = server_factory(workdir=tmp_path)
+    engines = engine_processes(server)
+    assert len(engines) == 1
+    engine = engines[0]
+    worker = engine.parent()
+    worker.kill()
+
+    def gone() -> bool:
+        try:
+            return engine.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    assert poll(gone, timeout=15), server.log_tail()
+
+
 def test_redis_faults_and_a_killed_engine(server_factory, redis_server, project, customers, people, cfg, tmp_path):
     server = server_factory(store_url=redis_server.url, workdir=tmp_path)
     ids, ledger = customers(60, offset=600), Ledger()
