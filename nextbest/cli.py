@@ -75,8 +75,30 @@ def dataset_summary(data_dir, customers: pd.DataFrame, events: pd.DataFrame, cfg
             else f"{c} 0%" for c in cfg.channel_names),
         f"  propensities logged on {sends['propensity'].notna().mean():.0%} of sends" if "propensity" in sends
         else "  no propensities logged (off-policy evaluation will need them)",
+        *training_readiness(data_dir, ts, cfg),
     ]
     return "\n".join(lines)
+
+
+def training_readiness(data_dir, ts: pd.Series, cfg) -> list[str]:
+    """What `nextbest train` will make of valid data: its decision table, and whether the data is
+    long enough (the same settings the training's time split reads), so that "valid" does not
+    promise what training then refuses."""
+    from nextbest.features.io import has_table
+
+    tr, window = cfg.training, cfg.objective.attribution_window_hours
+    span_days = (ts.max() - ts.min()) / pd.Timedelta(days=1) if len(ts) else 0.0
+    need = pd.Timedelta(days=tr.warmup_days + tr.validation_days, hours=window) / pd.Timedelta(days=1)
+    out = ["  decisions: the `logging_decisions` table (exact propensities)" if has_table(data_dir, "logging_decisions")
+           else "  decisions: no `logging_decisions` table; training rebuilds them from the sent events and estimates "
+                "the propensities (README 'Training data')"]
+    if span_days <= need:
+        out.append(f"  training: too short for `nextbest train`: the data spans {span_days:.1f} days; training needs more "
+                   f"than {tr.warmup_days} + {tr.validation_days} days plus {window:g} hours (training.warmup_days, "
+                   "training.validation_days, objective.attribution_window_hours)")
+    else:
+        out.append(f"  training: long enough for `nextbest train` ({span_days:.1f} days; more than {need:.1f} needed)")
+    return out
 
 
 # ---------------------------------------------------------------------------- features

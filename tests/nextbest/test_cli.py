@@ -40,6 +40,16 @@ def test_validate_prints_a_summary(data_dir):
     proc = run("data", "validate", str(data_dir))
     assert "valid" in proc.stdout and "customers: 400" in proc.stdout
     assert "propensities logged on 100% of sends" in proc.stdout
+    assert "decisions: the `logging_decisions` table" in proc.stdout
+    # 20 days: `nextbest train` refuses them with the default 14 days of warm-up and 7 of validation
+    assert "too short for `nextbest train`: the data spans 20." in proc.stdout
+
+
+def test_validate_reads_the_training_settings_of_the_config(data_dir, tmp_path):
+    cfg = tmp_path / "short.yaml"
+    cfg.write_text("training:\n  warmup_days: 3\n  validation_days: 2\n")
+    proc = run("--config", str(cfg), "data", "validate", str(data_dir))
+    assert "training: long enough for `nextbest train` (20." in proc.stdout and "more than 8.0 needed" in proc.stdout
 
 
 def test_validate_refuses_bad_data_naming_file_row_and_rule(data_dir, tmp_path):
@@ -208,6 +218,10 @@ def test_train_without_a_decision_log_says_what_is_missing(tmp_path):
     (data / "logging_decisions.parquet").unlink()
     proc = run("train", str(data), check=False)
     assert proc.returncode == 2 and "logging_decisions" in proc.stderr
+    # `data validate` says so before training is tried: valid, but neither a decision table nor long enough
+    checked = run("data", "validate", str(data))
+    assert "valid" in checked.stdout and "no `logging_decisions` table" in checked.stdout
+    assert "too short for `nextbest train`" in checked.stdout and "training.warmup_days" in checked.stdout
 
 
 def test_every_serve_demo_starts_from_a_fresh_state_unless_one_is_named(tmp_path):
