@@ -2,7 +2,7 @@
 
 A caller sends ``Authorization: Bearer KEY``. Each key carries scopes:
 
-- ``decide``: ``POST /v1/decide`` and ``/v1/decide/batch``;
+- ``decide``: ``POST /v1/decide``, ``/v1/decide/batch`` and ``GET /v1/due`` (follow-ups);
 - ``feedback``: ``POST /v1/feedback``;
 - ``events``: ``POST /v1/events`` and ``/v1/events/batch`` (other senders' message events);
 - ``admin``: ``GET /metrics``, ``DELETE /v1/customers/{id}`` and any other route.
@@ -39,7 +39,7 @@ SCOPES = ("decide", "feedback", "events", "admin")
 MIN_KEY_LENGTH = 16
 OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/docs.json", "/schema.json", "/")
 OPEN_PREFIXES = ("/static_content/", "/assets/")
-ROUTE_SCOPES = {"/v1/decide": "decide", "/v1/decide/batch": "decide", "/v1/feedback": "feedback",
+ROUTE_SCOPES = {"/v1/decide": "decide", "/v1/decide/batch": "decide", "/v1/due": "decide", "/v1/feedback": "feedback",
                 "/v1/events": "events", "/v1/events/batch": "events"}
 
 

@@ -51,8 +51,10 @@ from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.feedback import UnknownDecision, record_feedback
 from nextbest.serving.rebuild import EpochGuard, StoreMismatch
 from nextbest.serving.events import check_events, record_events
-from nextbest.serving.records import Pending, enters_learner, keep_seconds, log_row, pending_rows, ttl
-from nextbest.serving.schemas import DecideRequest, FeedbackRequest
+from nextbest.serving import followups
+from nextbest.serving.records import (DecisionRecord, Pending, enters_learner, follow_up_s, keep_seconds, log_row,
+                                      pending_rows, ttl)
+from nextbest.serving.schemas import MAX_HORIZON_HOURS, DecideRequest, FeedbackRequest
 from nextbest.serving.settings import ServeSettings
 from nextbest.serving.snapshot import Snapshot
 from nextbest.serving.store import MAX_ATTEMPTS, Conflict, Store, open_store
@@ -258,8 +260,15 @@ class Engine:
         self.log.append("decisions", [log_row(p) for p in finished])
         try:
             keep_s, clock = keep_seconds(self.config, self.policy.online), time.time()
+            later = {p.decision["decision_id"]: follow_up_s(p.decision) for p in finished}
+            later = {k: v for k, v in later.items() if v is not None}
             self.store.put_many("decision", [(p.decision["decision_id"], p.record.to_json(),
-                                              ttl(p.record.decided_at, keep_s, clock)) for p in finished])
+                                              ttl(p.record.decided_at, keep_s, clock) if p.decision["decision_id"]
+                                              not in later else max(later[p.decision["decision_id"]] + followups.KEEP_S
+                                                                    - clock, 60.0)) for p in finished])
+            followups.schedule(self.store, [(p.decision["decision_id"], p.decision["customer_id"],
+                                             later[p.decision["decision_id"]])
+                                            for p in finished if p.decision["decision_id"] in later], clock)
             after = self.policy.online.learn_after_hours * 3600.0
             self.store.enqueue([(p.decision["decision_id"], p.record.decided_at + after) for p in finished
                                 if enters_learner(p.record, after, clock)])
@@ -277,6 +286,28 @@ class Engine:
                           "their callers got an error", len(decision_ids), reason)
 
     # ------------------------------------------------------------------ feedback
+    def due(self, until: datetime, limit: int = 1000) -> dict:
+        """``GET /v1/due``: the follow-ups due by ``until`` whose message is still unopened, each
+        decided again as of its ``follow_up_at`` (``serving.followups``), and those left out."""
+        self._check_store()
+        now_s = time.time()
+        entries = followups.listed(self.store, until.timestamp(), now_s, limit, followups.horizon_s(MAX_HORIZON_HOURS))
+        records = self.store.get_many("decision", [e[0] for e in entries])
+        due, skipped, asks = [], [], []
+        for (did, cid, at), raw in zip(entries, records):
+            if raw is None:
+                skipped.append({"follow_up_of": did, "customer_id": cid, "reason": "unknown decision (erased)"})
+            elif followups.answered(DecisionRecord.from_json(raw).counted):
+                skipped.append({"follow_up_of": did, "customer_id": cid, "reason": "opened"})
+            else:
+                asks.append((did, at, DecideRequest(customer_id=cid, now=datetime.fromtimestamp(at, timezone.utc),
+                                                    request_id=f"follow-up-{did}", context={"follow_up_of": did})))
+        if asks:
+            for (did, at, _), answer in zip(asks, self.decide([a[2] for a in asks])):
+                due.append({"follow_up_of": did, "follow_up_at": datetime.fromtimestamp(at, timezone.utc)
+                            .isoformat(timespec="microseconds").replace("+00:00", "Z"), "decision": answer})
+        return {"due": due, "skipped": skipped}
+
     def events(self, events: list, prefix: str = "") -> list[dict]:
         """Record other senders' message events (``serving.events``); idempotent by event id."""
         check_events(events, self.config, self.settings.max_order_value, self.settings.max_clock_skew_days, prefix)

@@ -229,6 +229,9 @@ class EngineProcess:
     def events(self, events, prefix: str = ""):
         return self._run(_events, _plain(events), prefix)
 
+    def due(self, until, limit: int):
+        return self._run(_call, "due", until, limit)
+
     def stop(self) -> None:
         self._stopped.set()
         pool = self._pool

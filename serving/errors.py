@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
 JSON_ROUTES = ("/v1/decide", "/v1/decide/batch", "/v1/feedback", "/v1/events", "/v1/events/batch")
+MOUNTED_EXACT = ("/v1/due",)  # routes served by an app mounted at that path (serving.service)
 
 
 class BodyError(ValueError):
@@ -172,6 +173,8 @@ class ValidationErrorShape:
             return await self.app(scope, receive, self._publishing(send))
         if scope["method"] == "GET" and scope["path"] in DOCS_PAGE:
             return await serve_index(send)
+        if scope["path"] in MOUNTED_EXACT:  # a mounted app's own root, without Starlette's redirect to ".../"
+            scope = {**scope, "path": scope["path"] + "/", "raw_path": scope["path"].encode() + b"/"}
         if scope["method"] == "POST" and scope["path"] in JSON_ROUTES:
             headers = dict(scope["headers"])
             kind = headers.get(b"content-type", b"").split(b";")[0].strip().lower()

@@ -30,8 +30,12 @@ import json
 import logging
 import os
 import shutil
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+
+from nextbest.serving.followups import forget, horizon_s
+from nextbest.serving.schemas import MAX_HORIZON_HOURS
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +141,7 @@ def erase(customer_ids: list[str], store, log_dir: str | Path, now: datetime | N
     -------
     list of dict
         The receipts: ``customer_hash``, ``at``, ``removed`` (``contact_states``,
-        ``decision_records``, ``idempotency_answers``, ``log_lines``, ``log_lines_pending``).
+        ``decision_records``, ``follow_ups`` (scheduled, ``serving.followups``), ``idempotency_answers``, ``log_lines``, ``log_lines_pending``).
     """
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +164,8 @@ def erase(customer_ids: list[str], store, log_dir: str | Path, now: datetime | N
         store.delete("contact", [cid])
         store.delete("decision", decisions)
         store.delete("request", requests)
-        r["removed"] = {"contact_states": int(had_contact), "decision_records": len(held),
+        follow_ups = forget(store, {cid}, time.time(), horizon_s(MAX_HORIZON_HOURS))
+        r["removed"] = {"contact_states": int(had_contact), "decision_records": len(held), "follow_ups": follow_ups,
                         "idempotency_answers": len(answers), "log_lines": sum(not x.get("_pending") for x in mine),
                         "log_lines_pending": sum(bool(x.get("_pending")) for x in mine)}
     _append_receipts(log_dir, [{**r, "status": "done"} for r in receipts])

@@ -43,12 +43,12 @@ import numpy as np
 import pandas as pd
 
 from nextbest.serving.background import DECAY_EVERY_S
-from nextbest.serving import events, learning
+from nextbest.serving import events, followups, learning
 from nextbest.serving.contact import ContactState
 from nextbest.serving.decision_log import has_records, read_epoch, read_records, write_epoch
 from nextbest.serving.feedback import counts
 from nextbest.serving.idempotency import ANSWER_TTL_S
-from nextbest.serving.records import DecisionRecord, enters_learner, keep_seconds, start_reward
+from nextbest.serving.records import DecisionRecord, enters_learner, follow_up_s, keep_seconds, start_reward
 from nextbest.serving.schemas import DecideResponse
 from nextbest.serving.store import Store, StoreUnavailable
 
@@ -139,6 +139,7 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
     contact: dict[str, ContactState] = {}
     records: dict[str, DecisionRecord] = {}
     logged: dict[str, float] = {}  # decision id -> logged_at
+    follow: dict[str, tuple[str, float]] = {}  # decision id -> (customer, follow-up time)
     answers: list[tuple[str, str, float]] = []
 
     def state(cid: str) -> ContactState:
@@ -168,6 +169,8 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
                                           sent_at=sent, type=r["type"], reward=start_reward(config, ch, off),
                                           calibration=tuple(r.get("calibration") or ()))
             logged[did] = at
+            if r.get("follow_up_at"):
+                follow[did] = (str(r["customer_id"]), follow_up_s(r))
             if send and r["type"] == "marketing":
                 contact[str(r["customer_id"])] = state(str(r["customer_id"])).with_send(sent, ch)
             if r.get("request_id"):
@@ -198,6 +201,8 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
         elif learns:
             queue.append((did, due))
         left = max(rec.decided_at, logged[did]) + keep_s - now_s
+        if did in follow:  # kept until its follow-up is no longer listed (``serving.followups``)
+            left = max(left, follow[did][1] + followups.KEEP_S - now_s)
         if left > 0:
             kept.append((did, rec.to_json(), left))
     requests = [(rid, json.dumps(a), ANSWER_TTL_S - (now_s - at)) for rid, a, at in answers
@@ -210,10 +215,12 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
     store.put_many(events.EVENT_NS, [(e, "1", events.EVENT_ID_TTL_S - (now_s - at)) for e, at in event_ids.items()
                                      if events.EVENT_ID_TTL_S - (now_s - at) > 0])
     store.enqueue([q for q in queue if q[0] in {k for k, _, _ in kept}])
+    due = [(did, cid, at) for did, (cid, at) in follow.items() if at + followups.KEEP_S > now_s]
+    followups.schedule(store, due, now_s)
     store.add_stats(deltas)
     store.put(META, EPOCH, epoch)
     out = {"contact": len(contact), "decision": len(kept), "request": len(requests), "queue": len(queue),
-           "matured": matured}
+           "matured": matured, "follow_ups": len(due)}
     log.info("rebuilt the store from %s: %s (epoch %s)", log_dir, out, epoch)
     return out
 

@@ -27,6 +27,7 @@ import numpy as np
 from nextbest.decision.calibration import contact_context
 from nextbest.decision.objective import realized_profit
 from nextbest.decision.online import SUPPRESS
+from nextbest.serving.followups import CONDITION
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,21 @@ class Pending:
     inputs: dict | None = None       # for the log: the request and what the decision was taken on
 
 
+def follow_up(send_s: float | None, hours: float | None) -> dict:
+    """The answer's ``follow_up_at`` and ``follow_up_if`` (``serving.followups``): set for a marketing
+    send whose request asked for a follow-up."""
+    if send_s is None or hours is None:
+        return {"follow_up_at": None, "follow_up_if": None}
+    at = datetime.fromtimestamp(send_s + hours * 3600.0, timezone.utc)
+    return {"follow_up_at": at.isoformat(timespec="microseconds").replace("+00:00", "Z"), "follow_up_if": CONDITION}
+
+
+def follow_up_s(decision: dict) -> float | None:
+    """A decision's ``follow_up_at`` in epoch seconds (None without one)."""
+    at = decision.get("follow_up_at")
+    return None if at is None else datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+
+
 def log_row(p: Pending) -> dict:
     """The decision log's line of a decision (its format is a contract: ``serving.decision_log``)."""
     return {**p.decision, "now": datetime.fromtimestamp(p.record.decided_at, timezone.utc).isoformat(),
@@ -216,6 +232,7 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
             "channel": ch, "channels": channels, "send_at": str(send_at_ns[pos])[:26] + "Z" if send else None,
             "local_hour": int(f["local_hour"][pos]) if send else None, "offer": off,
             "offer_expires_at": offer_expiry(send_s if send else None, off, config),
+            **follow_up(send_s if send and kind == "marketing" else None, getattr(r, "follow_up_hours", None)),
             "propensity": round(f["propensity"][pos], PROBABILITY_DIGITS),
             "expected_value": round(f["expected_value"][pos], MONEY_DIGITS),
             "explored": f["explored"][pos], "control": f["control"][pos],

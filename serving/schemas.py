@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from nextbest.decision.online import FEEDBACK_EVENTS
 from nextbest.features.schema import EVENT_TYPES
 from nextbest.features.localtime import WEEK_HOURS
+from nextbest.serving.followups import MAX_FOLLOW_UP_HOURS
 
 MAX_BATCH = 10_000
 ID = r"\S"  # an identifier holds at least one non-blank character
@@ -86,10 +87,15 @@ class DecideRequest(Strict):
     request_id: str | None = Field(None, min_length=1, max_length=200, pattern=ID, json_schema_extra=NULLABLE,
                                    description="idempotency key: the same id gets the same decision, recorded once")
     profile: Profile | None = Field(None, json_schema_extra=NULLABLE)
+    follow_up_hours: float | None = Field(
+        None, ge=1.0, le=MAX_FOLLOW_UP_HOURS, json_schema_extra=NULLABLE,
+        description="if a marketing message sent by this decision has not been opened this many hours after "
+                    "send_at, GET /v1/due lists it with a new decision (serving/followups.py); a transactional "
+                    "message (sent on every consented channel at once) or a suppression has no follow-up")
 
     _text = field_validator("now", mode="before")(lambda cls, v: iso_text(v))
     _utc = field_validator("now")(lambda cls, v: as_utc(v))
-    _number = field_validator("horizon_hours", mode="before")(lambda cls, v: number(v))
+    _number = field_validator("horizon_hours", "follow_up_hours", mode="before")(lambda cls, v: number(v))
 
 
 class OptionScore(BaseModel):
@@ -114,6 +120,10 @@ class DecideResponse(BaseModel):
     offer_expires_at: datetime | None = Field(None, json_schema_extra=NULLABLE,
                                               description="UTC; when the offer stops holding (send_at + the offer's "
                                                           "valid_for_hours); null without an offer or an end")
+    follow_up_at: datetime | None = Field(None, json_schema_extra=NULLABLE,
+                                          description="UTC; when GET /v1/due lists this message for a new decision "
+                                                      "if it is still unopened (send_at + follow_up_hours)")
+    follow_up_if: Literal["not_opened"] | None = Field(None, json_schema_extra=NULLABLE)
     propensity: float = Field(description="probability of exactly this action under the policy")
     expected_value: float
     explored: bool
@@ -302,6 +312,46 @@ def release() -> str:
         return "dev"
 
 
+MAX_DUE = 10_000  # follow-ups answered by one GET /v1/due
+
+
+def _due_path(spec: dict) -> dict:
+    """``GET /v1/due`` (served beside BentoML's routes, ``serving.service``), its decisions in the
+    shape of ``POST /v1/decide``'s answer."""
+    import copy
+
+    try:
+        decision = copy.deepcopy(spec["paths"]["/v1/decide"]["post"]["responses"]["200"]["content"]
+                                 ["application/json"]["schema"])
+    except KeyError:
+        decision = {"type": "object"}
+    text = {"type": "string"}
+    body = {"type": "object", "required": ["due", "skipped"], "properties": {
+        "due": {"type": "array", "items": {"type": "object", "required": ["follow_up_of", "follow_up_at", "decision"],
+                                           "properties": {"follow_up_of": text, "follow_up_at": text,
+                                                          "decision": decision}}},
+        "skipped": {"type": "array", "items": {"type": "object", "required": ["follow_up_of", "customer_id", "reason"],
+                                               "properties": {"follow_up_of": text, "customer_id": text,
+                                                              "reason": text}}}}}
+    return {"get": {
+        "summary": "Follow-ups due",
+        "description": "The follow-ups (decisions made with follow_up_hours) due by `until` whose message is still "
+                       "unopened, each decided again as of its follow_up_at; those left out, with why. At least "
+                       "once: every call lists a due follow-up for a day, with the same decision (decide scope).",
+        "operationId": "nextbest__due", "tags": ["Service APIs"], "security": [{"apiKey": []}],
+        "parameters": [{"name": "until", "in": "query", "required": True,
+                        "description": "ISO 8601 time (naive = UTC): list what is due by then",
+                        "schema": {"type": "string", "format": "date-time"}},
+                       {"name": "limit", "in": "query", "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DUE, "default": 1000}}],
+        "responses": {"200": {"description": "due follow-ups with their decisions, and those left out",
+                              "content": {"application/json": {"schema": body}}},
+                      **{code: {"description": text_, "content": {"application/json": {"schema": _ERROR}}}
+                         for code, text_ in (("400", "a query parameter is missing or wrong"),
+                                             *list(_STATUSES.items())[:2],
+                                             ("503", "the engine or the store is unavailable; retry"))}}}}
+
+
 def publish(spec: dict, config, settings) -> dict:
     """The OpenAPI document BentoML builds from the models above, with what the deployment's config
     allows: channel and offer names as enums, consent per configured channel, IANA time zones, the
@@ -397,6 +447,7 @@ def publish(spec: dict, config, settings) -> dict:
                 if path.startswith("/v1/decide"):
                     responses.setdefault("409", {"description": "the request id is being decided by another call",
                                                  "content": {"application/json": {"schema": _ERROR}}})
+    spec["paths"]["/v1/due"] = _due_path(spec)
     spec["paths"]["/v1/customers/{customer_id}"] = {"delete": {
         "summary": "Erase a customer",
         "description": "Remove a customer from the store, the decision log and future exports; answers the "

@@ -35,10 +35,11 @@ from starlette.routing import Route
 
 from nextbest.serving.batcher import MicroBatcher
 from nextbest.serving.engine import Conflict, InvalidInput, UnknownDecision
-from nextbest.serving.engine_process import RETRY_AFTER_S, EngineProcess, unavailable_status
+from nextbest.serving.engine_process import RETRY_AFTER_S, EngineProcess, EngineUnavailable, unavailable_status
 from nextbest.serving.auth import Auth
 from nextbest.serving.checks import check_feedback
 from nextbest.serving.errors import ValidationErrorShape
+from nextbest.serving.schemas import MAX_DUE
 from nextbest.serving.schemas import (BatchRequest, BatchResponse, DecideRequest, DecideResponse, EventBatch,
                                       EventBatchResponse, EventRequest, EventResponse, FeedbackRequest,
                                       FeedbackResponse)
@@ -86,6 +87,7 @@ class DecisionService:
     def __init__(self):
         settings = ServeSettings.from_env()
         self.engine = EngineProcess(settings)
+        _WORKER["engine"] = self.engine  # for the routes mounted beside BentoML's
         self.batcher = MicroBatcher(self.engine.decide_each, settings.micro_batch_ms, settings.micro_batch_max)
         self._version = None
         self._note_version(self.engine.version)
@@ -167,6 +169,47 @@ class DecisionService:
         return _json({"events": out})
 
 
+_WORKER: dict = {}  # this worker's engine, for the Starlette routes below
+
+
+def _bad(field: str, text: str) -> Response:
+    return _json({"error": text, "field": field, "detail": text}, 400)
+
+
+async def _due(request: Request) -> Response:
+    """``GET /v1/due?until=T[&limit=N]``: the follow-ups due by ``T`` whose message is still unopened,
+    each with its new decision (``serving.followups``); at least once, the same decision each time."""
+    import anyio
+    from datetime import datetime, timezone
+
+    engine = _WORKER.get("engine")
+    if engine is None:
+        return _error(EngineUnavailable("the decision engine is starting; retry shortly"))
+    unknown = sorted(set(request.query_params) - {"until", "limit"})
+    if unknown:
+        return _bad(unknown[0], f"unknown query parameter {unknown[0]!r}; known: until, limit")
+    raw = request.query_params.get("until")
+    try:
+        until = datetime.fromisoformat(raw) if raw else None
+    except ValueError:
+        until = None
+    if until is None:
+        return _bad("until", "until: an ISO 8601 time (naive = UTC) is required, e.g. 2026-12-01T12:00:00Z")
+    until = until.replace(tzinfo=timezone.utc) if until.tzinfo is None else until.astimezone(timezone.utc)
+    try:
+        limit = int(request.query_params.get("limit", "1000"))
+    except ValueError:
+        limit = 0
+    if not 1 <= limit <= MAX_DUE:
+        return _bad("limit", f"limit: an integer from 1 to {MAX_DUE}")
+    try:
+        out = await anyio.to_thread.run_sync(engine.due, until, limit)
+    except Exception as exc:  # noqa: BLE001 - _error re-raises what it does not map
+        return _error(exc)
+    _count([d["decision"] for d in out["due"]])
+    return _json(out)
+
+
 async def _erase(request: Request) -> Response:
     """``DELETE /v1/customers/{customer_id}``: erase one customer, answer the receipt."""
     import anyio
@@ -193,3 +236,4 @@ DecisionService.add_asgi_middleware(Auth)  # first: the outermost, before any bo
 DecisionService.add_asgi_middleware(ValidationErrorShape)
 DecisionService.mount_asgi_app(Starlette(routes=[Route("/{customer_id:path}", _erase, methods=["DELETE"])]),
                                path="/v1/customers")
+DecisionService.mount_asgi_app(Starlette(routes=[Route("/", _due, methods=["GET"])]), path="/v1/due")

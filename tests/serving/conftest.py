@@ -130,6 +130,9 @@ class Server:
     def post(self, path: str, body, timeout: float = 60.0, key: str = "all") -> httpx.Response:
         return httpx.post(f"{self.url}{path}", json=body, timeout=timeout, headers=auth(key))
 
+    def delete(self, path: str, key: str = "all") -> httpx.Response:
+        return httpx.delete(f"{self.url}{path}", timeout=60, headers=auth(key))
+
     def get(self, path: str, key: str | None = "all") -> httpx.Response:
         return httpx.get(f"{self.url}{path}", timeout=60, headers=auth(key) if key else None)
 

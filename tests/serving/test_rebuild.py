@@ -29,10 +29,11 @@ def ready(server) -> bool:
 def traffic(server, ids: list[str]) -> tuple[list[dict], list[tuple[str, str]]]:
     """A decision with a request id for each customer (live: on the server's clock, so they enter
     the learner; every fourth one backdated), and feedback on the sends: opens, an order, and an
-    unsubscribe for every third send."""
+    unsubscribe for every third send; every fifth asks for a follow-up."""
     decisions, unsubscribed = [], []
     for i, cid in enumerate(ids):
-        body = {"customer_id": cid, "request_id": f"rb-{i}", **({"now": NOW.isoformat()} if i % 4 == 0 else {})}
+        body = {"customer_id": cid, "request_id": f"rb-{i}", **({"now": NOW.isoformat()} if i % 4 == 0 else {}),
+                **({"follow_up_hours": 2} if i % 5 == 1 else {})}  # follow-ups are rebuilt too
         r = server.post("/v1/decide", body)
         assert r.status_code == 200, r.text
         decisions.append(r.json())
