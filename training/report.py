@@ -34,6 +34,7 @@ class ReportData:
     reliability: dict
     send_time: pd.DataFrame | None = None
     facts: dict = field(default_factory=dict)
+    picks: pd.DataFrame | None = None      # per channel: the policy's own picks (tracking.policy_picks)
 
 
 def _figure(w=7.0, h=3.6):
@@ -160,6 +161,17 @@ def write_report(data: ReportData, out: str | Path) -> Path:
                   "by": "by", "group": "group", "messages": "messages",
                   "orders_per_1000": "extra orders /1,000", "orders_low": "low", "orders_high": "high",
                   "profit_per_1000": "extra profit /1,000", "profit_low": "low ", "profit_high": "high "}))]
+    if data.picks is not None and len(data.picks):
+        parts += ["<h2>Per customer, not on average: the messages the policy picks</h2>",
+                  "<p>The table above averages over every message that was sent, to whomever the logging policy "
+                  "chose. The policy does not send at random: it sends on a channel only to the customers for "
+                  "whom it expects that channel to add the most. So a channel can lose money on average and "
+                  "still be the right choice for some customers. Below, for the same held-out days: how often the "
+                  "policy would pick each channel, and what its own picks add per 1,000 messages (estimated with "
+                  "the off-policy reward model of the headline). Where a channel's picks are negative here too, "
+                  "the policy's models and this measurement disagree about it: look at that channel before "
+                  "trusting the policy's choice of it.</p>",
+                  _table(data.picks, "{:,.3f}")]
     if data.uplift:
         rows = [{"offer": o, "Qini coefficient": u["qini"][0], "low": u["qini"][1], "high": u["qini"][2],
                  "AUUC": u["auuc"][0]} for o, u in data.uplift.items()]

@@ -167,6 +167,10 @@ def test_report_artifact_has_html_and_plots(two_runs):
     for png in pngs:  # each chart is embedded (MLflow's viewer shows the page without its neighbours)
         assert f"<img alt='{png.split('/')[1]}' src='data:image/png;base64," in html
     assert "extra profit per 1,000 customers" in html
+    # why a channel that loses on average can still be picked: the policy's own picks per channel
+    picks = html.split("Per customer, not on average", 1)[1].split("<h2>", 1)[0]
+    for channel in ("email", "sms", "push"):
+        assert f"<td>{channel}</td>" in picks or f">{channel}<" in picks
 
 
 def test_run_page_speaks_to_marketers(two_runs):
