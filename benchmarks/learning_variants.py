@@ -45,7 +45,8 @@ def retrainer(cfg, champion, workdir: Path, gate: bool, seed: int = 5):
                                message_ids=set(served_ids))
         ev = paired_evaluation(rounds, candidate, serving[0], n_boot=cfg.retrain.n_boot, seed=seed)
         ok, reason = paired_gate(ev.estimate, cfg.retrain.min_gain)
-        print(workdir.name, data.end.date(), reason, flush=True)
+        print(workdir.name, data.end.date(), reason, f"(ESS candidate {ev.ess_candidate:.0f}, champion "
+              f"{ev.ess_champion:.0f} of {ev.rounds} rounds; agreement {ev.agreement:.2f})", flush=True)
         if ok or not gate:
             serving[0] = candidate
             return candidate
