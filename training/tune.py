@@ -85,19 +85,17 @@ def history_plot(study, path: Path) -> Path:
     """The optimisation history (Optuna's own plot: each completed trial's objective and the best so far)."""
     import warnings
 
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # no backend switch: a notebook calling tune keeps its inline plots
     import optuna
     from optuna.visualization.matplotlib import plot_optimization_history
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), plt.rc_context():  # Optuna sets the ggplot style globally: undone after
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = plot_optimization_history(study)
-    ax.set_title("Tuning: validation log loss of the response models, summed (lower is better)", fontsize=10)
-    ax.set_ylabel("summed log loss")
-    ax.figure.set_size_inches(9, 5)
-    ax.figure.savefig(path, dpi=100, bbox_inches="tight")
+        ax.set_title("Tuning: validation log loss of the response models, summed (lower is better)", fontsize=10)
+        ax.set_ylabel("summed log loss")
+        ax.figure.set_size_inches(9, 5)
+        ax.figure.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(ax.figure)
     return path
 
