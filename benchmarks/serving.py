@@ -97,8 +97,10 @@ def prepare(home: Path, customers: int) -> Path:
     return data
 
 
-def start_service(home: Path, data: Path, port: int, workdir: Path, store: str, workers: int = 1):
-    env = {**project_env(home), "NEXTBEST_STORE_URL": store, "NEXTBEST_API_KEYS": f"{KEY}:decide,feedback,events,admin"}
+def start_service(home: Path, data: Path, port: int, workdir: Path, store: str, workers: int = 1,
+                  extra_env: dict | None = None):
+    env = {**project_env(home), "NEXTBEST_STORE_URL": store, "NEXTBEST_API_KEYS": f"{KEY}:decide,feedback,events,admin",
+           **(extra_env or {})}
     out = open(workdir / f"server-{port}.log", "ab")
     proc = subprocess.Popen([BIN / "nextbest", "serve", str(data), "--port", str(port), "--workers", str(workers),
                              "--log-dir", str(workdir / "log")], env=env, cwd=home, stdout=out,

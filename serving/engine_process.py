@@ -121,6 +121,12 @@ def _decide(payload: list[dict], prefix: str):
     return _guarded(_engine.decide)([DecideRequest.model_validate(p) for p in payload], prefix)
 
 
+def _check(payload: list[dict], prefix: str):
+    from nextbest.serving.schemas import DecideRequest
+
+    return _guarded(_engine.check)([DecideRequest.model_validate(p) for p in payload], prefix)
+
+
 def _decide_each(payload: list[dict]):
     from nextbest.serving.schemas import DecideRequest
 
@@ -217,6 +223,9 @@ class EngineProcess:
 
     def decide(self, requests, prefix: str = ""):
         return self._run(_decide, _plain(requests), prefix)
+
+    def check(self, requests, prefix: str = ""):
+        return self._run(_check, _plain(requests), prefix)
 
     def decide_each(self, requests):
         return self._run(_decide_each, _plain(requests))

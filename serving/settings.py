@@ -27,6 +27,7 @@ class ServeSettings:
     learner_sync_seconds: float
     micro_batch_ms: float
     micro_batch_max: int
+    batch_chunk: int
     workers: int
     max_clock_skew_days: float
     auth_required: bool
@@ -60,6 +61,7 @@ class ServeSettings:
             learner_sync_seconds=s.learner_sync_seconds,
             micro_batch_ms=s.micro_batch_ms,
             micro_batch_max=s.micro_batch_max,
+            batch_chunk=s.batch_chunk,
             workers=workers,
             max_clock_skew_days=s.max_clock_skew_days,
             auth_required=s.auth.required,

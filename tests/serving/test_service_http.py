@@ -197,6 +197,27 @@ def test_batch_answers_in_order_and_all_or_nothing(server, project, customers):
     assert len(read_records(server.log_dir, "decisions")) == logged  # nothing written
 
 
+def test_a_batch_over_one_chunk_answers_like_one_call_and_is_checked_whole(server, customers):
+    """Batches are decided in chunks of serving.batch_chunk (100) rows: the same answers as one by
+    one, in order; a bad row in a later chunk refuses the whole batch before anything is decided."""
+    ids = customers(250, offset=300)
+    reqs = [{"customer_id": c, "now": NOW.isoformat(), "request_id": f"chunked-{i}"} for i, c in enumerate(ids)]
+    out = server.post("/v1/decide/batch", {"requests": reqs})
+    assert out.status_code == 200, out.text
+    decisions = out.json()["decisions"]
+    assert [d["customer_id"] for d in decisions] == ids
+    assert [d["request_id"] for d in decisions] == [r["request_id"] for r in reqs]
+    for i in (0, 99, 100, 249):  # across chunk borders: each answer is the one its request id gets alone
+        again = server.post("/v1/decide", reqs[i]).json()
+        assert again["decision_id"] == decisions[i]["decision_id"]
+    logged = len(read_records(server.log_dir, "decisions"))
+    bad = [{"customer_id": c, "now": NOW.isoformat()} for c in ids]
+    bad[180]["channels"] = ["fax"]
+    r = server.post("/v1/decide/batch", {"requests": bad})
+    assert r.status_code == 400 and r.json()["field"] == "requests[180].channels"
+    assert len(read_records(server.log_dir, "decisions")) == logged  # the first chunk was not decided either
+
+
 BAD = [
     ("/v1/decide", {"customer_id": "c1", "channels": ["fax"]}, "channels"),
     ("/v1/decide", {"customer_id": "c1", "offers": ["pct99"]}, "offers"),
