@@ -143,10 +143,14 @@ class Request:
             return self.now.asi8.astype(np.int64)
         return np.full(n, self.now.value, dtype=np.int64)
 
-    def horizons(self, n: int, default: float) -> np.ndarray:
-        """Horizon per customer (n,); ``default`` where the request gives none."""
+    def horizons(self, n: int, default: float, triggered: float | None = None) -> np.ndarray:
+        """Horizon per customer (n,) where the request gives none: ``triggered`` for a context with a
+        ``trigger`` (a cart abandoned now is worth a message now or never), else ``default``."""
         h = np.broadcast_to(np.asarray(self.horizon_hours, dtype=float), (n,))
-        return np.where(np.isnan(h), default, h)
+        fallback = np.full(n, float(default))
+        if triggered is not None and self.contexts is not None:
+            fallback[[bool((c or {}).get("trigger")) for c in self.contexts]] = triggered
+        return np.where(np.isnan(h), fallback, h)
 
 
 @dataclass
@@ -243,7 +247,8 @@ class DecisionPolicy:
         tz_code = features["timezone"].cat.codes.to_numpy()
         local = now_s + utc_offsets(now_s, tz_code, tz_names)
         delay = delay_to_hours((local // 3600) % 24, (local % 3600) // 60)
-        elig = eligible(features, contact, cfg, delay, request.contexts, request.horizons(n, cfg.decision.horizon_hours),
+        elig = eligible(features, contact, cfg, delay, request.contexts, request.horizons(n, cfg.decision.horizon_hours,
+                                                                                     cfg.decision.trigger_horizon_hours),
                         request.type == "transactional", request.channels, request.offers)
         allowed = elig.allowed
         value = np.full((n, K, O), -np.inf)

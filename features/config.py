@@ -223,6 +223,7 @@ class OnlineSection(Section):
 
 class DecisionSection(Section):
     horizon_hours: Num = Field(gt=0)
+    trigger_horizon_hours: Num = Field(gt=0)
 
 
 class AuthSection(Section):

@@ -163,6 +163,27 @@ def test_per_customer_now_and_horizon_equal_separate_calls(trained, snapshot, co
         assert together.frame["expected_value"].iloc[i] == pytest.approx(one.frame["expected_value"].iloc[0])
 
 
+def test_a_triggered_request_sends_within_the_trigger_horizon_or_not_at_all(trained, snapshot, config):
+    """``context.trigger`` (a cart abandoned now): a message within decision.trigger_horizon_hours or
+    none; other rows of the same batch keep the day-long horizon, and an explicit one wins."""
+    f = snapshot.iloc[:300]
+    contact = ContactHistory.from_features(f, config)
+    now = pd.Timestamp("2026-10-01 09:00", tz="UTC")
+    greedy = trained.policy.with_exploration(trained.policy.exploration.with_(method="greedy", control_share=0.0))
+    plain = greedy.decide(f, contact, Request(now=now)).frame
+    later = (plain["send_at"] - now) > pd.Timedelta(hours=config.decision.trigger_horizon_hours)
+    assert later.sum() > 20  # without a trigger, many sends wait for a better hour
+    contexts = [{"trigger": "cart_abandoned"} if i % 2 else {} for i in range(len(f))]
+    mixed = greedy.decide(f, contact, Request(now=now, contexts=contexts)).frame
+    odd = np.arange(len(f)) % 2 == 1
+    wait = (mixed["send_at"] - now).where(mixed["action"] == "send")
+    assert (wait[odd].dropna() <= pd.Timedelta(hours=config.decision.trigger_horizon_hours)).all()
+    assert (mixed["action"][odd] == "send").any() and (mixed["action"][odd & later.to_numpy()] == "suppress").any()
+    assert mixed["send_at"][~odd].equals(plain["send_at"][~odd])  # untriggered rows as before
+    explicit = greedy.decide(f, contact, Request(now=now, contexts=contexts, horizon_hours=24.0)).frame
+    assert explicit["send_at"].equals(plain["send_at"])
+
+
 def test_send_keeps_its_local_hour_across_a_daylight_saving_change(trained, snapshot, config):
     """Berlin leaves summer time at 01:00 UTC on 2026-10-25: a send planned at 00:30 local for
     08:00 local must go out at 07:00 UTC (08:00 CET), not 06:00 UTC (07:00, inside push quiet hours)."""
