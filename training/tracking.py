@@ -27,6 +27,7 @@ from nextbest.features.config import Config
 from nextbest.decision import registry
 from nextbest.training import run_metrics
 from nextbest.training.evaluate import measured_incrementality, response_metrics, uplift_evaluation
+from nextbest.training.policy_breakdown import policy_picks, what_changed
 from nextbest.training.report import ReportData, write_report
 from nextbest.training.settings import TrainingSettings, data_fingerprint
 from nextbest.sim.simulation_eval import evaluate_on_world, load_truth
@@ -127,30 +128,12 @@ def offpolicy_headline(res: TrainResult, config: Config, champion=None, seed: in
     w = rp.pi_logged / rounds.propensity
     out = {"vs": vs, "rounds": n, "value": vs["nothing"].candidate, "logging_value": vs["logging"].champion,
            "ess": float(w.sum() ** 2 / max((w ** 2).sum(), 1e-300)), "unsupported": float((rp.pi_logged == 0).mean()),
-           "picks": policy_picks(rp.dist, q[:, :A], config)}
+           "picks": policy_picks(rp.dist, q[:, :A], config),
+           "changed": what_changed(rp, q[:, :A], rp_0, q[:, A:], config) if rp_0 is not None else None}
     log.info("off-policy headline on %d held-out decisions: %s", n, ", ".join(
         f"vs {k} {1000 * e.difference:+.1f} [{1000 * e.ci_low:+.1f}, {1000 * e.ci_high:+.1f}] per 1,000"
         for k, e in vs.items()))
     return out
-
-
-def policy_picks(dist: np.ndarray, q: np.ndarray, config: Config) -> pd.DataFrame:
-    """Per channel, the messages the policy itself would send on the held-out days: their share of
-    the customer-days, and their extra profit per 1,000 messages over sending nothing by the
-    headline's reward model (``q``, (n, A), option 0 = nothing). The report sets this beside the
-    channel's average over every message the logging policy sent, which is a different question:
-    a channel that loses money on average can still be worth it for the customers the policy picks."""
-    K, O = len(config.channel_names), len(config.offer_names)
-    extra = q[:, 1:] - q[:, :1]
-    rows = []
-    for k, c in enumerate(config.channel_names):
-        cols = slice(k * O, (k + 1) * O)
-        d = dist[:, 1:][:, cols]
-        share = float(d.sum(axis=1).mean())
-        per_message = float((d * extra[:, cols]).sum() / d.sum()) if d.sum() > 0 else float("nan")
-        rows.append({"channel": c, "share of customer-days": share,
-                     "extra profit /1,000 of its messages": 1000 * per_message})
-    return pd.DataFrame(rows)
 
 
 def evaluate_and_report(res: TrainResult, config: Config, out_dir: Path, version: str,
@@ -185,8 +168,11 @@ def evaluate_and_report(res: TrainResult, config: Config, out_dir: Path, version
     facts = {"decisions learned from": f"{res.info['train_decisions']:,}",
              "held-out decisions": f"{res.info['valid_decisions']:,}", "held out from": res.info["validation_from"]}
     picks = headline.get("picks") if headline else None
+    changed = headline.get("changed") if headline else None
+    if changed is not None:
+        changed.attrs["champion"] = "version " + str(getattr(champion, "version", "?")).rsplit("/", 1)[-1]
     path = write_report(ReportData("What messages add: uplift report", version, values, note, inc, uplift,
-                                   responses, curves, send_time, facts, picks), out_dir)
+                                   responses, curves, send_time, facts, picks, changed), out_dir)
     return run_metrics.finite(metrics), path
 
 

@@ -137,6 +137,21 @@ def test_uplift_report_renders_with_its_charts(links, page):
     page.screenshot(path=OUTPUT / "uplift_report.png", full_page=True)
 
 
+def test_newest_report_shows_what_changed_against_the_champion(links, page):
+    """Version 2 was trained with version 1 as champion: its report has the "what changed" table
+    (by channel, offer and send time), in the browser as the marketer opens it."""
+    from playwright.sync_api import expect
+
+    page.goto(links["uplift report of version 2 (newest)"])
+    report = page.frame_locator("iframe.mlflow-html-iframe")
+    expect(report.get_by_text("What changed against the champion (version 1)")).to_be_visible()
+    table = report.locator("h2:has-text('What changed') + p + table")
+    for group in ("email", "sms", "push", "morning (6-11)"):
+        expect(table.get_by_role("cell", name=group, exact=True)).to_be_visible()
+    expect(table.get_by_role("columnheader", name="change in extra profit /1,000 customers")).to_be_visible()
+    page.screenshot(path=OUTPUT / "what_changed.png", full_page=True)
+
+
 def test_compare_view_puts_two_versions_side_by_side(links, page):
     from playwright.sync_api import expect
 
