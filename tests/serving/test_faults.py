@@ -232,6 +232,12 @@ def redis_server(tmp_path_factory):
         r.stop()
 
 
+def _decided(ledger, tag: str) -> int:
+    """Decisions acknowledged so far in the traffic phase ``tag``."""
+    with ledger.lock:
+        return sum(d["request_id"].startswith(f"{tag}-") for _, d in ledger.decisions)
+
+
 def engine_processes(server) -> list[psutil.Process]:
     """The server's live engine processes (``multiprocessing`` spawn children of its workers)."""
     out = []
@@ -271,7 +277,7 @@ def test_redis_faults_and_a_killed_engine(server_factory, redis_server, project,
 
     # kill -9 of the engine child: 503s while it restarts, never a 500
     with Traffic(server, ledger, ids, BASE + timedelta(days=1), "engine"):
-        time.sleep(1)
+        assert poll(lambda: _decided(ledger, "engine") >= 10, timeout=60)  # traffic before the fault
         engines = engine_processes(server)
         assert len(engines) == 1
         engines[0].kill()
@@ -286,7 +292,7 @@ def test_redis_faults_and_a_killed_engine(server_factory, redis_server, project,
     # Redis stopped under traffic, started again with its append-only file
     lines_before = server.log_tail(10**8).count("\n")
     with Traffic(server, ledger, ids, BASE + timedelta(days=2), "redis-stop"):
-        time.sleep(1)
+        assert poll(lambda: _decided(ledger, "redis-stop") >= 10, timeout=60)
         redis_server.stop()
         assert poll(lambda: httpx.get(f"{server.url}/readyz", timeout=5).status_code == 503, timeout=10)
         time.sleep(12)  # the outage lasts 12 s (long enough for one throttled log line per 10 s)
@@ -385,7 +391,7 @@ def _sqlite_faults(server_factory, project, customers, people, cfg, tmp_path):
 
     # kill -9 of the whole tree under traffic, restart on the same store and log
     with Traffic(server, ledger, ids, BASE + timedelta(days=3), "kill"):
-        time.sleep(2)
+        assert poll(lambda: _decided(ledger, "kill") >= 20, timeout=60)
         server.kill()
     restarted = server_factory(workdir=tmp_path)
     killed = [d for _, d in ledger.decisions if d["request_id"].startswith("kill")]

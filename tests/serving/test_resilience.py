@@ -15,6 +15,7 @@ from nextbest.decision.objective import channel_costs
 from nextbest.serving.decision_log import read_records
 from nextbest.serving.records import DecisionRecord
 from nextbest.serving.store import open_store
+from serving_waits import poll
 
 # yesterday 09:30 UTC: requests may not be further than serving.max_clock_skew_days from the clock
 NOW = (datetime.now(timezone.utc) - timedelta(days=1)).replace(hour=9, minute=30, second=0, microsecond=0)
@@ -84,7 +85,7 @@ class Traffic:
 def test_kill_9_loses_no_acknowledged_decision_or_feedback(server_factory, customers, tmp_path):
     server = server_factory(workdir=tmp_path)
     with Traffic(server, customers(300)) as traffic:
-        time.sleep(4)
+        assert poll(lambda: len(traffic.decisions) > 40 and traffic.feedbacks, timeout=60)
         server.kill()  # SIGKILL to the whole process group, mid-traffic
     assert len(traffic.decisions) > 20 and traffic.feedbacks
     logged = {r["decision_id"] for r in read_records(server.log_dir, "decisions")}
@@ -120,14 +121,13 @@ def test_hot_swap_under_traffic_fails_no_request(server_factory, project, custom
     out = subprocess.run([sys.executable, "-c", script], env=project.env, capture_output=True, text=True, check=True)
     old_v, new_v = out.stdout.split()[-2:]
     champion, new = type("V", (), {"version": old_v}), type("V", (), {"version": new_v})
+    swapped_to = f"nextbest/{new.version}"
     with Traffic(server, customers(500), threads=3, fixed_now=False, feedback=False) as traffic:
-        time.sleep(2)
+        assert poll(lambda: len(traffic.decisions) >= 20, timeout=60)  # traffic on the old version first
         project.run("promote", str(new.version), "--force", "--note", "hot swap test")
-        deadline = time.time() + 60
-        while time.time() < deadline and not any(d["policy_version"] == f"nextbest/{new.version}"
-                                                 for d in traffic.decisions[-20:]):
-            time.sleep(0.5)
-        time.sleep(2)
+        assert poll(lambda: any(d["policy_version"] == swapped_to for d in traffic.decisions[-20:]), timeout=60)
+        swapped_at = len(traffic.decisions)
+        assert poll(lambda: len(traffic.decisions) >= swapped_at + 20, timeout=60)  # and traffic after it
     try:
         assert traffic.failures == []
         versions = [d["policy_version"] for d in traffic.decisions]
@@ -145,8 +145,6 @@ def test_a_new_export_loads_into_the_running_service_under_traffic(server_factor
     a bad export is refused and the running snapshot stays."""
     import os
     import shutil
-
-    from serving_waits import poll
 
     data = tmp_path / "data"
     shutil.copytree(project.data, data)
