@@ -165,7 +165,7 @@ def mature(store: Store, ids: list[str], keep_s: float, now_s: float) -> int:
             if raw is None:
                 continue
             try:
-                new = store.update("decision", did, flip, ttl(DecisionRecord.from_json(raw).decided_at, keep_s, time.time()))
+                new = store.update("decision", did, flip, ttl(DecisionRecord.from_json(raw), keep_s, time.time()))
             except Conflict:
                 store.enqueue([(did, now_s + RETRY_AFTER_S)])
                 continue

@@ -52,7 +52,7 @@ from nextbest.serving.feedback import UnknownDecision, record_feedback
 from nextbest.serving.rebuild import EpochGuard, StoreMismatch
 from nextbest.serving.events import check_events, record_events
 from nextbest.serving import followups
-from nextbest.serving.records import (DecisionRecord, Pending, enters_learner, follow_up_s, keep_seconds, log_row,
+from nextbest.serving.records import (DecisionRecord, Pending, enters_learner, iso_z, keep_seconds, log_row,
                                       pending_rows, ttl)
 from nextbest.serving.schemas import MAX_HORIZON_HOURS, DecideRequest, FeedbackRequest
 from nextbest.serving.settings import ServeSettings
@@ -260,15 +260,11 @@ class Engine:
         self.log.append("decisions", [log_row(p) for p in finished])
         try:
             keep_s, clock = keep_seconds(self.config, self.policy.online), time.time()
-            later = {p.decision["decision_id"]: follow_up_s(p.decision) for p in finished}
-            later = {k: v for k, v in later.items() if v is not None}
             self.store.put_many("decision", [(p.decision["decision_id"], p.record.to_json(),
-                                              ttl(p.record.decided_at, keep_s, clock) if p.decision["decision_id"]
-                                              not in later else max(later[p.decision["decision_id"]] + followups.KEEP_S
-                                                                    - clock, 60.0)) for p in finished])
+                                              ttl(p.record, keep_s, clock)) for p in finished])
             followups.schedule(self.store, [(p.decision["decision_id"], p.decision["customer_id"],
-                                             later[p.decision["decision_id"]])
-                                            for p in finished if p.decision["decision_id"] in later], clock)
+                                             p.record.follow_up_at)
+                                            for p in finished if p.record.follow_up_at is not None], clock)
             after = self.policy.online.learn_after_hours * 3600.0
             self.store.enqueue([(p.decision["decision_id"], p.record.decided_at + after) for p in finished
                                 if enters_learner(p.record, after, clock)])
@@ -304,8 +300,7 @@ class Engine:
                                                     request_id=f"follow-up-{did}", context={"follow_up_of": did})))
         if asks:
             for (did, at, _), answer in zip(asks, self.decide([a[2] for a in asks])):
-                due.append({"follow_up_of": did, "follow_up_at": datetime.fromtimestamp(at, timezone.utc)
-                            .isoformat(timespec="microseconds").replace("+00:00", "Z"), "decision": answer})
+                due.append({"follow_up_of": did, "follow_up_at": iso_z(at), "decision": answer})
         return {"due": due, "skipped": skipped}
 
     def events(self, events: list, prefix: str = "") -> list[dict]:

@@ -89,7 +89,7 @@ def record_feedback(fb, store: Store, log, snapshot, config, online) -> dict:
         log.append("feedback", [{"decision_id": fb.decision_id, "customer_id": rec.customer_id, "event": fb.event,
                                  "ts": ts.isoformat(), "value": fb.value, "channel": rec.channel,
                                  "offer": rec.offer, "reward": reward if inside else 0.0, "type": rec.type}])
-    left = ttl(rec.decided_at, keep_seconds(config, online), time.time())
+    left = ttl(rec, keep_seconds(config, online), time.time())
     accepted = inside and add_event(store, fb.decision_id, key, reward if counts(rec, ts.timestamp(), config) else 0.0,
                                     left)
     if rec.channel is not None:  # idempotent, so applied again on a retry after a crash

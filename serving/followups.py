@@ -33,6 +33,7 @@ NS = "followup"
 BUCKET_S = 3600.0
 KEEP_S = 24 * 3600.0                 # a due follow-up stays listed this long (at-least-once delivery)
 MAX_FOLLOW_UP_HOURS = 14 * 24.0      # the longest follow-up a request may ask for
+MAX_DUE = 10_000                     # follow-ups answered by one GET /v1/due
 ANSWERED = ("opened", "clicked", "converted")  # any of them means the message was opened
 CONDITION = "not_opened"
 
@@ -101,6 +102,12 @@ def forget(store, customer_ids: set[str], now_s: float, ahead_s: float) -> int:
 
     store.update_many(NS, {k: dropper for k in theirs})
     return sum(theirs.values())
+
+
+def record_left_s(follow_up_at_s: float, now_s: float) -> float:
+    """Seconds a followed-up decision's record must still be kept: until its follow-up is no
+    longer listed (:data:`KEEP_S` after it falls due)."""
+    return follow_up_at_s + KEEP_S - now_s
 
 
 def answered(counted) -> bool:

@@ -167,7 +167,8 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
             records[did] = DecisionRecord(customer_id=str(r["customer_id"]), action_key=r["action_key"], channel=ch,
                                           offer=off, learner_input=tuple(r["learner_input"]), decided_at=decided,
                                           sent_at=sent, type=r["type"], reward=start_reward(config, ch, off),
-                                          calibration=tuple(r.get("calibration") or ()))
+                                          calibration=tuple(r.get("calibration") or ()),
+                                          follow_up_at=follow_up_s(r))
             logged[did] = at
             if r.get("follow_up_at"):
                 follow[did] = (str(r["customer_id"]), follow_up_s(r))
@@ -201,8 +202,8 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
         elif learns:
             queue.append((did, due))
         left = max(rec.decided_at, logged[did]) + keep_s - now_s
-        if did in follow:  # kept until its follow-up is no longer listed (``serving.followups``)
-            left = max(left, follow[did][1] + followups.KEEP_S - now_s)
+        if rec.follow_up_at is not None:  # kept until its follow-up is no longer listed (``serving.followups``)
+            left = max(left, followups.record_left_s(rec.follow_up_at, now_s))
         if left > 0:
             kept.append((did, rec.to_json(), left))
     requests = [(rid, json.dumps(a), ANSWER_TTL_S - (now_s - at)) for rid, a, at in answers

@@ -27,6 +27,7 @@ import numpy as np
 from nextbest.decision.calibration import contact_context
 from nextbest.decision.objective import realized_profit
 from nextbest.decision.online import SUPPRESS
+from nextbest.serving import followups
 from nextbest.serving.followups import CONDITION
 
 
@@ -60,6 +61,9 @@ class DecisionRecord:
         message and its contact context ``z`` (``decision.calibration``), from which its opens,
         unsubscribes and orders calibrate the response models
         (``serving.learning.calibration_deltas``); empty otherwise.
+    follow_up_at : float or None
+        When its follow-up falls due (epoch seconds), if the request asked for one: the record is
+        kept until that follow-up is no longer listed, whatever feedback arrives meanwhile.
     """
 
     customer_id: str
@@ -74,6 +78,7 @@ class DecisionRecord:
     matured: bool = False
     counted: tuple[str, ...] = ()
     calibration: tuple[float, ...] = ()
+    follow_up_at: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -139,9 +144,13 @@ def enters_learner(record: DecisionRecord, delay_s: float, clock_s: float) -> bo
     return record.type == "marketing" and record.decided_at + delay_s >= clock_s - CLOCK_TOLERANCE_S
 
 
-def ttl(decided_at: float, keep_s: float, now_s: float) -> float:
-    """Seconds a record taken at ``decided_at`` has left (at least a minute)."""
-    return max(max(decided_at, now_s) + keep_s - now_s, 60.0)
+def ttl(record: DecisionRecord, keep_s: float, now_s: float) -> float:
+    """Seconds a record has left (at least a minute): ``keep_s`` after it was taken, and for a
+    record with a follow-up, as long as its follow-up is listed (``serving.followups``)."""
+    left = max(record.decided_at, now_s) + keep_s - now_s
+    if record.follow_up_at is not None:
+        left = max(left, followups.record_left_s(record.follow_up_at, now_s))
+    return max(left, 60.0)
 
 
 @dataclass
@@ -160,8 +169,12 @@ def follow_up(send_s: float | None, hours: float | None) -> dict:
     send whose request asked for a follow-up."""
     if send_s is None or hours is None:
         return {"follow_up_at": None, "follow_up_if": None}
-    at = datetime.fromtimestamp(send_s + hours * 3600.0, timezone.utc)
-    return {"follow_up_at": at.isoformat(timespec="microseconds").replace("+00:00", "Z"), "follow_up_if": CONDITION}
+    return {"follow_up_at": iso_z(send_s + hours * 3600.0), "follow_up_if": CONDITION}
+
+
+def iso_z(epoch_s: float) -> str:
+    """An instant as the API writes it: ISO 8601 in UTC to the microsecond, with ``Z``."""
+    return datetime.fromtimestamp(epoch_s, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def follow_up_s(decision: dict) -> float | None:
@@ -243,7 +256,8 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
             customer_id=r.customer_id, action_key=f["action_key"][pos] if send else SUPPRESS, channel=ch, offer=off,
             learner_input=tuple(d.learner_inputs[pos, int(d.choice[pos])].tolist()), decided_at=float(now_s[j]),
             sent_at=send_s if send else float(now_s[j]), type=kind, reward=start_reward(config, ch, off),
-            calibration=calibration_inputs(d, hist, pos, config) if send and kind == "marketing" else ())
+            calibration=calibration_inputs(d, hist, pos, config) if send and kind == "marketing" else (),
+            follow_up_at=follow_up_s(decision))
         contact = None
         if send and kind == "marketing":
             contact = (r.customer_id, raw_states[j], states[j].with_send(send_s, ch).to_json())

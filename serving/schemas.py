@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from nextbest.decision.online import FEEDBACK_EVENTS
 from nextbest.features.schema import EVENT_TYPES
 from nextbest.features.localtime import WEEK_HOURS
-from nextbest.serving.followups import MAX_FOLLOW_UP_HOURS
+from nextbest.serving.followups import MAX_DUE, MAX_FOLLOW_UP_HOURS
 
 MAX_BATCH = 10_000
 ID = r"\S"  # an identifier holds at least one non-blank character
@@ -312,7 +312,6 @@ def release() -> str:
         return "dev"
 
 
-MAX_DUE = 10_000  # follow-ups answered by one GET /v1/due
 
 
 def _due_path(spec: dict) -> dict:

@@ -39,7 +39,7 @@ from nextbest.serving.engine_process import RETRY_AFTER_S, EngineProcess, Engine
 from nextbest.serving.auth import Auth
 from nextbest.serving.checks import check_feedback
 from nextbest.serving.errors import ValidationErrorShape
-from nextbest.serving.schemas import MAX_DUE
+from nextbest.serving.followups import MAX_DUE
 from nextbest.serving.schemas import (BatchRequest, BatchResponse, DecideRequest, DecideResponse, EventBatch,
                                       EventBatchResponse, EventRequest, EventResponse, FeedbackRequest,
                                       FeedbackResponse)

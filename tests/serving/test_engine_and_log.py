@@ -132,3 +132,33 @@ def test_the_reward_recorded_for_feedback_is_the_realized_profit(engines, custom
     want = realized_profit(cfg, [cfg.channel_names.index(d["channel"])], [cfg.offer_names.index(d["offer"])],
                            [100.0], [True], [True])[0]
     assert DecisionRecord.from_json(one.store.get("decision", d["decision_id"])).reward == pytest.approx(want)
+
+
+def test_feedback_does_not_shorten_a_followed_up_decisions_keep_time(engines, customers):
+    """A decision whose follow-up falls due after the attribution window keeps its record until the
+    follow-up is no longer listed, also after feedback rewrote it (else ``GET /v1/due`` would skip it
+    as erased)."""
+    import sqlite3
+
+    from nextbest.serving import followups
+    from nextbest.serving.records import keep_seconds
+
+    _, two = engines
+    hours = followups.MAX_FOLLOW_UP_HOURS
+    now = DAY + timedelta(days=1, hours=3)
+    out = two.decide([DecideRequest(customer_id=c, now=now, follow_up_hours=hours) for c in customers(100, offset=1000)])
+    d = next(x for x in out if x["action"] == "send")
+    due_s = datetime.fromisoformat(d["follow_up_at"].replace("Z", "+00:00")).timestamp()
+    keep_s = keep_seconds(two.config, two.policy.online)
+    assert due_s - now.timestamp() > keep_s  # the case: the follow-up outlives the attribution window
+
+    def expires():
+        with sqlite3.connect(two.settings.store_url.removeprefix("sqlite:///")) as db:
+            return db.execute("SELECT expires FROM kv WHERE ns='decision' AND key=?", (d["decision_id"],)).fetchone()[0]
+
+    assert expires() >= due_s + followups.KEEP_S - 5
+    sent = datetime.fromisoformat(d["send_at"].replace("Z", "+00:00"))
+    r = two.feedback(FeedbackRequest(decision_id=d["decision_id"], customer_id=d["customer_id"], event="delivered",
+                                     ts=sent + timedelta(minutes=1)))
+    assert r["accepted"]
+    assert expires() >= due_s + followups.KEEP_S - 5
