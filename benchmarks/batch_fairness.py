@@ -19,12 +19,9 @@ import argparse
 import importlib.util
 import json
 import logging
-import tempfile
 import threading
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import pandas as pd
 
 _spec = importlib.util.spec_from_file_location("bench_serving", Path(__file__).with_name("serving.py"))
 bench = importlib.util.module_from_spec(_spec)
@@ -65,15 +62,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--connections", type=int, default=8)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    home = bench.OUT / f"project_{args.customers}"
-    data = bench.prepare(home, args.customers)
-    ids = pd.read_parquet(data / "customers.parquet")["customer_id"].astype(str).tolist()
-    work = Path(tempfile.mkdtemp(prefix="fairness_", dir=bench.OUT))
-    script = work / "decide.lua"
-    base = int((datetime.now(timezone.utc) - timedelta(days=28)).timestamp())
-    script.write_text(bench.WRK_SCRIPT % (",".join(f'"{i}"' for i in ids), base, bench.KEY))
+    home, data, ids, work, script = bench.setup(args.customers, "fairness_")
     results = {f"batch_chunk_{c}": one_setting(c, home, data, work, ids, script, args) for c in (0, 100)}
     results["settings"] = vars(args)
     print(json.dumps(results, indent=2))

@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -156,17 +155,9 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--connections", type=int, default=16)
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    home = bench.OUT / f"project_{args.customers}"
-    data = bench.prepare(home, args.customers)
+    home, data, ids, work, script = bench.setup(args.customers, "events_bench_")
     people = pd.read_parquet(data / "customers.parquet")
-    ids = people["customer_id"].astype(str).tolist()
     channels = list(load_config().channel_names)
-    work = Path(tempfile.mkdtemp(prefix="events_bench_", dir=bench.OUT))
-    script = work / "decide.lua"
-    base = int((datetime.now(timezone.utc) - timedelta(days=28)).timestamp())
-    script.write_text(bench.WRK_SCRIPT % (",".join(f'"{i}"' for i in ids), base, bench.KEY))
     results = {"sqlite": one_store("sqlite", f"sqlite:///{work / 'state.db'}", home, data, work / "sqlite_log",
                                    ids, people, channels, script, args)}
     redis_proc, url = bench.start_redis(work)

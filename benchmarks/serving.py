@@ -271,6 +271,22 @@ def mixed_load(home: Path, data: Path, workdir: Path, seconds: int) -> dict:
             "rewards_off_in_store": int(wrong_reward)}
 
 
+def setup(customers: int, prefix: str) -> tuple[Path, Path, list[str], Path, Path]:
+    """What every serving benchmark starts from: logging, the trained project of ``customers``
+    (``prepare``), its customer ids, a fresh work directory and the wrk script deciding for them.
+    Returns (home, data, ids, work, script)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    home = OUT / f"project_{customers}"
+    data = prepare(home, customers)
+    ids = pd.read_parquet(data / "customers.parquet")["customer_id"].astype(str).tolist()
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=OUT))
+    script = work / "decide.lua"
+    base = int((datetime.now(timezone.utc) - timedelta(days=28)).timestamp())
+    script.write_text(WRK_SCRIPT % (",".join(f'"{i}"' for i in ids), base, KEY))
+    return home, data, ids, work, script
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--customers", type=int, default=5000)
@@ -279,15 +295,7 @@ def main() -> None:
     ap.add_argument("--mixed-seconds", type=int, default=60, help="0 skips the Redis run")
     ap.add_argument("--workers", type=int, default=1, help="worker processes of both servers (same settings)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    home = OUT / f"project_{args.customers}"
-    data = prepare(home, args.customers)
-    ids = pd.read_parquet(data / "customers.parquet")["customer_id"].astype(str).tolist()
-    work = Path(tempfile.mkdtemp(prefix="serving_bench_", dir=OUT))
-    script = work / "decide.lua"
-    base = int((datetime.now(timezone.utc) - timedelta(days=28)).timestamp())
-    script.write_text(WRK_SCRIPT % (",".join(f'"{i}"' for i in ids), base, KEY))
+    home, data, ids, work, script = setup(args.customers, "serving_bench_")
     results = {}
 
     port = free_port()

@@ -1,5 +1,7 @@
-"""Waiting for a condition with a deadline (the serving tests' one polling loop)."""
+"""Waiting for a condition with a deadline (the serving tests' one polling loop), and background
+client threads that run until a ``with`` block ends."""
 
+import threading
 import time
 
 
@@ -12,3 +14,25 @@ def poll(condition, timeout: float = 30.0, every: float = 0.05):
             return value
         time.sleep(every)
     return None
+
+
+class ClientThreads:
+    """``threads`` threads running ``self._run(k)`` from ``with`` until its end; ``_run`` loops
+    until ``self._stop`` is set."""
+
+    def __init__(self, threads: int):
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(threads)]
+
+    def _run(self, k: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)

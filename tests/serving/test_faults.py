@@ -32,7 +32,7 @@ import redis
 from nextbest.features.config import load_config
 from nextbest.serving.decision_log import read_log, read_records
 from nextbest.serving.store import open_store
-from serving_waits import poll
+from serving_waits import ClientThreads, poll
 
 RESULTS = Path(__file__).resolve().parents[2] / "test-output" / "faults.json"
 BASE = (datetime.now(timezone.utc) - timedelta(days=8)).replace(hour=9, minute=30, second=0, microsecond=0)
@@ -52,24 +52,13 @@ class Ledger:
         self.lock = threading.Lock()
 
 
-class Traffic:
+class Traffic(ClientThreads):
     """Threads deciding for ``ids`` at ``now`` (24 h horizon) with request ids, and reporting an
     open, or for every fifth send an unsubscribe, on each send."""
 
     def __init__(self, server, ledger: Ledger, ids: list[str], now: datetime, tag: str, threads: int = 3):
+        super().__init__(threads)
         self.server, self.ledger, self.ids, self.now, self.tag = server, ledger, ids, now, tag
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(threads)]
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=60)
 
     def _post(self, client, path, body):
         try:

@@ -15,13 +15,13 @@ from nextbest.decision.objective import channel_costs
 from nextbest.serving.decision_log import read_records
 from nextbest.serving.records import DecisionRecord
 from nextbest.serving.store import open_store
-from serving_waits import poll
+from serving_waits import ClientThreads, poll
 
 # yesterday 09:30 UTC: requests may not be further than serving.max_clock_skew_days from the clock
 NOW = (datetime.now(timezone.utc) - timedelta(days=1)).replace(hour=9, minute=30, second=0, microsecond=0)
 
 
-class Traffic:
+class Traffic(ClientThreads):
     """Threads posting decisions (and feedback for the sends) until stopped; keeps what was acknowledged."""
 
     def __init__(self, server, ids, threads=4, fixed_now=True, feedback=True):
@@ -29,19 +29,8 @@ class Traffic:
         self.decisions: list[dict] = []
         self.feedbacks: list[tuple[str, str, str, float]] = []  # (decision_id, event, ts, reward) acknowledged
         self.failures: list[str] = []
-        self._stop = threading.Event()
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in range(threads)]
-
-    def __enter__(self):
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=60)
+        super().__init__(threads)
 
     def _post(self, client, path: str, body: dict) -> dict | None:
         """The answer, or None (the failure is kept)."""
