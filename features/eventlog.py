@@ -240,7 +240,7 @@ class EventLog:
 
         tz = customers["timezone"] if "timezone" in customers else pd.Series([None] * len(ids))
         tz = tz.fillna(config.default_timezone).astype("str").to_numpy()
-        tz_codes, tz_names = pd.factorize(tz)
+        tz_codes, tz_names = pd.factorize(tz, sort=True)  # sorted: the same codes whatever the row order (partitions)
         t0 = int(t.min()) if len(t) else 0
         if len(t) and int(t.max()) - t0 >= (1 << TIME_BITS):
             raise ValueError("events span more than 17 years; split the log in time")

@@ -88,6 +88,25 @@ class Population:
             put(("opened", f"dow_{d}"), by_dow[d])
         return cls(day0, counts)
 
+    @classmethod
+    def merge(cls, parts: list["Population"]) -> "Population":
+        """The population of several logs of disjoint customers (partitions of one log): the daily
+        counts are additive, so each part's are aligned on the earliest day and summed; the result
+        equals :meth:`from_log` of the whole log exactly (integer counts)."""
+        parts = [p for p in parts if p.counts]
+        if not parts:
+            return cls(0, {})
+        day0 = min(p.day0 for p in parts)
+        n_days = max(p.day0 + len(next(iter(p.counts.values()))) - 1 for p in parts) - day0
+        counts = {}
+        for p in parts:
+            lo = p.day0 - day0
+            for name, cum in p.counts.items():
+                daily = np.zeros(n_days)
+                daily[lo:lo + len(cum) - 1] = np.diff(cum)
+                counts[name] = counts[name] + daily if name in counts else daily
+        return cls(day0, {name: np.concatenate([[0.0], np.cumsum(d)]) for name, d in counts.items()})
+
     def total(self, name, as_of_ms: np.ndarray, days: int) -> np.ndarray:
         """Population count of ``name`` in the ``days`` whole days before the day of each ``as_of``."""
         c = self.counts.get(name)

@@ -1,0 +1,260 @@
+"""Features and training examples on Dask: the event log partitioned by customer.
+
+The pandas path (``features.eventlog``, ``features.history``, ``features.examples``) holds the
+whole event log in one process. This path runs the same functions on partitions of it, so a log
+larger than one machine's memory is handled by a Dask cluster (a ``LocalCluster`` by default):
+
+1. **Partition** (:func:`partition`): ``customers`` and ``events`` are read with Dask and written
+   to a scratch directory as Parquet, hashed by customer id (``part = hash(customer_id) % n``,
+   :func:`part_of`). Every event of a customer lands in that customer's partition; the scratch
+   directory must be visible to every worker (a shared file system on a real cluster).
+2. **Validate** each partition with ``features.validate.check``. Checks that span partitions are
+   kept global: a ``message_id`` sent twice (by two customers of different partitions) is counted
+   over the whole log. Customer ids cannot repeat across partitions (equal ids hash alike). A
+   problem's ``file`` names its partition and its row is the row within that partition.
+3. **Priors** (``features.history.Population``): each partition's daily counts are additive and
+   merged on the client (:meth:`Population.merge`), so the priors are the whole population's.
+4. **Features** per partition (``engagement_history``, ``decision_examples``) with the merged
+   priors; text attributes and time zones are re-coded to the categories of the whole customer
+   table (sorted), not the partition's.
+
+The results equal the pandas path's exactly, feature by feature (``tests/features/test_partitioned.py``).
+The pandas path stays the default; ``--dask`` on ``features build``, ``train`` and ``retrain``
+selects this one (README "Scaling out").
+
+Memory: a task holds one partition's events (about 40 bytes per event once encoded, several times
+that while reading), so the partition count sets the memory per worker; the default gives each
+partition about :data:`EVENTS_PER_PARTITION` events.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from nextbest.features.config import Config
+from nextbest.features.io import CATEGORICAL_EVENT_COLUMNS, CSV_STRING_COLUMNS, find_table
+
+log = logging.getLogger(__name__)
+
+EVENTS_PER_PARTITION = 2_000_000
+PART = "part"
+
+
+def part_of(customer_ids, n_parts: int) -> np.ndarray:
+    """The partition of each customer id: a stable hash of its text (the same in every process and
+    on every machine; pandas' SipHash with its fixed key), modulo ``n_parts``."""
+    text = np.asarray(pd.Series(customer_ids, dtype="str").to_numpy(dtype=object))
+    return (pd.util.hash_array(text) % np.uint64(n_parts)).astype(np.int64)
+
+
+@contextmanager
+def dask_client(scheduler: str | None = None, workers: int = 2, memory_limit: str | None = None):
+    """A Dask client: of the scheduler at ``scheduler`` (``tcp://host:8786``), or of a fresh
+    ``LocalCluster`` of ``workers`` single-threaded worker processes, closed on exit."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        client = Client(scheduler)
+        try:
+            yield client
+        finally:
+            client.close()
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit=memory_limit or "auto") as cluster, Client(cluster) as client:
+        log.info("Dask LocalCluster with %d worker(s)", workers)
+        yield client
+
+
+def _read(path: Path, name: str):
+    import dask.dataframe as dd
+
+    if path.suffix == ".csv":
+        header = pd.read_csv(path, nrows=0).columns
+        return dd.read_csv(path, dtype={c: "str" for c in CSV_STRING_COLUMNS if c in header}, blocksize="64MB")
+    return dd.read_parquet(path)
+
+
+def _with_part(frame: pd.DataFrame, n_parts: int) -> pd.DataFrame:
+    """The rows with their partition; text stored as text (a dictionary's index width varies by part)."""
+    text = {c: frame[c].astype("str") for c in frame.columns if isinstance(frame[c].dtype, pd.CategoricalDtype)}
+    return frame.assign(**text, **{PART: part_of(frame["customer_id"], n_parts)})
+
+
+@dataclass
+class Partitions:
+    """A data directory's ``customers`` and ``events`` hashed by customer into ``n`` partitions
+    under ``root`` (Parquet, one folder ``part=i`` per partition and table)."""
+
+    root: Path
+    n: int
+    events: int
+
+    def read(self, i: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Partition ``i`` as the pandas path reads a data directory (``features.io.read_table``)."""
+        import pyarrow.parquet as pq
+
+        out = []
+        for name in ("customers", "events"):
+            folder = self.root / name / f"{PART}={i}"
+            if not folder.exists():  # no customer hashed here
+                out.append(pq.read_schema(next((self.root / name).rglob("*.parquet"))).empty_table().to_pandas()
+                           .drop(columns=[PART], errors="ignore"))
+                continue
+            categorical = [c for c in CATEGORICAL_EVENT_COLUMNS if name == "events"]
+            table = pq.read_table(folder, read_dictionary=[c for c in categorical
+                                                           if c in pq.read_schema(next(folder.glob("*.parquet"))).names])
+            out.append(table.to_pandas())
+        customers, events = out
+        for c in CATEGORICAL_EVENT_COLUMNS:  # as read_table reads them: dictionary-encoded text
+            if c in events and not isinstance(events[c].dtype, pd.CategoricalDtype):
+                events[c] = events[c].astype("str").astype("category") if len(events) else events[c].astype("category")
+        return customers.reset_index(drop=True), events.reset_index(drop=True)
+
+
+def partition(data_dir: str | Path, client, n_parts: int | None = None, scratch: str | Path | None = None) -> Partitions:
+    """Write ``data_dir``'s customers and events hashed by customer (see the module docstring);
+    ``n_parts`` defaults to one per :data:`EVENTS_PER_PARTITION` events (at least one per worker)."""
+    root = Path(scratch) if scratch else Path(tempfile.mkdtemp(prefix="nextbest_partitions_"))
+    customers = _read(find_table(data_dir, "customers"), "customers")
+    events = _read(find_table(data_dir, "events"), "events")
+    n_events = int(client.compute(events.map_partitions(len).sum()).result())
+    workers = max(len(client.scheduler_info().get("workers", {})), 1)
+    n = n_parts or max(math.ceil(n_events / EVENTS_PER_PARTITION), workers)
+    for name, frame in (("customers", customers), ("events", events)):
+        out = root / name
+        if out.exists():
+            shutil.rmtree(out)
+        frame = frame.map_partitions(_with_part, n, meta=_with_part(frame._meta, n))
+        frame.to_parquet(out, partition_on=[PART], write_index=False, compute_kwargs={"scheduler": client})
+    log.info("partitioned %s: %d events into %d partitions under %s", data_dir, n_events, n, root)
+    return Partitions(root, n, n_events)
+
+
+# ---------------------------------------------------------------------- per partition (on a worker)
+def _validated(parts: Partitions, i: int, config: Config):
+    from nextbest.features.validate import check
+
+    customers, events = parts.read(i)
+    where = f"partition {i} of {parts.n}"
+    return check(customers, events, config, files={"customers": f"customers ({where})", "events": f"events ({where})"})
+
+
+def _encoded(parts: Partitions, i: int, config: Config, before=None):
+    from nextbest.features.eventlog import EventLog
+
+    customers, events = _validated(parts, i, config)
+    if before is not None:
+        events = events[events["ts"] < before]
+    return customers, EventLog.build(customers, events, config)
+
+
+@dataclass
+class Summary:
+    """What the partitions add up to: the priors and the categories of the whole customer table."""
+
+    population: object                 # features.history.Population
+    zones: list[str]                   # the customers' time zones, sorted (a partition's: its own)
+    categories: dict[str, list[str]]   # text attribute -> its sorted values
+    data_end: pd.Timestamp | None      # the last event's time + 1 ms (the pandas path's export end)
+
+
+def _summary(parts: Partitions, i: int, config: Config, before=None) -> Summary:
+    from nextbest.features.history import Population
+
+    customers, log_ = _encoded(parts, i, config, before)
+    cats = {c: list(log_.attributes[c].cat.categories) for c in log_.attributes.columns
+            if isinstance(log_.attributes[c].dtype, pd.CategoricalDtype)}
+    end = pd.Timestamp(int(log_.t.max()) + 1, unit="ms", tz="UTC") if len(log_.keys) else None
+    return Summary(Population.from_log(log_), list(log_.tz_names), cats, end)
+
+
+def _recoded(frame: pd.DataFrame, summary: Summary) -> pd.DataFrame:
+    """Categorical columns on the whole table's categories (a partition knows only its own)."""
+    for c, cats in {**summary.categories, "timezone": summary.zones}.items():
+        if c in frame and isinstance(frame[c].dtype, pd.CategoricalDtype):
+            frame[c] = frame[c].cat.set_categories(cats)
+    return frame
+
+
+def _snapshot(parts: Partitions, i: int, config: Config, as_of, summary: Summary) -> pd.DataFrame:
+    from nextbest.features.history import engagement_history
+
+    customers, log_ = _encoded(parts, i, config, as_of)
+    return _recoded(engagement_history(log_, customers["customer_id"], as_of, summary.population), summary)
+
+
+def _examples(parts: Partitions, i: int, config: Config, decisions: pd.DataFrame, window_hours: float,
+              data_end, summary: Summary) -> pd.DataFrame:
+    from nextbest.features.examples import decision_examples
+
+    _, log_ = _encoded(parts, i, config)
+    return _recoded(decision_examples(log_, decisions, window_hours, data_end, summary.population), summary)
+
+
+# ---------------------------------------------------------------------- the client's side
+def _gathered(client, futures, what: str):
+    """Results of ``futures`` in order; a failed partition's error is raised as is (a validation
+    error names its partition)."""
+    from tqdm.auto import tqdm
+
+    out = []
+    for f in tqdm(futures, desc=what, unit="partition", disable=not log.isEnabledFor(logging.INFO)):
+        out.append(f.result())
+    return out
+
+
+def summarize(parts: Partitions, client, config: Config, before=None) -> Summary:
+    """Validate every partition and merge what they add up to; a message id sent twice anywhere
+    in the log is refused as the pandas path refuses it."""
+    import dask.dataframe as dd
+
+    from nextbest.features.history import Population
+    from nextbest.features.validate import Problem, ValidationError
+
+    sums = _gathered(client, [client.submit(_summary, parts, i, config, before, pure=False) for i in range(parts.n)],
+                     "validating and counting")
+    ev = dd.read_parquet(parts.root / "events", columns=["event", "message_id"])
+    sent = ev[ev["event"].astype("str") == "sent"]["message_id"].astype("str")
+    counts = sent.value_counts()
+    twice = client.compute(counts[counts > 1]).result().head(5)  # only the duplicates come back
+    if len(twice):
+        raise ValidationError([Problem("events", "message_id", None, "duplicate_send",
+                                       "two sent events share this message_id", str(m)) for m in twice.index])
+    zones = sorted(set().union(*(s.zones for s in sums)))  # as engagement_history codes them
+    zones += [z for z in [config.default_timezone] if z not in zones]
+    names = {c for s in sums for c in s.categories}
+    cats = {c: sorted(set().union(*(s.categories.get(c, []) for s in sums))) for c in names}
+    ends = [s.data_end for s in sums if s.data_end is not None]
+    return Summary(Population.merge([s.population for s in sums]), zones, cats, max(ends) if ends else None)
+
+
+def snapshot(parts: Partitions, client, config: Config, as_of=None, summary: Summary | None = None) -> pd.DataFrame:
+    """``engagement_history`` of every customer as of ``as_of`` (default: the day after the last
+    event, as ``nextbest features build``), computed per partition; rows in partition order."""
+    before = None if as_of is None else pd.Timestamp(as_of)
+    summary = summary or summarize(parts, client, config, before)
+    as_of = before if before is not None else summary.data_end.ceil("D")
+    frames = _gathered(client, [client.submit(_snapshot, parts, i, config, as_of, summary, pure=False)
+                                for i in range(parts.n)], "engagement histories")
+    return pd.concat(frames)
+
+
+def examples(parts: Partitions, client, config: Config, decisions: pd.DataFrame, window_hours: float,
+             data_end, summary: Summary) -> pd.DataFrame:
+    """``decision_examples`` of ``decisions`` computed per partition, in the order of ``decisions``."""
+    rows = decisions.reset_index(drop=True).assign(_row=np.arange(len(decisions)))
+    where = part_of(rows["customer_id"], parts.n)
+    futures = [client.submit(_examples, parts, i, config, rows[where == i].reset_index(drop=True), window_hours,
+                             data_end, summary, pure=False) for i in range(parts.n) if (where == i).any()]
+    out = pd.concat(_gathered(client, futures, "training examples"), ignore_index=True)
+    return out.sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)

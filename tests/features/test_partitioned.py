@@ -1,0 +1,128 @@
+"""Features on Dask (``features.partitioned``) on a real LocalCluster: the engagement histories and
+training examples equal the pandas path's, feature by feature; the priors merge exactly; a
+message id sent twice across partitions is refused as the pandas path refuses it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nextbest.features import partitioned
+from nextbest.features.eventlog import EventLog
+from nextbest.features.examples import decision_examples
+from nextbest.features.history import Population, engagement_history
+from nextbest.features.io import load_dataset, read_table, write_table
+from nextbest.features.validate import ValidationError, check
+
+
+@pytest.fixture(scope="module")
+def client():
+    with partitioned.dask_client(workers=2, memory_limit="2GiB") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def data(small_data_dir, config, tmp_path_factory):
+    """The small simulated data plus 25 customers without any event (cold start) whose text
+    attribute takes a value no other customer has."""
+    customers, events = load_dataset(small_data_dir)
+    extra = customers.head(25).copy()
+    extra["customer_id"] = [f"new-{i}" for i in range(25)]
+    text = [c for c in customers.columns if customers[c].dtype == object or str(customers[c].dtype) in ("str", "string")]
+    text = [c for c in text if c not in ("customer_id", "timezone", "signup_at")]
+    for c in text:
+        extra[c] = "only-here"
+    out = tmp_path_factory.mktemp("partitioned") / "data"
+    write_table(pd.concat([customers, extra], ignore_index=True), out, "customers")
+    write_table(events, out, "events")
+    write_table(read_table(small_data_dir, "logging_decisions"), out, "logging_decisions")
+    return out
+
+
+@pytest.fixture(scope="module")
+def pandas_path(data, config):
+    customers, events = check(*load_dataset(data), config)
+    log_ = EventLog.build(customers, events, config)
+    return customers, events, log_, Population.from_log(log_)
+
+
+@pytest.fixture(scope="module")
+def parts(data, client, tmp_path_factory):
+    return partitioned.partition(data, client, n_parts=5, scratch=tmp_path_factory.mktemp("scratch"))
+
+
+def test_every_customer_is_in_exactly_one_partition_with_all_its_events(parts, pandas_path):
+    customers, events, _, _ = pandas_path
+    seen_c, seen_e = [], 0
+    for i in range(parts.n):
+        c, e = parts.read(i)
+        assert set(e["customer_id"].astype(str)) <= set(c["customer_id"].astype(str))
+        assert (partitioned.part_of(c["customer_id"], parts.n) == i).all()
+        seen_c += c["customer_id"].astype(str).tolist()
+        seen_e += len(e)
+    assert sorted(seen_c) == sorted(customers["customer_id"].astype(str)) and seen_e == len(events)
+
+
+def test_the_priors_of_the_partitions_merge_into_the_whole_logs(parts, client, config, pandas_path):
+    _, _, _, pop = pandas_path
+    merged = partitioned.summarize(parts, client, config).population
+    assert merged.day0 == pop.day0 and merged.counts.keys() == pop.counts.keys()
+    for name, cum in pop.counts.items():
+        np.testing.assert_array_equal(merged.counts[name], cum, err_msg=str(name))
+
+
+def test_the_snapshot_equals_the_pandas_snapshot_feature_by_feature(parts, client, config, pandas_path):
+    customers, events, log_, pop = pandas_path
+    want = engagement_history(log_, customers["customer_id"], events["ts"].max().ceil("D"), pop)
+    got = partitioned.snapshot(parts, client, config)
+    assert len(got) == len(want) and got.index.is_unique
+    pd.testing.assert_frame_equal(got.loc[want.index], want, check_exact=True)
+    assert got.index.str.startswith("new-").sum() == 25
+
+
+def test_training_examples_equal_the_pandas_examples(parts, client, config, pandas_path, data):
+    _, events, log_, pop = pandas_path
+    decisions = read_table(data, "logging_decisions").sample(3000, random_state=0).reset_index(drop=True)
+    decisions["ts"] = pd.to_datetime(decisions["ts"], utc=True)
+    window = config.objective.attribution_window_hours
+    end = pd.Timestamp(int(log_.t.max()) + 1, unit="ms", tz="UTC")
+    want = decision_examples(log_, decisions, window, end, pop)
+    summary = partitioned.summarize(parts, client, config)
+    assert summary.data_end == end
+    got = partitioned.examples(parts, client, config, decisions, window, end, summary)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+def test_a_message_id_sent_by_two_customers_of_different_partitions_is_refused(data, client, config, tmp_path):
+    customers, events = load_dataset(data)
+    events = events.copy()
+    ids = customers["customer_id"].astype(str)
+    where = partitioned.part_of(ids, 3)
+    a, b = ids[where == 0].iloc[0], ids[where == 1].iloc[0]
+    sent = events["event"].astype(str) == "sent"
+    first_a = events.index[sent & (events["customer_id"].astype(str) == a)][0]
+    first_b = events.index[sent & (events["customer_id"].astype(str) == b)][0]
+    msg = events["message_id"].astype(object)
+    msg.loc[msg == msg[first_b]] = msg[first_a]  # b's message (and its responses) now carries a's id
+    events["message_id"] = msg
+    bad = tmp_path / "bad"
+    write_table(customers, bad, "customers")
+    write_table(events, bad, "events")
+    with pytest.raises(ValidationError) as pandas_error:
+        check(*load_dataset(bad), config)
+    assert "duplicate_send" in str(pandas_error.value)
+    with pytest.raises(ValidationError, match="duplicate_send"):
+        partitioned.summarize(partitioned.partition(bad, client, n_parts=3, scratch=tmp_path / "scratch"), client, config)
+
+
+def test_a_problem_inside_a_partition_names_the_partition(data, client, config, tmp_path):
+    customers, events = load_dataset(data)
+    events = events.copy()
+    events["event"] = events["event"].astype(object)
+    events.loc[events.index[5], "event"] = "teleported"
+    bad = tmp_path / "bad"
+    write_table(customers, bad, "customers")
+    write_table(events, bad, "events")
+    with pytest.raises(ValidationError, match=r"events \(partition \d of 3\)"):
+        partitioned.summarize(partitioned.partition(bad, client, n_parts=3, scratch=tmp_path / "scratch"), client, config)
