@@ -56,6 +56,17 @@ def part_of(customer_ids, n_parts: int) -> np.ndarray:
     return (pd.util.hash_array(text) % np.uint64(n_parts)).astype(np.int64)
 
 
+@dataclass(frozen=True)
+class DaskOptions:
+    """Where the partitioned path runs (``--dask``, ``--scheduler``, ``--workers``, ``--partitions``,
+    ``--scratch`` of the CLI): a scheduler's address, else a LocalCluster of ``workers``."""
+
+    scheduler: str | None = None
+    workers: int = 2
+    partitions: int | None = None
+    scratch: str | None = None
+
+
 @contextmanager
 def dask_client(scheduler: str | None = None, workers: int = 2, memory_limit: str | None = None):
     """A Dask client: of the scheduler at ``scheduler`` (``tcp://host:8786``), or of a fresh
@@ -121,10 +132,11 @@ class Partitions:
         return customers.reset_index(drop=True), events.reset_index(drop=True)
 
 
-def partition(data_dir: str | Path, client, n_parts: int | None = None, scratch: str | Path | None = None) -> Partitions:
-    """Write ``data_dir``'s customers and events hashed by customer (see the module docstring);
-    ``n_parts`` defaults to one per :data:`EVENTS_PER_PARTITION` events (at least one per worker)."""
-    root = Path(scratch) if scratch else Path(tempfile.mkdtemp(prefix="nextbest_partitions_"))
+def partition(data_dir: str | Path, client, n_parts: int | None, scratch: str | Path) -> Partitions:
+    """Write ``data_dir``'s customers and events hashed by customer under ``scratch`` (see the
+    module docstring); ``n_parts`` defaults to one per :data:`EVENTS_PER_PARTITION` events (at
+    least one per worker)."""
+    root = Path(scratch)
     customers = _read(find_table(data_dir, "customers"), "customers")
     events = _read(find_table(data_dir, "events"), "events")
     n_events = int(client.compute(events.map_partitions(len).sum()).result())
@@ -243,7 +255,7 @@ def snapshot(parts: Partitions, client, config: Config, as_of=None, summary: Sum
     event, as ``nextbest features build``), computed per partition; rows in partition order."""
     before = None if as_of is None else pd.Timestamp(as_of)
     summary = summary or summarize(parts, client, config, before)
-    as_of = before if before is not None else summary.data_end.ceil("D")
+    as_of = before if before is not None else (summary.data_end - pd.Timedelta(milliseconds=1)).ceil("D")
     frames = _gathered(client, [client.submit(_snapshot, parts, i, config, as_of, summary, pure=False)
                                 for i in range(parts.n)], "engagement histories")
     return pd.concat(frames)
@@ -258,3 +270,22 @@ def examples(parts: Partitions, client, config: Config, decisions: pd.DataFrame,
                              data_end, summary, pure=False) for i in range(parts.n) if (where == i).any()]
     out = pd.concat(_gathered(client, futures, "training examples"), ignore_index=True)
     return out.sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)
+
+
+@contextmanager
+def scratch_dir(opts: DaskOptions):
+    """``opts.scratch`` (kept), or a temporary directory removed on exit."""
+    if opts.scratch:
+        yield Path(opts.scratch)
+        return
+    with tempfile.TemporaryDirectory(prefix="nextbest_partitions_") as tmp:
+        yield Path(tmp)
+
+
+def training_examples(data_dir: str | Path, config: Config, opts: DaskOptions, splits: list[pd.DataFrame],
+                      window_hours: float, data_end) -> tuple[list[pd.DataFrame], Summary]:
+    """``decision_examples`` of each frame of ``splits`` (train, validation), computed on Dask."""
+    with dask_client(opts.scheduler, opts.workers) as client, scratch_dir(opts) as scratch:
+        parts = partition(data_dir, client, opts.partitions, scratch)
+        summary = summarize(parts, client, config)
+        return [examples(parts, client, config, d, window_hours, data_end, summary) for d in splits], summary

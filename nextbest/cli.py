@@ -110,6 +110,9 @@ def cmd_features_build(args) -> int:
     from nextbest.features.validate import check
 
     cfg = _config(args)
+    opts = dask_options(args)
+    if opts is not None:
+        return _features_build_on_dask(args, cfg, opts)
     t0 = time.perf_counter()
     customers, events = load_dataset(args.data_dir)
     customers, events = check(customers, events, cfg, files=_files(args.data_dir))
@@ -134,6 +137,32 @@ def cmd_features_build(args) -> int:
         rows = write_training_examples(event_log, args.examples, data_end=args.as_of, population=population,
                                        progress=not args.quiet)
         _out(f"training examples: {rows:,} sends -> {args.examples}")
+    return 0
+
+
+def _features_build_on_dask(args, cfg, opts) -> int:
+    """``features build --dask``: the same snapshot, computed per partition (``features.partitioned``)."""
+    from nextbest.features import partitioned
+
+    if args.examples:
+        raise SystemExit("--examples is not built on Dask yet: `nextbest train --dask` builds the training examples "
+                         "it needs on Dask; drop --dask to write them here")
+    t0 = time.perf_counter()
+    with partitioned.dask_client(opts.scheduler, opts.workers) as client, partitioned.scratch_dir(opts) as scratch:
+        parts = partitioned.partition(args.data_dir, client, opts.partitions, scratch)
+        t1 = time.perf_counter()
+        as_of = pd.Timestamp(args.as_of, tz="UTC") if args.as_of else None
+        summary = partitioned.summarize(parts, client, cfg, as_of)
+        as_of = as_of if as_of is not None else (summary.data_end - pd.Timedelta(milliseconds=1)).ceil("D")
+        snapshot = partitioned.snapshot(parts, client, cfg, as_of, summary)
+    t2 = time.perf_counter()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.reset_index().to_parquet(out, index=False)
+    _out(f"engagement histories of {len(snapshot):,} customers as of {as_of:%Y-%m-%d %H:%M} UTC "
+         f"({snapshot.shape[1]} columns) -> {out}   [partition {t1 - t0:.1f}s ({parts.n} partitions, "
+         f"{parts.events:,} events), validate+features {t2 - t1:.1f}s on Dask]")
+    _out(feature_table(snapshot))
     return 0
 
 
@@ -194,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--as-of", help="snapshot time (UTC): later events are ignored, for features and for the "
                                    "examples' outcomes alike; default: the end of the last event's day")
     b.add_argument("--examples", help="also write training examples (one row per send) to this Parquet file")
+    add_dask_arguments(b)
     b.set_defaults(func=cmd_features_build)
     from nextbest import cli_models, cli_retrain, cli_serve, cli_store, cli_ui
 
@@ -206,6 +236,32 @@ def build_parser() -> argparse.ArgumentParser:
     cli_store.add_commands(top)
     _show_defaults(p)
     return p
+
+
+def add_dask_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--dask`` and where it runs (``features.partitioned``; README "Scaling out")."""
+    g = parser.add_argument_group("Dask (README 'Scaling out')")
+    g.add_argument("--dask", action="store_true", help="compute per partition of the event log hashed by customer, "
+                                                      "on Dask (same results as without)")
+    g.add_argument("--scheduler", help="a Dask scheduler's address (tcp://host:8786); default: a LocalCluster")
+    g.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
+    g.add_argument("--partitions", type=int, help="partitions of the event log (default: one per 2,000,000 events, "
+                                                  "at least one per worker)")
+    g.add_argument("--scratch", help="where the partitions are written (visible to every worker; default: a temporary "
+                                     "directory)")
+
+
+def dask_options(args):
+    """The ``DaskOptions`` of ``--dask`` (None without it)."""
+    from nextbest.features.partitioned import DaskOptions
+
+    if not getattr(args, "dask", False):
+        if getattr(args, "scheduler", None):
+            raise SystemExit("--scheduler needs --dask")
+        return None
+    if args.workers < 1 or (args.partitions is not None and args.partitions < 1):
+        raise SystemExit("--workers and --partitions must be at least 1")
+    return DaskOptions(args.scheduler, args.workers, args.partitions, args.scratch)
 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 from pathlib import Path
 
-from nextbest.cli import _out
+from nextbest.cli import _out, add_dask_arguments
 
 log = logging.getLogger("nextbest")
 
@@ -43,8 +43,10 @@ def cmd_train(args) -> int:
     from nextbest.training.tracking import run_training
 
     cfg = load_config(args.config)
-    summary = run_training(args.data_dir, cfg, _settings(args, cfg), seed=args.seed, register=not args.no_register,
-                           promote=args.promote, config_path=args.config)
+    settings = _settings(args, cfg)
+    summary = run_training(args.data_dir, cfg, settings, seed=args.seed, register=not args.no_register,
+                           promote=args.promote, config_path=args.config,
+                           prepared=prepared_on_dask(args, cfg, settings))
     _out(timing_table(summary["timings"]))
     m = summary["metrics"]
     for k, v in run_metrics.headline_summary(m):
@@ -60,6 +62,17 @@ def cmd_train(args) -> int:
     _out(f"uplift report: {summary['report']}")
     _out(f"MLflow UI: {registry.ui_hint()}")
     return 0
+
+
+def prepared_on_dask(args, cfg, settings, data_dir=None):
+    """With ``--dask``: the training examples built on Dask (``training.train.prepare``); else None."""
+    from nextbest.cli import dask_options
+    from nextbest.training.train import Stopwatch, prepare
+
+    opts = dask_options(args)
+    if opts is None:
+        return None
+    return prepare(data_dir or args.data_dir, cfg, settings, Stopwatch(), args.seed, dask=opts)
 
 
 def cmd_tune(args) -> int:
@@ -185,6 +198,7 @@ def add_commands(top) -> None:
     t.add_argument("--no-register", action="store_true", help="log the run but do not register a version")
     t.add_argument("--promote", action="store_true", help="make the new version the champion (if there is none "
                                                           "yet; otherwise use `nextbest evaluate` and `promote`)")
+    add_dask_arguments(t)
     t.set_defaults(func=cmd_train)
 
     u = top.add_parser("tune", help="search LightGBM parameters with Optuna (nested MLflow runs)")

@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from nextbest.cli import _out
+from nextbest.cli import _out, add_dask_arguments, dask_options
 
 log = logging.getLogger("nextbest")
 
@@ -63,7 +63,8 @@ def cmd_retrain(args) -> int:
         log.warning("no --log: judging on the data's own latest logged decisions, not on served ones")
         served_ids, data_dir = None, Path(args.data_dir)
     res = retrain(data_dir, cfg, served_ids=served_ids, settings=_settings(args, cfg), retrain_settings=rs,
-                  seed=args.seed, config_path=args.config, promote=not args.no_promote, tags=tags)
+                  seed=args.seed, config_path=args.config, promote=not args.no_promote, tags=tags,
+                  dask=dask_options(args))
     timings |= res["timings"]
     _out(timing_table(timings))
     _out("training stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in res["train_timings"].items()))
@@ -93,4 +94,5 @@ def add_commands(top) -> None:
     r.add_argument("--params", help="LightGBM parameters JSON (default: the project's nextbest_params.json)")
     r.add_argument("--no-tuned", action="store_true", help="ignore tuned parameters; use the config's")
     r.add_argument("--no-promote", action="store_true", help="judge and tag the candidate, never move the champion")
+    add_dask_arguments(r)
     r.set_defaults(func=cmd_retrain)

@@ -104,7 +104,7 @@ def served_days(data_dir: str | Path, served_ids, max_days: int, window_hours: f
 
 def retrain(data_dir: str | Path, config: Config, served_ids=None, settings=None,
             retrain_settings: RetrainSection | None = None, seed: int = 0, config_path: str | None = None,
-            promote: bool = True, tags: dict | None = None) -> dict:
+            promote: bool = True, tags: dict | None = None, dask=None) -> dict:
     """Train a candidate, judge it against the champion (paired DR) and maybe promote it.
 
     Parameters
@@ -142,8 +142,15 @@ def retrain(data_dir: str | Path, config: Config, served_ids=None, settings=None
     timings: dict[str, float] = {}
     champion = registry.champion_version()
     t0 = time.perf_counter()
+    prepared = None
+    if dask is not None:  # the training examples on Dask (features.partitioned)
+        from nextbest.training.settings import TrainingSettings
+        from nextbest.training.train import Stopwatch, prepare
+
+        prepared = prepare(data_dir, config, settings or TrainingSettings.from_config(config), Stopwatch(), seed,
+                           dask=dask)
     summary = run_training(data_dir, config, settings, seed=seed, register=True, promote=False,
-                           config_path=config_path, run_name=None)
+                           config_path=config_path, run_name=None, prepared=prepared)
     timings["train"] = time.perf_counter() - t0
     version, run_id = summary["version"], summary["run_id"]
     result = {"version": version, "run_id": run_id, "champion": champion, "evaluation": None, "timings": timings,

@@ -293,8 +293,16 @@ class Prepared:
 
 
 def prepare(data_dir: str | Path, config: Config, settings: TrainingSettings, watch: Stopwatch,
-            seed: int = 0, dataset: Dataset | None = None) -> Prepared:
-    """Stages ``load``, ``encode`` and ``examples`` (see the module docstring)."""
+            seed: int = 0, dataset: Dataset | None = None, dask=None) -> Prepared:
+    """Stages ``load``, ``encode`` and ``examples`` (see the module docstring).
+
+    ``dask`` (``features.partitioned.DaskOptions``) builds the training examples on Dask, per
+    partition of the event log hashed by customer; they equal the pandas path's. The selected
+    decisions are sampled (``training.max_rows_per_model``) before their examples are built, so
+    the examples fit in the client's memory and the models are fitted there; the client still
+    encodes the whole event log for the later stages (propensities, the off-policy headline and
+    the report), which bounds the data ``train --dask`` handles by the client's memory.
+    """
     with watch.stage("load"):
         data = dataset or load_training_data(data_dir, config, estimate_propensities=False, seed=seed)
     with watch.stage("encode"):
@@ -316,8 +324,13 @@ def prepare(data_dir: str | Path, config: Config, settings: TrainingSettings, wa
         raise ValueError(f"{exc} (there is no complete `logging_decisions` table, so the decisions were rebuilt from "
                          "the sent events: see README 'Training data')") from exc
     with watch.stage("examples"):
-        ex_tr = decision_examples(event_log, tr, window, data_end, population)
-        ex_va = decision_examples(event_log, va, window, data_end, population)
+        if dask is not None and not data.rebuilt:
+            from nextbest.features.partitioned import training_examples
+
+            (ex_tr, ex_va), _ = training_examples(data_dir, config, dask, [tr, va], window, data_end)
+        else:
+            ex_tr = decision_examples(event_log, tr, window, data_end, population)
+            ex_va = decision_examples(event_log, va, window, data_end, population)
         columns = customer_columns(ex_tr, config, event_log.attributes.columns)
         train_split = _split(ex_tr, config, columns)
         valid_split = _split(ex_va, config, columns)

@@ -126,3 +126,36 @@ def test_a_problem_inside_a_partition_names_the_partition(data, client, config, 
     write_table(events, bad, "events")
     with pytest.raises(ValidationError, match=r"events \(partition \d of 3\)"):
         partitioned.summarize(partitioned.partition(bad, client, n_parts=3, scratch=tmp_path / "scratch"), client, config)
+
+
+def test_prepare_on_dask_gives_the_training_and_validation_examples_of_the_pandas_path(small_data_dir, config):
+    """``nextbest train --dask`` (``training.train.prepare(dask=...)``): the same examples, so the
+    same models."""
+    from nextbest.training.settings import TrainingSettings
+    from nextbest.training.train import Stopwatch, prepare
+
+    settings = TrainingSettings.from_config(config)
+    want = prepare(small_data_dir, config, settings, Stopwatch(), seed=0)
+    got = prepare(small_data_dir, config, settings, Stopwatch(), seed=0,
+                  dask=partitioned.DaskOptions(workers=2, partitions=4))
+    for a, b in ((got.train, want.train), (got.valid, want.valid)):
+        pd.testing.assert_frame_equal(a.examples, b.examples, check_exact=True)
+        pd.testing.assert_frame_equal(a.X, b.X, check_exact=True)
+
+
+def test_features_build_with_dask_writes_the_same_snapshot(small_data_dir, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cli = [str(Path(sys.executable).with_name("nextbest")), "-q", "features", "build", str(small_data_dir)]
+    subprocess.run(cli + ["--out", str(tmp_path / "pandas.parquet")], check=True, capture_output=True)
+    out = subprocess.run(cli + ["--out", str(tmp_path / "dask.parquet"), "--dask", "--workers", "2", "--partitions", "3",
+                                "--scratch", str(tmp_path / "scratch")], check=True, capture_output=True, text=True)
+    assert "3 partitions" in out.stdout
+    want = pd.read_parquet(tmp_path / "pandas.parquet").set_index("customer_id")
+    got = pd.read_parquet(tmp_path / "dask.parquet").set_index("customer_id")
+    pd.testing.assert_frame_equal(got.loc[want.index], want, check_exact=True)
+    bad = subprocess.run(cli + ["--out", str(tmp_path / "x.parquet"), "--scheduler", "tcp://127.0.0.1:1"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--scheduler needs --dask" in bad.stderr
