@@ -81,7 +81,7 @@ def dask_client(scheduler: str | None = None, workers: int = 2, memory_limit: st
             client.close()
         return
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      memory_limit=memory_limit or "auto") as cluster, Client(cluster) as client:
+                      memory_limit=memory_limit or "auto", silence_logs=logging.WARNING) as cluster, Client(cluster) as client:
         log.info("Dask LocalCluster with %d worker(s)", workers)
         yield client
 
@@ -214,18 +214,15 @@ def _examples(parts: Partitions, i: int, config: Config, decisions: pd.DataFrame
 
 
 # ---------------------------------------------------------------------- the client's side
-def _gathered(client, futures, what: str):
-    """Results of ``futures`` in order; a failed partition's error is raised as is (a validation
-    error names its partition)."""
+def _gathered(futures, what: str, progress: bool):
+    """Results of ``futures`` in order (a progress bar per partition if ``progress``); a failed
+    partition's error is raised as is (a validation error names its partition)."""
     from tqdm.auto import tqdm
 
-    out = []
-    for f in tqdm(futures, desc=what, unit="partition", disable=not log.isEnabledFor(logging.INFO)):
-        out.append(f.result())
-    return out
+    return [f.result() for f in tqdm(futures, desc=what, unit="partition", disable=not progress)]
 
 
-def summarize(parts: Partitions, client, config: Config, before=None) -> Summary:
+def summarize(parts: Partitions, client, config: Config, before=None, progress: bool = False) -> Summary:
     """Validate every partition and merge what they add up to; a message id sent twice anywhere
     in the log is refused as the pandas path refuses it."""
     import dask.dataframe as dd
@@ -233,8 +230,8 @@ def summarize(parts: Partitions, client, config: Config, before=None) -> Summary
     from nextbest.features.history import Population
     from nextbest.features.validate import Problem, ValidationError
 
-    sums = _gathered(client, [client.submit(_summary, parts, i, config, before, pure=False) for i in range(parts.n)],
-                     "validating and counting")
+    sums = _gathered([client.submit(_summary, parts, i, config, before, pure=False) for i in range(parts.n)],
+                     "validating and counting", progress)
     ev = dd.read_parquet(parts.root / "events", columns=["event", "message_id"])
     sent = ev[ev["event"].astype("str") == "sent"]["message_id"].astype("str")
     counts = sent.value_counts()
@@ -250,25 +247,26 @@ def summarize(parts: Partitions, client, config: Config, before=None) -> Summary
     return Summary(Population.merge([s.population for s in sums]), zones, cats, max(ends) if ends else None)
 
 
-def snapshot(parts: Partitions, client, config: Config, as_of=None, summary: Summary | None = None) -> pd.DataFrame:
+def snapshot(parts: Partitions, client, config: Config, as_of=None, summary: Summary | None = None,
+             progress: bool = False) -> pd.DataFrame:
     """``engagement_history`` of every customer as of ``as_of`` (default: the day after the last
     event, as ``nextbest features build``), computed per partition; rows in partition order."""
     before = None if as_of is None else pd.Timestamp(as_of)
-    summary = summary or summarize(parts, client, config, before)
+    summary = summary or summarize(parts, client, config, before, progress)
     as_of = before if before is not None else (summary.data_end - pd.Timedelta(milliseconds=1)).ceil("D")
-    frames = _gathered(client, [client.submit(_snapshot, parts, i, config, as_of, summary, pure=False)
-                                for i in range(parts.n)], "engagement histories")
+    frames = _gathered([client.submit(_snapshot, parts, i, config, as_of, summary, pure=False)
+                        for i in range(parts.n)], "engagement histories", progress)
     return pd.concat(frames)
 
 
 def examples(parts: Partitions, client, config: Config, decisions: pd.DataFrame, window_hours: float,
-             data_end, summary: Summary) -> pd.DataFrame:
+             data_end, summary: Summary, progress: bool = False) -> pd.DataFrame:
     """``decision_examples`` of ``decisions`` computed per partition, in the order of ``decisions``."""
     rows = decisions.reset_index(drop=True).assign(_row=np.arange(len(decisions)))
     where = part_of(rows["customer_id"], parts.n)
     futures = [client.submit(_examples, parts, i, config, rows[where == i].reset_index(drop=True), window_hours,
                              data_end, summary, pure=False) for i in range(parts.n) if (where == i).any()]
-    out = pd.concat(_gathered(client, futures, "training examples"), ignore_index=True)
+    out = pd.concat(_gathered(futures, "training examples", progress), ignore_index=True)
     return out.sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)
 
 

@@ -152,9 +152,9 @@ def _features_build_on_dask(args, cfg, opts) -> int:
         parts = partitioned.partition(args.data_dir, client, opts.partitions, scratch)
         t1 = time.perf_counter()
         as_of = pd.Timestamp(args.as_of, tz="UTC") if args.as_of else None
-        summary = partitioned.summarize(parts, client, cfg, as_of)
+        summary = partitioned.summarize(parts, client, cfg, as_of, progress=not args.quiet)
         as_of = as_of if as_of is not None else (summary.data_end - pd.Timedelta(milliseconds=1)).ceil("D")
-        snapshot = partitioned.snapshot(parts, client, cfg, as_of, summary)
+        snapshot = partitioned.snapshot(parts, client, cfg, as_of, summary, progress=not args.quiet)
     t2 = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

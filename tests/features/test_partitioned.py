@@ -159,3 +159,43 @@ def test_features_build_with_dask_writes_the_same_snapshot(small_data_dir, tmp_p
     bad = subprocess.run(cli + ["--out", str(tmp_path / "x.parquet"), "--scheduler", "tcp://127.0.0.1:1"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "--scheduler needs --dask" in bad.stderr
+
+
+def test_features_build_runs_on_a_separate_dask_scheduler_and_workers(small_data_dir, tmp_path):
+    """``--scheduler ADDRESS``: a `dask scheduler` and `dask worker` processes of their own, as on a
+    real cluster (here on this machine; the scratch directory stands for the shared file system)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from distributed import Client
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask_cli = str(Path(sys.executable).with_name("dask"))
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)]
+    try:
+        procs.append(subprocess.Popen([dask_cli, "worker", address, "--nthreads", "1", "--nworkers", "2",
+                                       "--memory-limit", "2GiB"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+        with Client(address, timeout=60) as c:  # connects once the scheduler listens
+            c.wait_for_workers(2, timeout=60)
+        cli = [str(Path(sys.executable).with_name("nextbest")), "-q", "features", "build", str(small_data_dir)]
+        subprocess.run(cli + ["--out", str(tmp_path / "pandas.parquet")], check=True, capture_output=True)
+        out = subprocess.run(cli + ["--out", str(tmp_path / "dask.parquet"), "--dask", "--scheduler", address,
+                                    "--scratch", str(tmp_path / "shared")], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-3000:]
+        want = pd.read_parquet(tmp_path / "pandas.parquet").set_index("customer_id")
+        got = pd.read_parquet(tmp_path / "dask.parquet").set_index("customer_id")
+        pd.testing.assert_frame_equal(got.loc[want.index], want, check_exact=True)
+    finally:
+        for p in reversed(procs):
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait(timeout=30)
