@@ -92,7 +92,9 @@ def _read(path: Path, name: str):
     if path.suffix == ".csv":
         header = pd.read_csv(path, nrows=0).columns
         return dd.read_csv(path, dtype={c: "str" for c in CSV_STRING_COLUMNS if c in header}, blocksize="64MB")
-    return dd.read_parquet(path)
+    # a Dask partition per Parquet row group (pandas and pyarrow write 1,048,576 rows per group), so
+    # reading holds one group per task whatever the file's size
+    return dd.read_parquet(path, split_row_groups=True)
 
 
 def _with_part(frame: pd.DataFrame, n_parts: int) -> pd.DataFrame:

@@ -231,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.add_commands(top)
     cli_ui.add_commands(top)
     cli_retrain.add_commands(top)
-    from nextbest import cli_erase
+    from nextbest import cli_erase, cli_marketing
     cli_erase.add_commands(top)
+    cli_marketing.add_commands(top)
     cli_store.add_commands(top)
     _show_defaults(p)
     return p

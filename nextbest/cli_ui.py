@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 # A one-user UI: MLflow's job runner and telemetry are off (both start extra processes or calls)
 SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+# MLflow 3's UI opens in its GenAI view unless the page asks for the model-training one (the
+# `workflowType` parameter beats what the browser remembers): every printed link asks for it
+ML_VIEW = "?workflowType=machine_learning"
 
 
 def server_command(store_uri: str, host: str, port: int) -> list[str]:
@@ -60,14 +63,15 @@ def run_links(base_url: str) -> list[tuple[str, str]]:
         v = by_number[number]
         run = f"{base_url}/#/experiments/{experiments[number]}/runs/{v['run_id']}"
         who = f"version {number}" + (" (champion)" if number == champion else " (newest)")
-        links += [(f"training run of {who}", run), (f"uplift report of {who}", f"{run}/artifacts/report/index.html")]
+        links += [(f"training run of {who}", run + ML_VIEW),
+                  (f"uplift report of {who}", f"{run}/artifacts/report/index.html{ML_VIEW}")]
     if len(versions) >= 2:
         older, newer = versions[1], versions[0]
         query = urllib.parse.urlencode({"runs": json.dumps([older["run_id"], newer["run_id"]]),
                                         "experiments": json.dumps(sorted({experiments[older["version"]],
                                                                           experiments[newer["version"]]}))})
         links.append((f"versions {older['version']} and {newer['version']} side by side",
-                      f"{base_url}/#/compare-runs?{query}"))
+                      f"{base_url}/#/compare-runs?{query}&{ML_VIEW[1:]}"))
     return links
 
 

@@ -49,6 +49,7 @@ class LoggedRounds:
     propensity: np.ndarray   # (n,)
     reward: np.ndarray       # (n,)
     config: Config | None = None  # the config they were read with (its ``offpolicy`` section evaluates them)
+    unsubscribed: np.ndarray | None = None  # (n,) the round's message caused an unsubscribe
 
     @property
     def n(self) -> int:
@@ -95,16 +96,17 @@ def logged_rounds(data_dir: str | Path, config: Config, days: int = 7, max_round
     hour = dec["local_hour"].to_numpy() if "local_hour" in dec else None
     if hour is None:
         raise ValueError("logging_decisions needs `local_hour` (the send's local hour) for off-policy evaluation")
-    reward = _rewards(dec, ds.events, config, reward_window_hours, send, k, j)
+    reward, unsub = _rewards(dec, ds.events, config, reward_window_hours, send, k, j)
     return LoggedRounds(features, dec["day"].to_numpy(), action, np.where(send, hour, -1),
-                        dec["propensity"].to_numpy(float), reward, config)
+                        dec["propensity"].to_numpy(float), reward, config, unsub)
 
 
 def _rewards(dec: pd.DataFrame, events: pd.DataFrame, config: Config, window_hours: float, send: np.ndarray,
              channel: np.ndarray, offer: np.ndarray):
-    """Each round's realized profit in its window (``decision.objective.realized_profit``):
-    every order of the customer in the window counts, those of the round's message redeem its
-    offer; ``channel``/``offer`` codes of the sends (-1 elsewhere)."""
+    """Each round's realized profit in its window (``decision.objective.realized_profit``) and
+    whether its message caused an unsubscribe: every order of the customer in the window counts,
+    those of the round's message redeem its offer; ``channel``/``offer`` codes of the sends (-1
+    elsewhere)."""
     ev = events[["customer_id", "ts", "event", "message_id", "value"]]
     orders = ev[ev["event"] == "converted"]
     start = dec["day"].to_numpy()
@@ -120,7 +122,7 @@ def _rewards(dec: pd.DataFrame, events: pd.DataFrame, config: Config, window_hou
     redeemed = np.bincount(rows, minlength=len(dec))
     redeemed_value = np.bincount(rows, weights=redeem["value"].to_numpy(float), minlength=len(dec))
     unsub = key["msg"].isin(ev.loc[ev["event"] == "unsubscribed", "message_id"].dropna().astype(object)).to_numpy()
-    return realized_profit(config, np.where(send, channel, -1), offer, value, redeemed, unsub, redeemed_value)
+    return realized_profit(config, np.where(send, channel, -1), offer, value, redeemed, unsub, redeemed_value), unsub
 
 
 @dataclass

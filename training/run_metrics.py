@@ -138,19 +138,20 @@ def headline_summary(metrics: dict) -> list[tuple[str, float]]:
 
 def offpolicy_description(metrics: dict, champion: str | None = None) -> list[str]:
     """Markdown lines of the off-policy headline (empty without one)."""
-    rows = []
-    for who, label in (("nothing", "against sending nothing"),
-                       ("champion", f"against the champion (version {champion})" if champion else "against the champion"),
-                       ("logging", "against the policy that logged the data")):
+    parts = []
+    for who, label in (("nothing", "vs sending nothing"),
+                       ("champion", f"vs the champion (v{champion})" if champion else "vs the champion"),
+                       ("logging", "vs the logging policy")):
         key = f"{OPE_EXTRA_PROFIT}/{OPE_VS[who]}"
         if key in metrics:
-            rows.append(f"- {label}: **{metrics[key]:+,.1f}** (95% interval {metrics[key + LOW]:+,.1f} to "
-                        f"{metrics[key + HIGH]:+,.1f})")
-    if not rows:
+            parts.append(f"{label} **{metrics[key]:+,.1f}** ({metrics[key + LOW]:+,.1f} to {metrics[key + HIGH]:+,.1f})")
+    if not parts:
         return []
     n = metrics.get("ope_rounds/held_out")
-    return [f"Extra profit per 1,000 customers per day, estimated off-policy on "
-            f"{'' if n is None else f'{n:,.0f} '}held-out logged decisions (doubly robust):", ""] + rows + [""]
+    # one short paragraph first: MLflow shows the first lines of a description and folds the rest
+    # under "Show more", so the headline must fit there
+    return [f"**Extra profit per 1,000 customers per day** (off-policy, 95% interval): " + " · ".join(parts), "",
+            f"Estimated on {'' if n is None else f'{n:,.0f} '}held-out logged decisions (doubly robust).", ""]
 
 
 def propensity_description(info: dict | None) -> list[str]:
@@ -170,8 +171,9 @@ def propensity_description(info: dict | None) -> list[str]:
 def run_description(metrics: dict, version: str | None, data_dir, info: dict | None = None,
                     champion: str | None = None) -> str:
     """The markdown MLflow shows at the top of the run page (the ``mlflow.note.content`` tag)."""
-    lines = [f"**Policy version {version or '(not registered)'}**, trained on `{data_dir}`.", ""]
-    lines += offpolicy_description(metrics, champion) + propensity_description(info)
+    lines = offpolicy_description(metrics, champion)
+    lines += [f"**Policy version {version or '(not registered)'}**, trained on `{data_dir}`.", ""]
+    lines += propensity_description(info)
     head = [(k, v) for k, v in headline_summary(metrics) if not k.startswith(OPE_EXTRA_PROFIT)]
     if head:
         lines += ["Expected profit per 1,000 customers on one day (simulated customers, true response rates):", ""]

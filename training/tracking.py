@@ -70,9 +70,10 @@ def headline_rounds(res: TrainResult, config: Config, seed: int = 0):
     action = action_classes(dec, config)
     O = len(config.offer_names)
     k, j = np.where(send, (action - 1) // O, -1), np.where(send, (action - 1) % O, -1)
-    reward = _rewards(dec, res.dataset.events, config, window, send, k, j)
+    reward, unsub = _rewards(dec, res.dataset.events, config, window, send, k, j)
     hour = np.where(send, dec["local_hour"].to_numpy(), -1)
-    return LoggedRounds(features, dec["day"].to_numpy(), action, hour, dec["propensity"].to_numpy(float), reward, config)
+    return LoggedRounds(features, dec["day"].to_numpy(), action, hour, dec["propensity"].to_numpy(float), reward, config,
+                        unsub)
 
 
 def offpolicy_headline(res: TrainResult, config: Config, champion=None, seed: int = 0) -> dict:

@@ -53,7 +53,7 @@ def test_off_policy_rewards_agree(cfg):
         "event": ["converted", "unsubscribed", "converted", "converted", "converted"],
         "message_id": ["m1", "m2", "m2", None, None], "value": [100.0, np.nan, 80.0, 50.0, 999.0]})
     send = np.array([True, True, False])
-    got = _rewards(dec, events, cfg, 24.0, send, np.array(CHANNEL), np.array(OFFER))
+    got, _ = _rewards(dec, events, cfg, 24.0, send, np.array(CHANNEL), np.array(OFFER))
     np.testing.assert_allclose(got, EXPECTED)
 
 

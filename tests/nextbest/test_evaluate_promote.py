@@ -55,3 +55,28 @@ def test_evaluate_logs_to_mlflow_and_promote_refuses_without_a_passing_gate(tmp_
         assert forced.returncode == 0 and "champion: version 2" in forced.stdout
         history = nb("models").stdout
         assert "forced past the off-policy gate" in history
+
+    # what if SMS were switched off? The champion replayed under both rules, logged to MLflow
+    (tmp_path / "no_sms.yaml").write_text("channels:\n  email: {cost: 0.002, quiet_hours: {start: 22, end: 7}, "
+                                          "caps: {per_day: 1, per_week: 4}}\n  sms: {cost: 0.045, quiet_hours: "
+                                          "{start: 21, end: 9}, caps: {per_day: 0, per_week: 0}}\n  push: {cost: "
+                                          "0.0005, quiet_hours: {start: 22, end: 8}, caps: {per_day: 2, per_week: 6}}\n")
+    nothing = nb("whatif", str(data))
+    assert nothing.returncode != 0 and "--config new_rules.yaml" in nothing.stderr
+    wi = nb("-q", "whatif", str(data), "--config", str(tmp_path / "no_sms.yaml"), "--days", "3", "--max-rounds",
+            "3000", "--n-boot", "200")
+    assert wi.returncode == 0, wi.stderr[-3000:]
+    assert "messages on sms" in wi.stdout and "per 1,000 decisions" in wi.stdout and "The new rules would" in wi.stdout
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    run = next(r for r in runs if r.data.tags.get("kind") == "what-if")
+    assert run.data.metrics["whatif_messages_on_sms_new"] == 0.0 and run.data.metrics["whatif_messages_on_sms_current"] > 0
+    assert run.data.tags["mlflow.note.content"].startswith("**What if no_sms.yaml?**")
+    files = {f.path for f in mlflow.MlflowClient(tracking_uri=uri).list_artifacts(run.info.run_id, "whatif")}
+    assert {"whatif/whatif.html", "whatif/whatif.png", "whatif/whatif.csv"} <= files
+
+    # whom to ask for consent
+    opt = nb("-q", "optin", str(data), "--channel", "sms", "--top", "5", "--out", str(tmp_path / "optin.csv"))
+    assert opt.returncode == 0, opt.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "optin.csv")
+    assert set(table["channel"]) == {"sms"} and table["gain"].is_monotonic_decreasing
+    assert f"sms: {len(table):,} customers without consent" in opt.stdout
