@@ -182,6 +182,24 @@ class Decisions:
     values: np.ndarray | None = None          # (n, 1 + K*O) learner-corrected extra profit, -inf where not allowed
 
 
+def price_of_learning(flat: np.ndarray, allowed: np.ndarray, free: np.ndarray, probs: np.ndarray, greedy: np.ndarray,
+                      control: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Expected profit each decision gives up to learn, by the policy's own current values ``flat``
+    (n, A; suppress = 0):
+
+    - to exploration: the greedy option's value minus the value expected under the drawn
+      distribution ``probs`` (0 for a greedy decision);
+    - to the control group: for a customer in it, the best value it could have had outside it
+      (``free``: the options allowed before the control group took them away; at least 0).
+    """
+    n = len(flat)
+    rows = np.arange(n)
+    on = np.where(allowed, flat, 0.0)
+    exploration = np.maximum(np.where(allowed[rows, greedy], flat[rows, greedy], 0.0) - (probs * on).sum(axis=1), 0.0)
+    best_free = np.where(free, flat, -np.inf).max(axis=1, initial=0.0)
+    return exploration, np.where(control, best_free, 0.0)
+
+
 class DecisionPolicy:
     """Expected-profit policy over (suppress | channel x local hour x offer) with exploration.
 
@@ -370,6 +388,7 @@ class DecisionPolicy:
         must_send = np.full(n, transactional) & allowed[:, 1:].any(axis=1)
         allowed[must_send, 0] = False
         control = np.zeros(n, dtype=bool) if transactional else self.exploration.in_control(features.index)
+        free = allowed.copy()  # what the customer could get outside the control group
         allowed[control, 1:] = False
         X = self.learner_inputs(s)
         flat, sd = (learner or self.new_learner()).predict(self.action_keys, X)  # extra profit over suppress
@@ -379,6 +398,7 @@ class DecisionPolicy:
             probs, greedy = self.exploration.distribution(np.where(allowed, flat, -np.inf), sd, rng)
         choice = draw(probs, rng)
         propensity = probs[np.arange(n), choice]
+        exploration_cost, control_cost = price_of_learning(flat, allowed, free, probs, greedy, control)
         send = choice > 0
         k, j = np.divmod(np.maximum(choice - 1, 0), O)
         hour = np.where(send, s.hour[np.arange(n), k, j], -1)
@@ -404,6 +424,8 @@ class DecisionPolicy:
             "expected_value": np.where(send, flat[np.arange(n), choice], 0.0),
             "control": control,
             "explored": choice != greedy,
+            "exploration_cost": exploration_cost,
+            "control_cost": control_cost,
             "action_key": np.array(self.action_keys, dtype=object)[choice],
             "policy_version": self.version,
         })

@@ -261,6 +261,60 @@ def cmd_log_export(args) -> int:
     return 0
 
 
+def cmd_log_price(args) -> int:
+    """The price of learning: per day, the money given up to exploration and to the control group; per
+    action, how far the learner's posterior narrowed (``serving.price_report``)."""
+    import argparse
+
+    import pandas as pd
+
+    from nextbest.cli_store import store_settings
+    from nextbest.decision import registry
+    from nextbest.serving.price_report import daily, information
+    from nextbest.serving.store import open_store
+
+    settings = store_settings(argparse.Namespace(**{**vars(args), "data_dir": "."}))
+    if not Path(settings.log_dir).is_dir():
+        raise FileNotFoundError(f"decision log {settings.log_dir} does not exist")
+    days = daily(settings.log_dir, args.days)
+    info = information(settings.log_dir, open_store(settings.store_url), registry.load_champion().online)
+    with pd.option_context("display.width", 200, "display.precision", 3, "display.max_columns", 20):
+        _out(f"the price of learning in {settings.log_dir} (money: expected profit given up, by the policy's own "
+             "values at decision time):")
+        _out(days.to_string() if len(days) else "no decisions logged")
+        _out("\nwhat it bought: the learner's posterior sd of each action's value at its average input, before any "
+             f"feedback and now ({settings.store_url}):")
+        _out(info.to_string() if len(info) else "no sends logged")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        days.to_csv(out / "price_daily.csv", index_label="day")
+        info.to_csv(out / "price_information.csv", index_label="action")
+        if len(days):
+            _price_chart(days, info, out / "price.png")
+        _out(f"\ntables and chart -> {out}")
+    return 0
+
+
+def _price_chart(days, info, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax, bx = fig.subplots(1, 2)
+    ax.bar(days.index, days["exploration_cost_per_1000"], label="exploration")
+    ax.bar(days.index, days["control_cost_per_1000"], bottom=days["exploration_cost_per_1000"], label="control group")
+    ax.set_ylabel("expected profit given up\nper 1,000 decisions")
+    ax.tick_params(axis="x", labelrotation=45)
+    ax.legend()
+    if len(info):
+        bx.barh(info.index, info["narrowed"] * 100.0)
+        bx.set_xlabel("posterior sd narrowed, %")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def add_commands(top) -> None:
     s = top.add_parser("serve", help="start the decision service (BentoML) with the champion from the registry")
     s.add_argument("data_dir", help="customers and events the live features are computed from")
@@ -282,3 +336,10 @@ def add_commands(top) -> None:
     e.add_argument("--as-of", help="export time (UTC; default: now): sends planned for later and feedback dated "
                                    "later wait for the next export, so the export always validates")
     e.set_defaults(func=cmd_log_export)
+    pr = lg.add_parser("price", help="the price of learning: money given up per day to exploration and the control "
+                                      "group, and how far each action's posterior narrowed")
+    pr.add_argument("--log-dir", help="decision log directory (default: the config's serving.log_dir)")
+    pr.add_argument("--store", help="state store URL (default: NEXTBEST_STORE_URL, else the config's serving.store_url)")
+    pr.add_argument("--days", type=int, help="only the last N days")
+    pr.add_argument("--out", help="also write the tables and a chart to this directory")
+    pr.set_defaults(func=cmd_log_price)

@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
+from prometheus_client import Counter
 
 from nextbest.decision.exploration import KeyedRandom
 from nextbest.decision.policy import DecisionPolicy, Request
@@ -62,6 +63,22 @@ from nextbest.serving.store import MAX_ATTEMPTS, Conflict, Store, open_store
 __all__ = ["Conflict", "Engine", "InvalidInput", "StoreMismatch", "UnknownDecision"]
 
 log = logging.getLogger(__name__)
+
+
+# The price of learning, in money (decision.policy.price_of_learning). Counted here, in the engine
+# process: BentoML's workers and this child share PROMETHEUS_MULTIPROC_DIR, so GET /metrics adds them up.
+EXPLORATION_COST = Counter("nextbest_exploration_cost", "Expected profit given up to exploration (currency units)",
+                           ["policy_version"])
+CONTROL_COST = Counter("nextbest_control_cost", "Expected profit given up to the control group (currency units)",
+                       ["policy_version"])
+
+
+def _count_price(finished: list[Pending]) -> None:
+    for p in finished:
+        price = (p.inputs or {}).get("price")
+        if price:
+            EXPLORATION_COST.labels(p.decision["policy_version"]).inc(price["exploration"])
+            CONTROL_COST.labels(p.decision["policy_version"]).inc(price["control"])
 
 
 class Engine:
@@ -272,6 +289,7 @@ class Engine:
         except BaseException as exc:
             self.void([p.decision["decision_id"] for p in finished], f"storing failed: {exc!r}"[:300])
             raise
+        _count_price(finished)
 
     def void(self, decision_ids: list[str], reason: str) -> None:
         """Mark logged decisions void (their callers got an error); logs if even that fails."""

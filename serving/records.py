@@ -221,7 +221,8 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
     """
     K, O = len(config.channel_names), len(config.offer_names)
     f = {c: d.frame[c].tolist() for c in ("action", "channel", "offer", "local_hour", "propensity",
-                                           "expected_value", "explored", "control", "policy_version", "action_key")}
+                                           "expected_value", "explored", "control", "policy_version", "action_key",
+                                           "exploration_cost", "control_cost")}
     send_at_ns = d.frame["send_at"].to_numpy("datetime64[ns]")
     out = []
     for pos, j in enumerate(js):
@@ -269,6 +270,9 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
                   "contact": {"sent_24h": hist.sent_day[pos].tolist(), "sent_168h": hist.sent_week[pos].tolist(),
                               "hours_since_last": float(hist.hours_since_last[pos])
                               if np.isfinite(hist.hours_since_last[pos]) else None,
-                              "unanswered": hist.unanswered[pos].tolist()}}
+                              "unanswered": hist.unanswered[pos].tolist()},
+                  # expected profit given up to learn (decision.policy.price_of_learning)
+                  "price": {"exploration": round(f["exploration_cost"][pos], MONEY_DIGITS),
+                            "control": round(f["control_cost"][pos], MONEY_DIGITS)}}
         out.append(Pending(rows[j], decision, record, contact, inputs))
     return out

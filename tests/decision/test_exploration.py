@@ -180,3 +180,19 @@ def test_reasons_use_the_learners_corrected_values(trained, snapshot, config):
     allowed = np.isfinite(out.scores.value[i].ravel())
     assert loss == pytest.approx(-corrected[0, 1:][allowed].max(), abs=1e-3)   # the corrected value
     assert loss != pytest.approx(-out.scores.value[i].ravel()[allowed].max(), abs=1e-3)  # not the offline one
+
+
+def test_the_price_of_learning_is_what_exploration_and_the_control_group_give_up():
+    from nextbest.decision.policy import price_of_learning
+
+    flat = np.array([[0.0, 2.0, 1.0, -1.0],     # explores: 80% on the best option, 20% on the next
+                     [0.0, 2.0, 1.0, -1.0],     # control group: only suppress left
+                     [0.0, -1.0, -2.0, 5.0]])   # option 3 not allowed; greedy is suppress
+    allowed = np.array([[1, 1, 1, 1], [1, 0, 0, 0], [1, 1, 1, 0]], dtype=bool)
+    free = np.array([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]], dtype=bool)
+    probs = np.array([[0.0, 0.8, 0.2, 0.0], [1.0, 0, 0, 0], [0.9, 0.1, 0.0, 0.0]])
+    greedy = np.array([1, 0, 0])
+    control = np.array([False, True, False])
+    exploration, ctrl = price_of_learning(flat, allowed, free, probs, greedy, control)
+    np.testing.assert_allclose(exploration, [2.0 - (0.8 * 2 + 0.2 * 1), 0.0, 0.0 - 0.1 * -1.0])
+    np.testing.assert_allclose(ctrl, [0.0, 2.0, 0.0])

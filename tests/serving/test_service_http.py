@@ -316,3 +316,44 @@ def test_the_api_docs_page_is_nextbests_and_loads_nothing_from_elsewhere(server)
     assert any(u.endswith("/docs.json") for u in requested)
     html = server.get("/", key=None)
     assert html.status_code == 200 and "googletagmanager" not in html.text and "github" not in html.text.lower()
+
+
+def test_metrics_count_the_price_of_exploration_and_of_the_control_group(server, customers):
+    """``nextbest_exploration_cost_total`` and ``nextbest_control_cost_total`` (counted in the engine
+    process) add up the price each logged decision records."""
+    import re
+
+    r = server.post("/v1/decide/batch", {"requests": [{"customer_id": c, "now": NOW.isoformat()}
+                                                      for c in customers(300, offset=500)]})
+    assert r.status_code == 200
+    logged = read_records(server.log_dir, "decisions")
+    text = server.get("/metrics").text
+    for kind in ("exploration", "control"):
+        want = sum(d["price"][kind] for d in logged if d.get("price"))
+        got = sum(float(v) for v in re.findall(rf'^nextbest_{kind}_cost_total{{policy_version="[^"]+"}} (\S+)$', text,
+                                               re.M))
+        assert got == pytest.approx(want, rel=1e-9, abs=1e-6), kind
+    assert sum(d["price"]["exploration"] for d in logged) > 0, "some decisions explored"
+    assert any(d["control"] and d["price"]["control"] > 0 for d in logged), "the control group costs something"
+
+
+def test_log_price_reports_the_daily_price_and_the_posterior_narrowing(server, project, customers, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    server.post("/v1/decide/batch", {"requests": [{"customer_id": c, "now": NOW.isoformat()}
+                                                  for c in customers(100, offset=700)]})
+    out = subprocess.run([str(Path(sys.executable).with_name("nextbest")), "--config", str(project.config), "log", "price", "--log-dir",
+                          str(server.log_dir), "--store", server.store_url, "--out", str(tmp_path / "price")],
+                         env=project.env, cwd=project.home, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "exploration_cost_per_1000" in out.stdout and "narrowed" in out.stdout
+    days = pd.read_csv(tmp_path / "price" / "price_daily.csv")
+    logged = read_records(server.log_dir, "decisions")
+    assert days["decisions"].sum() == len(logged)
+    assert days["exploration_cost"].sum() == pytest.approx(sum(d["price"]["exploration"] for d in logged), abs=1e-6)
+    assert days["control"].sum() == sum(d["control"] for d in logged)
+    info = pd.read_csv(tmp_path / "price" / "price_information.csv", index_col="action")
+    assert len(info) > 0 and (info["sd_prior"] > 0).all() and info["narrowed"].between(0, 1).all()
+    assert (tmp_path / "price" / "price.png").stat().st_size > 1000
