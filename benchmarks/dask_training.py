@@ -71,7 +71,7 @@ def main() -> int:
     cats = {c for c in cols if str(p.train.X[c].dtype) == "category"}
     Xs, Xv = (_matrix(s.X[s.send], cols, cats) for s in (p.train, p.valid))
     ys, yv = (s.examples[s.send]["opened"].to_numpy(int) for s in (p.train, p.valid))
-    params = {**settings.lightgbm.params(), "random_state": 0, "verbose": -1}
+    params = {**settings.lightgbm, "random_state": 0, "verbose": -1}
     cat_idx = [i for i, c in enumerate(cols) if c in cats]
     log.info("%d training rows, %d validation rows, %d inputs", len(ys), len(yv), len(cols))
 
