@@ -14,7 +14,11 @@ scored on the world's truth. Printed per world:
   nothing, to customers not messaged whom the oracle messages, and to choosing another option;
 - ``corr_value``: correlation of estimated and true extra profit over every allowed option;
 - ``open_at_hour`` (policy / customer's most frequent open hour / oracle): the true open rate at
-  the hour each picks (email, no offer).
+  the hour each picks (email, no offer);
+- ``norm_margin_0`` / ``q20`` / ``q40``: the normalized value if the policy sent its best option only
+  where that option's estimated value exceeds a send margin: 0 (the greedy rule), the 20th / 40th
+  percentile of the positive best values (what a learned "send only when clearly worth it" threshold could gain against the
+  winner's curse; by the true values of the same options at the same hours).
 """
 
 from __future__ import annotations
@@ -70,8 +74,15 @@ def diagnose(job) -> dict:
     bad = -np.minimum(vp - sup, 0)[send].sum() / gap
     ok = world.allowed(idx) & s.eligibility.allowed
     hours = _send_time(s, feats, ok, world, cfg)["mean_true_open_rate"]
+    flat_est = np.where(np.isfinite(s.value), s.value, -np.inf).reshape(n, -1)
+    best_est, best_at = flat_est.max(axis=1), flat_est.argmax(axis=1)
+    true_best = np.nan_to_num(true_inc, nan=0.0).reshape(n, -1)[idx, best_at]
+    positive = best_est[best_est > 0]
+    margin = {q: (true_best[best_est > (np.percentile(positive, q) if q else 0.0)].sum() / gap
+                  if len(positive) else np.nan) for q in (0, 20, 40)}
     return {
         "world": str(kind), "norm": (vp - sup).sum() / gap,
+        "norm_margin_0": margin[0], "norm_margin_q20": margin[20], "norm_margin_q40": margin[40],
         "norm_best_option_at_our_hours": np.maximum(np.nan_to_num(true_inc, nan=-1e9).reshape(n, -1).max(1), 0).sum() / gap,
         "sent": send.mean(), "sent_oracle": best["channel"].notna().mean(),
         "loss_bad_sends": bad, "loss_missed": (vo - sup)[~send].sum() / gap,
