@@ -68,16 +68,15 @@ def cmd_optin(args) -> int:
 
 
 def add_commands(top) -> None:
+    from nextbest.cli_models import add_logged_rounds_arguments
+
     w = top.add_parser("whatif", help="what changed rules (--config NEW.yaml) would have done: the champion replayed "
                                        "on the logged decisions under its rules and the new ones, estimated "
                                        "off-policy (profit, unsubscribes, messages per channel; logged to MLflow)")
     w.add_argument("data_dir")
     w.add_argument("--current", help="the current rules (default: the version's own config)")
     w.add_argument("--version", help="registered version to replay (default: the champion)")
-    w.add_argument("--days", type=int, default=7, help="the last N logged days with a complete reward window")
-    w.add_argument("--max-rounds", type=int, default=20000, help="sample at most this many logged decisions")
-    w.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
-    w.add_argument("--seed", type=int, default=0)
+    add_logged_rounds_arguments(w)
     w.set_defaults(func=cmd_whatif)
 
     o = top.add_parser("optin", help="for each channel, the customers whose consent would add the most expected "

@@ -188,6 +188,14 @@ def cmd_models(args) -> int:
     return 0
 
 
+def add_logged_rounds_arguments(parser) -> None:
+    """Which logged decisions an off-policy estimate reads, and its bootstrap (evaluate, whatif)."""
+    parser.add_argument("--days", type=int, default=7, help="the last N logged days with a complete reward window")
+    parser.add_argument("--max-rounds", type=int, default=20000, help="sample at most this many logged decisions")
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
+    parser.add_argument("--seed", type=int, default=0)
+
+
 def add_commands(top) -> None:
     t = top.add_parser("train", help="train the policy, log it to MLflow and register it as `nextbest`")
     t.add_argument("data_dir")
@@ -222,10 +230,7 @@ def add_commands(top) -> None:
     e.add_argument("data_dir")
     e.add_argument("--version", required=True, help="the candidate version")
     e.add_argument("--against", help="the version to compare with (default: the champion)")
-    e.add_argument("--days", type=int, default=7, help="the last N logged days with a complete reward window")
-    e.add_argument("--max-rounds", type=int, default=20000, help="sample at most this many logged decisions")
-    e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
-    e.add_argument("--seed", type=int, default=0)
+    add_logged_rounds_arguments(e)
     e.set_defaults(func=cmd_evaluate)
 
     p = top.add_parser("promote", help="move the `champion` alias to a registered version (it must load and take a "
