@@ -256,7 +256,8 @@ def snapshot(parts: Partitions, client, config: Config, as_of=None, summary: Sum
     before = None if as_of is None else pd.Timestamp(as_of)
     summary = summary or summarize(parts, client, config, before, progress)
     as_of = before if before is not None else (summary.data_end - pd.Timedelta(milliseconds=1)).ceil("D")
-    frames = _gathered([client.submit(_snapshot, parts, i, config, as_of, summary, pure=False)
+    shared = client.scatter(summary, broadcast=True)
+    frames = _gathered([client.submit(_snapshot, parts, i, config, as_of, shared, pure=False)
                         for i in range(parts.n)], "engagement histories", progress)
     return pd.concat(frames)
 
@@ -266,8 +267,9 @@ def examples(parts: Partitions, client, config: Config, decisions: pd.DataFrame,
     """``decision_examples`` of ``decisions`` computed per partition, in the order of ``decisions``."""
     rows = decisions.reset_index(drop=True).assign(_row=np.arange(len(decisions)))
     where = part_of(rows["customer_id"], parts.n)
-    futures = [client.submit(_examples, parts, i, config, rows[where == i].reset_index(drop=True), window_hours,
-                             data_end, summary, pure=False) for i in range(parts.n) if (where == i).any()]
+    shared = client.scatter(summary, broadcast=True)  # sent once, not with every task
+    futures = [client.submit(_examples, parts, i, config, client.scatter(rows[where == i].reset_index(drop=True)),
+                             window_hours, data_end, shared, pure=False) for i in range(parts.n) if (where == i).any()]
     out = pd.concat(_gathered(futures, "training examples", progress), ignore_index=True)
     return out.sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)
 

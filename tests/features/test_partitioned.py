@@ -143,17 +143,26 @@ def test_prepare_on_dask_gives_the_training_and_validation_examples_of_the_panda
         pd.testing.assert_frame_equal(a.X, b.X, check_exact=True)
 
 
-def test_features_build_with_dask_writes_the_same_snapshot(small_data_dir, tmp_path):
+def _pandas_snapshot_as_written(pandas_path) -> pd.DataFrame:
+    """What ``nextbest features build`` (no --dask) writes, read back: the pandas snapshot through Parquet."""
+    import io
+
+    customers, events, log_, pop = pandas_path
+    buf = io.BytesIO()
+    engagement_history(log_, customers["customer_id"], events["ts"].max().ceil("D"), pop).reset_index().to_parquet(buf)
+    return pd.read_parquet(buf).set_index("customer_id")
+
+
+def test_features_build_with_dask_writes_the_same_snapshot(data, pandas_path, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
-    cli = [str(Path(sys.executable).with_name("nextbest")), "-q", "features", "build", str(small_data_dir)]
-    subprocess.run(cli + ["--out", str(tmp_path / "pandas.parquet")], check=True, capture_output=True)
+    cli = [str(Path(sys.executable).with_name("nextbest")), "-q", "features", "build", str(data)]
     out = subprocess.run(cli + ["--out", str(tmp_path / "dask.parquet"), "--dask", "--workers", "2", "--partitions", "3",
                                 "--scratch", str(tmp_path / "scratch")], check=True, capture_output=True, text=True)
     assert "3 partitions" in out.stdout
-    want = pd.read_parquet(tmp_path / "pandas.parquet").set_index("customer_id")
+    want = _pandas_snapshot_as_written(pandas_path)
     got = pd.read_parquet(tmp_path / "dask.parquet").set_index("customer_id")
     pd.testing.assert_frame_equal(got.loc[want.index], want, check_exact=True)
     bad = subprocess.run(cli + ["--out", str(tmp_path / "x.parquet"), "--scheduler", "tcp://127.0.0.1:1"],
@@ -161,7 +170,7 @@ def test_features_build_with_dask_writes_the_same_snapshot(small_data_dir, tmp_p
     assert bad.returncode != 0 and "--scheduler needs --dask" in bad.stderr
 
 
-def test_features_build_runs_on_a_separate_dask_scheduler_and_workers(small_data_dir, tmp_path):
+def test_features_build_runs_on_a_separate_dask_scheduler_and_workers(data, pandas_path, tmp_path):
     """``--scheduler ADDRESS``: a `dask scheduler` and `dask worker` processes of their own, as on a
     real cluster (here on this machine; the scratch directory stands for the shared file system)."""
     import os
@@ -187,12 +196,11 @@ def test_features_build_runs_on_a_separate_dask_scheduler_and_workers(small_data
                                       stderr=subprocess.DEVNULL, start_new_session=True))
         with Client(address, timeout=60) as c:  # connects once the scheduler listens
             c.wait_for_workers(2, timeout=60)
-        cli = [str(Path(sys.executable).with_name("nextbest")), "-q", "features", "build", str(small_data_dir)]
-        subprocess.run(cli + ["--out", str(tmp_path / "pandas.parquet")], check=True, capture_output=True)
+        cli = [str(Path(sys.executable).with_name("nextbest")), "-q", "features", "build", str(data)]
         out = subprocess.run(cli + ["--out", str(tmp_path / "dask.parquet"), "--dask", "--scheduler", address,
                                     "--scratch", str(tmp_path / "shared")], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr[-3000:]
-        want = pd.read_parquet(tmp_path / "pandas.parquet").set_index("customer_id")
+        want = _pandas_snapshot_as_written(pandas_path)
         got = pd.read_parquet(tmp_path / "dask.parquet").set_index("customer_id")
         pd.testing.assert_frame_equal(got.loc[want.index], want, check_exact=True)
     finally:
