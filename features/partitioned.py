@@ -215,6 +215,13 @@ def _examples(parts: Partitions, i: int, config: Config, decisions: pd.DataFrame
     return _recoded(decision_examples(log_, decisions, window_hours, data_end, summary.population), summary)
 
 
+def _write_examples(parts: Partitions, i: int, config: Config, out: str, data_end, summary: Summary, before) -> int:
+    from nextbest.features.examples import write_training_examples
+
+    _, log_ = _encoded(parts, i, config, before)
+    return write_training_examples(log_, Path(out) / f"part-{i:05d}.parquet", None, data_end, summary.population)
+
+
 # ---------------------------------------------------------------------- the client's side
 def _gathered(futures, what: str, progress: bool):
     """Results of ``futures`` in order (a progress bar per partition if ``progress``); a failed
@@ -256,7 +263,7 @@ def snapshot(parts: Partitions, client, config: Config, as_of=None, summary: Sum
     before = None if as_of is None else pd.Timestamp(as_of)
     summary = summary or summarize(parts, client, config, before, progress)
     as_of = before if before is not None else (summary.data_end - pd.Timedelta(milliseconds=1)).ceil("D")
-    shared = client.scatter(summary, broadcast=True)
+    shared = client.scatter(summary, broadcast=True, hash=False)
     frames = _gathered([client.submit(_snapshot, parts, i, config, as_of, shared, pure=False)
                         for i in range(parts.n)], "engagement histories", progress)
     return pd.concat(frames)
@@ -267,8 +274,9 @@ def examples(parts: Partitions, client, config: Config, decisions: pd.DataFrame,
     """``decision_examples`` of ``decisions`` computed per partition, in the order of ``decisions``."""
     rows = decisions.reset_index(drop=True).assign(_row=np.arange(len(decisions)))
     where = part_of(rows["customer_id"], parts.n)
-    shared = client.scatter(summary, broadcast=True)  # sent once, not with every task
-    futures = [client.submit(_examples, parts, i, config, client.scatter(rows[where == i].reset_index(drop=True)),
+    shared = client.scatter(summary, broadcast=True, hash=False)  # sent once; a fresh key (the same summary may be scattered again)
+    futures = [client.submit(_examples, parts, i, config,
+                             client.scatter(rows[where == i].reset_index(drop=True), hash=False),
                              window_hours, data_end, shared, pure=False) for i in range(parts.n) if (where == i).any()]
     out = pd.concat(_gathered(futures, "training examples", progress), ignore_index=True)
     return out.sort_values("_row", kind="stable").drop(columns="_row").reset_index(drop=True)
@@ -291,3 +299,16 @@ def training_examples(data_dir: str | Path, config: Config, opts: DaskOptions, s
         parts = partition(data_dir, client, opts.partitions, scratch)
         summary = summarize(parts, client, config)
         return [examples(parts, client, config, d, window_hours, data_end, summary) for d in splits], summary
+
+
+def write_examples(parts: Partitions, client, config: Config, out: str | Path, summary: Summary, as_of=None,
+                   progress: bool = False) -> int:
+    """Every send's training example (``features.examples.write_training_examples``), written by the
+    workers as one Parquet file per partition into the folder ``out`` (visible to every worker);
+    returns the rows. Outcomes end at ``as_of`` (default: the last event of the whole log)."""
+    Path(out).mkdir(parents=True, exist_ok=True)
+    before = None if as_of is None else pd.Timestamp(as_of)
+    data_end = before if before is not None else summary.data_end
+    shared = client.scatter(summary, broadcast=True, hash=False)
+    return sum(_gathered([client.submit(_write_examples, parts, i, config, str(out), data_end, shared, before,
+                                        pure=False) for i in range(parts.n)], "training examples", progress))

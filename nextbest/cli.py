@@ -144,9 +144,6 @@ def _features_build_on_dask(args, cfg, opts) -> int:
     """``features build --dask``: the same snapshot, computed per partition (``features.partitioned``)."""
     from nextbest.features import partitioned
 
-    if args.examples:
-        raise SystemExit("--examples is not built on Dask yet: `nextbest train --dask` builds the training examples "
-                         "it needs on Dask; drop --dask to write them here")
     t0 = time.perf_counter()
     with partitioned.dask_client(opts.scheduler, opts.workers) as client, partitioned.scratch_dir(opts) as scratch:
         parts = partitioned.partition(args.data_dir, client, opts.partitions, scratch)
@@ -155,6 +152,8 @@ def _features_build_on_dask(args, cfg, opts) -> int:
         summary = partitioned.summarize(parts, client, cfg, as_of, progress=not args.quiet)
         as_of = as_of if as_of is not None else (summary.data_end - pd.Timedelta(milliseconds=1)).ceil("D")
         snapshot = partitioned.snapshot(parts, client, cfg, as_of, summary, progress=not args.quiet)
+        rows = (partitioned.write_examples(parts, client, cfg, args.examples, summary, args.as_of and as_of,
+                                           progress=not args.quiet) if args.examples else None)
     t2 = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -163,6 +162,8 @@ def _features_build_on_dask(args, cfg, opts) -> int:
          f"({snapshot.shape[1]} columns) -> {out}   [partition {t1 - t0:.1f}s ({parts.n} partitions, "
          f"{parts.events:,} events), validate+features {t2 - t1:.1f}s on Dask]")
     _out(feature_table(snapshot))
+    if rows is not None:
+        _out(f"training examples: {rows:,} sends -> {args.examples}/ (one Parquet file per partition)")
     return 0
 
 
@@ -222,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", required=True, help="Parquet file for the snapshot (one row per customer)")
     b.add_argument("--as-of", help="snapshot time (UTC): later events are ignored, for features and for the "
                                    "examples' outcomes alike; default: the end of the last event's day")
-    b.add_argument("--examples", help="also write training examples (one row per send) to this Parquet file")
+    b.add_argument("--examples", help="also write training examples (one row per send) to this Parquet file "
+                                      "(with --dask: to this folder, one Parquet file per partition)")
     add_dask_arguments(b)
     b.set_defaults(func=cmd_features_build)
     from nextbest import cli_models, cli_retrain, cli_serve, cli_store, cli_ui

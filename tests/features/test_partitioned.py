@@ -158,13 +158,24 @@ def test_features_build_with_dask_writes_the_same_snapshot(data, pandas_path, tm
     import sys
     from pathlib import Path
 
+    from nextbest.features.examples import write_training_examples
+
     cli = [str(Path(sys.executable).with_name("nextbest")), "-q", "features", "build", str(data)]
     out = subprocess.run(cli + ["--out", str(tmp_path / "dask.parquet"), "--dask", "--workers", "2", "--partitions", "3",
-                                "--scratch", str(tmp_path / "scratch")], check=True, capture_output=True, text=True)
+                                "--scratch", str(tmp_path / "scratch"), "--examples", str(tmp_path / "examples")],
+                         check=True, capture_output=True, text=True)
     assert "3 partitions" in out.stdout
     want = _pandas_snapshot_as_written(pandas_path)
     got = pd.read_parquet(tmp_path / "dask.parquet").set_index("customer_id")
     pd.testing.assert_frame_equal(got.loc[want.index], want, check_exact=True)
+    # every send's training example, one file per partition, equal to the pandas path's file row by row
+    _, _, log_, pop = pandas_path
+    rows = write_training_examples(log_, tmp_path / "pandas_examples.parquet", population=pop)
+    assert f"training examples: {rows:,} sends" in out.stdout
+    assert len(list((tmp_path / "examples").glob("part-*.parquet"))) == 3
+    want = pd.read_parquet(tmp_path / "pandas_examples.parquet").sort_values("message_id", ignore_index=True)
+    got = pd.read_parquet(tmp_path / "examples").sort_values("message_id", ignore_index=True)
+    pd.testing.assert_frame_equal(got[want.columns], want, check_exact=True)
     bad = subprocess.run(cli + ["--out", str(tmp_path / "x.parquet"), "--scheduler", "tcp://127.0.0.1:1"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "--scheduler needs --dask" in bad.stderr
