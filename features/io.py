@@ -39,14 +39,18 @@ def find_table(data_dir: str | Path, name: str) -> Path:
     return found[0]
 
 
+def csv_dtypes(path: Path) -> dict[str, str]:
+    """The text columns of a CSV table, read as text (``CSV_STRING_COLUMNS`` present in its header)."""
+    header = pd.read_csv(path, nrows=0).columns
+    return {c: "str" for c in CSV_STRING_COLUMNS if c in header}
+
+
 def read_table(data_dir: str | Path, name: str) -> pd.DataFrame:
     """Read table ``name`` as stored (CSV: id, text and time columns kept as text)."""
     path = find_table(data_dir, name)
     categorical = CATEGORICAL_EVENT_COLUMNS if name == "events" else ()
     if path.suffix == ".csv":
-        header = pd.read_csv(path, nrows=0).columns
-        dtypes = {c: "str" for c in CSV_STRING_COLUMNS if c in header}
-        frame = pd.read_csv(path, dtype=dtypes, keep_default_na=True)
+        frame = pd.read_csv(path, dtype=csv_dtypes(path), keep_default_na=True)
         for c in categorical:  # text categories ("001" stays "001")
             if c in frame:
                 frame[c] = frame[c].astype("category")

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.features.config import Config
-from nextbest.features.io import CATEGORICAL_EVENT_COLUMNS, CSV_STRING_COLUMNS, find_table
+from nextbest.features.io import CATEGORICAL_EVENT_COLUMNS, csv_dtypes, find_table
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,11 @@ def dask_client(scheduler: str | None = None, workers: int = 2, memory_limit: st
         yield client
 
 
-def _read(path: Path, name: str):
+def _read(path: Path):
     import dask.dataframe as dd
 
     if path.suffix == ".csv":
-        header = pd.read_csv(path, nrows=0).columns
-        return dd.read_csv(path, dtype={c: "str" for c in CSV_STRING_COLUMNS if c in header}, blocksize="64MB")
+        return dd.read_csv(path, dtype=csv_dtypes(path), blocksize="64MB")
     # a Dask partition per Parquet row group (pandas and pyarrow write 1,048,576 rows per group), so
     # reading holds one group per task whatever the file's size
     return dd.read_parquet(path, split_row_groups=True)
@@ -139,8 +138,8 @@ def partition(data_dir: str | Path, client, n_parts: int | None, scratch: str | 
     module docstring); ``n_parts`` defaults to one per :data:`EVENTS_PER_PARTITION` events (at
     least one per worker)."""
     root = Path(scratch)
-    customers = _read(find_table(data_dir, "customers"), "customers")
-    events = _read(find_table(data_dir, "events"), "events")
+    customers = _read(find_table(data_dir, "customers"))
+    events = _read(find_table(data_dir, "events"))
     n_events = int(client.compute(events.map_partitions(len).sum()).result())
     workers = max(len(client.scheduler_info().get("workers", {})), 1)
     n = n_parts or max(math.ceil(n_events / EVENTS_PER_PARTITION), workers)

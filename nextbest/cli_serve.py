@@ -270,14 +270,16 @@ def cmd_log_price(args) -> int:
 
     from nextbest.cli_store import store_settings
     from nextbest.decision import registry
+    from nextbest.serving.decision_log import read_records
     from nextbest.serving.price_report import daily, information
     from nextbest.serving.store import open_store
 
     settings = store_settings(argparse.Namespace(**{**vars(args), "data_dir": "."}))
     if not Path(settings.log_dir).is_dir():
         raise FileNotFoundError(f"decision log {settings.log_dir} does not exist")
-    days = daily(settings.log_dir, args.days)
-    info = information(settings.log_dir, open_store(settings.store_url), registry.load_champion().online)
+    rows = read_records(settings.log_dir, "decisions")  # read once for both tables
+    days = daily(rows, args.days)
+    info = information(rows, open_store(settings.store_url), registry.load_champion().online)
     with pd.option_context("display.width", 200, "display.precision", 3, "display.max_columns", 20):
         _out(f"the price of learning in {settings.log_dir} (money: expected profit given up, by the policy's own "
              "values at decision time):")

@@ -21,14 +21,13 @@ import numpy as np
 import pandas as pd
 
 from nextbest.decision.online import SUPPRESS, OnlineLearner
-from nextbest.serving.decision_log import read_records
 from nextbest.serving.learning import is_calibration, state_from_vectors
 
 
-def daily(log_dir, days: int | None = None) -> pd.DataFrame:
-    """One row per UTC day of decisions (the last ``days`` only, if given): decisions, explored,
-    in the control group, and the money given up to each, in total and per 1,000 decisions."""
-    rows = read_records(log_dir, "decisions")
+def daily(rows: list[dict], days: int | None = None) -> pd.DataFrame:
+    """One row per UTC day of the logged decisions ``rows`` (``read_records(log_dir, "decisions")``;
+    the last ``days`` only, if given): decisions, explored, in the control group, and the money
+    given up to each, in total and per 1,000 decisions."""
     cols = ["decisions", "explored", "control", "exploration_cost", "control_cost", "exploration_cost_per_1000",
             "control_cost_per_1000"]
     if not rows:
@@ -47,10 +46,11 @@ def daily(log_dir, days: int | None = None) -> pd.DataFrame:
     return out[cols].tail(days) if days else out[cols]
 
 
-def information(log_dir, store, online) -> pd.DataFrame:
-    """Per action (sends only): logged decisions, explored ones, and the posterior standard deviation
-    of its value at its average logged input, now and before any feedback, with the narrowing."""
-    rows = [r for r in read_records(log_dir, "decisions") if r.get("action_key") not in (None, SUPPRESS)]
+def information(rows: list[dict], store, online) -> pd.DataFrame:
+    """Per action (sends among the logged decisions ``rows``): logged decisions, explored ones, and
+    the posterior standard deviation of its value at its average logged input, now and before any
+    feedback, with the narrowing."""
+    rows = [r for r in rows if r.get("action_key") not in (None, SUPPRESS)]
     cols = ["decisions", "explored", "sd_prior", "sd_now", "narrowed"]
     if not rows:
         return pd.DataFrame(columns=cols)
