@@ -37,6 +37,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
@@ -303,22 +304,39 @@ def read_events(log_dir: str | Path, as_of=None) -> pd.DataFrame:
 
 
 def _with_ingested(events: pd.DataFrame, ingested: pd.DataFrame) -> pd.DataFrame:
-    """``ingested`` rows the data contract accepts next to ``events``: a send whose message id is
-    taken is a duplicate, a response to a message nobody reported sent has nothing to attach to
-    (both counted in the log)."""
+    """``ingested`` rows the data contract accepts next to ``events``, each rule counted in the log:
+    a send whose message id is taken is a duplicate (the first one reported counts); a response
+    must name a message some sent event names, and agree with that send: same customer, same
+    channel and offer where it gives them, and not dated before it. The service takes events out
+    of order (a response may arrive before its send), so these are checked here, at export."""
     if ingested.empty:
         return ingested
-    sent_before = set(events.loc[events["event"] == "sent", "message_id"].astype(str))
+    old_sends = events[events["event"] == "sent"]
+    sent_before = set(old_sends["message_id"].astype(str))
     is_sent = (ingested["event"] == "sent").to_numpy()
     mid = ingested["message_id"].astype(str)
-    # taken before, or by an earlier ingested send (the first one reported counts)
     dup = is_sent & (mid.isin(sent_before).to_numpy() | (mid.where(is_sent).duplicated() & is_sent))
-    known = sent_before | set(ingested.loc[is_sent & ~dup, "message_id"].astype(str))
-    orphan = ~is_sent & ingested["message_id"].notna().to_numpy() & ~ingested["message_id"].astype(str).isin(known).to_numpy()
-    if dup.any() or orphan.any():
+    cols = ["message_id", "customer_id", "ts", "channel", "offer"]
+    sends = pd.concat([old_sends[cols], ingested.loc[is_sent & ~dup, cols]], ignore_index=True)
+    sends = sends.assign(message_id=sends["message_id"].astype(str)).drop_duplicates("message_id").set_index("message_id")
+    is_resp = ~is_sent & ingested["message_id"].notna().to_numpy()
+    orphan = is_resp & ~mid.isin(sends.index).to_numpy()
+    known = is_resp & ~orphan
+    disagree = np.zeros(len(ingested), dtype=bool)
+    if known.any():
+        r = ingested[known]
+        s = sends.loc[mid[known]]
+        bad = (r["customer_id"].astype(str).to_numpy() != s["customer_id"].astype(str).to_numpy())
+        bad |= (pd.to_datetime(r["ts"], utc=True).to_numpy() < pd.to_datetime(s["ts"], utc=True).to_numpy())
+        for name in ("channel", "offer"):
+            given = r[name].notna().to_numpy()
+            bad |= given & (r[name].astype(str).to_numpy() != s[name].astype(str).to_numpy())
+        disagree[np.flatnonzero(known)[bad]] = True
+    if dup.any() or orphan.any() or disagree.any():
         log.info("ingested events left out of the export: %d send(s) of a message id already sent, %d response(s) "
-                 "to a message no sent event names", int(dup.sum()), int(orphan.sum()))
-    return ingested[~dup & ~orphan]
+                 "to a message no sent event names, %d response(s) that disagree with their send (customer, "
+                 "channel, offer, or dated before it)", int(dup.sum()), int(orphan.sum()), int(disagree.sum()))
+    return ingested[~dup & ~orphan & ~disagree]
 
 
 def _utc(t) -> pd.Timestamp:

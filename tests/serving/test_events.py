@@ -116,7 +116,11 @@ def test_the_rebuilt_store_and_the_export_hold_the_events(server_factory, custom
     events += [_event("x-organic", ids[0], "converted", 100, value=42.0),
                _event("x-orphan", ids[1], "clicked", 90, "never-sent", ch),
                _event("x-new", "someone-new", "sent", 80, "xm-new", ch, offer="none"),
-               _event("x-again", ids[2], "sent", 70, "xm-2", ch, offer="none")]  # a message id sent twice
+               _event("x-again", ids[2], "sent", 70, "xm-2", ch, offer="none"),  # a message id sent twice
+               # responses that disagree with their send: another customer, another channel, before it
+               _event("x-other", "someone-else", "opened", 60, "xm-3", ch),
+               _event("x-chan", ids[3], "opened", 60, "xm-3", cfg.channel_names[1]),
+               _event("x-early", ids[4], "clicked", 250, "xm-4", ch)]
     assert s.post("/v1/events/batch", {"events": events}).status_code == 200
     day_ago = (CLOCK - timedelta(days=1)).isoformat()  # a decision whose send is due by the export
     assert s.post("/v1/decide", {"customer_id": ids[2], "now": day_ago}).status_code == 200
@@ -133,6 +137,8 @@ def test_the_rebuilt_store_and_the_export_hold_the_events(server_factory, custom
     mine = exported[exported["message_id"].astype(str).str.startswith("xm-")]
     assert len(mine) == 2 * len(ids) + 1                       # sends and opens, the new customer's send
     assert "never-sent" not in set(exported["message_id"].astype(str))  # a response to nothing is left out
+    assert "someone-else" not in set(exported["customer_id"].astype(str))  # nor one that disagrees with its send
+    assert set(mine["event"]) == {"sent", "opened"}
     organic = exported[(exported["customer_id"] == ids[0]) & (exported["event"] == "converted")
                        & exported["message_id"].isna()]
     assert 42.0 in set(organic["value"])
