@@ -12,6 +12,8 @@ scored on the world's truth. Printed per world:
 - ``sent`` and ``sent_oracle``: shares of customers messaged;
 - ``loss_bad_sends``, ``loss_missed``, ``loss_choice``: the value lost to messages worth less than
   nothing, to customers not messaged whom the oracle messages, and to choosing another option;
+- ``norm_mediated`` / ``norm_learner`` / ``norm_blend``: ``norm`` with the same trained models when
+  a message's extra orders are valued each way (``training.uplift_mode``);
 - ``corr_value``: correlation of estimated and true extra profit over every allowed option;
 - ``open_at_hour`` (policy / customer's most frequent open hour / oracle): the true open rate at
   the hour each picks (email, no offer);
@@ -36,7 +38,7 @@ HIST = 60
 def diagnose(job) -> dict:
     import tempfile
 
-    from nextbest.decision.policy import Request
+    from nextbest.decision.policy import UPLIFT_MODES, Request
     from nextbest.decision.rules import ContactHistory
     from nextbest.features.config import load_config
     from nextbest.features.eventlog import EventLog
@@ -80,8 +82,14 @@ def diagnose(job) -> dict:
     positive = best_est[best_est > 0]
     margin = {q: (true_best[best_est > (np.percentile(positive, q) if q else 0.0)].sum() / gap
                   if len(positive) else np.nan) for q in (0, 20, 40)}
+    by_mode = {}
+    for mode in UPLIFT_MODES:  # the same trained models, each way of valuing a message's extra orders
+        other = policy.with_exploration(policy.exploration)
+        other.uplift_mode = mode
+        d = other.decide(feats, ContactHistory.from_features(feats, cfg), Request(now=sim.end), explain=False)
+        by_mode[f"norm_{mode}"] = (true_profit(world, d) - sup).sum() / gap
     return {
-        "world": str(kind), "norm": (vp - sup).sum() / gap,
+        "world": str(kind), "norm": (vp - sup).sum() / gap, **by_mode,
         "norm_margin_0": margin[0], "norm_margin_q20": margin[20], "norm_margin_q40": margin[40],
         "norm_best_option_at_our_hours": np.maximum(np.nan_to_num(true_inc, nan=-1e9).reshape(n, -1).max(1), 0).sum() / gap,
         "sent": send.mean(), "sent_oracle": best["channel"].notna().mean(),
