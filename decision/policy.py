@@ -46,7 +46,7 @@ from nextbest.decision.calibration import ResponseCalibration, contact_context
 from nextbest.decision.candidates import CustomerArrays, candidate_arrays, model_input
 from nextbest.decision.exploration import Exploration, draw
 from nextbest.decision.online import D, SUPPRESS, OnlineLearner, OnlineSettings, action_key
-from nextbest.decision.rules import ContactHistory, delay_to_hours, eligible
+from nextbest.decision.rules import ContactHistory, delay_to_hours, eligible, render_allowed
 
 NO_MESSAGE = "no_message"  # the control arm of the uplift learner
 OPEN_ESTIMATE = "cand_p_open"  # the open model's estimate, an input of the uplift learner
@@ -302,8 +302,23 @@ class DecisionPolicy:
         hour_of = np.where(allowed, p[:, :, :, None], -2.0).argmax(axis=2)       # (n, K, O)
         rows, ks, js = np.nonzero(allowed.any(axis=2))
         h = hour_of[rows, ks, js]
-        # the candidates at their best hour: one set of candidate columns and one input matrix per
-        # distinct model input (the funnel's models read the open model's), shared by the models
+        o = self._option_values(cust, rows, ks, h, js, ovalue[rows], contact, calibration)
+        value[rows, ks, js] = o["value"]
+        best_hour[rows, ks, js] = h
+        p_open_best[rows, ks, js] = o["p_open"]
+        p_unsub_best[rows, ks, js] = o["p_unsub"]
+        q_best[rows, ks, js] = o["q"]
+        uplift[rows, ks, js] = o["uplift"]
+        revenue[rows, ks, js] = o["revenue"]
+        return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue, p_unsub_best, q_best)
+
+    def _option_values(self, cust: CustomerArrays, rows, ks, h, js, v, contact: ContactHistory,
+                       calibration: ResponseCalibration | None) -> dict:
+        """Expected extra profit of each candidate (customer ``rows``, channel ``ks``, local hour
+        ``h``, offer ``js``; ``v`` the customers' order values) and its parts, one call per model.
+        One set of candidate columns and one input matrix per distinct model input (the funnel's
+        models read the open model's) is shared by the models."""
+        cfg, m, obj = self.config, self.models, self.config.objective
         cand = candidate_arrays(cust, rows, ks, h, js, cfg)
         matrices: dict = {}
 
@@ -325,16 +340,40 @@ class DecisionPolicy:
             f_order = calibration.factor("order", js, z)
         p_conv_c = p_conv * f_order  # the orders after an open, as the offer's feedback says
         up = self._uplift(at_best(m.uplift), js, po, p_conv_c)
-        v = ovalue[rows]
-        value[rows, ks, js] = (f_open * (obj.margin * v * up - offer_costs(cfg, js, v) * p_conv_c)
-                               - channel_costs(cfg)[ks] - obj.unsubscribe_cost * p_unsub * f_unsub)
-        best_hour[rows, ks, js] = h
-        p_open_best[rows, ks, js] = po
-        p_unsub_best[rows, ks, js] = p_unsub
-        q_best[rows, ks, js] = q
-        uplift[rows, ks, js] = up * f_open
-        revenue[rows, ks, js] = obj.margin * v * up * f_open
-        return Scores(value, best_hour, p_open_best, uplift, elig, delay, baseline, revenue, p_unsub_best, q_best)
+        value = (f_open * (obj.margin * v * up - offer_costs(cfg, js, v) * p_conv_c)
+                 - channel_costs(cfg)[ks] - obj.unsubscribe_cost * p_unsub * f_unsub)
+        return {"value": value, "p_open": po, "p_unsub": p_unsub, "q": q, "uplift": up * f_open,
+                "revenue": obj.margin * v * up * f_open}
+
+    def render(self, features: pd.DataFrame, contact: ContactHistory, now: pd.Timestamp | pd.DatetimeIndex,
+               channel: np.ndarray, contexts: list[dict] | None = None, arrays: CustomerArrays | None = None,
+               calibration: ResponseCalibration | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The offers a message already sent may show when it is opened ``now``, and their values.
+
+        For each customer (its message's channel codes ``channel``, (n,)): which offers the
+        config allows in it at the customer's local hour now (``decision.rules.render_allowed``:
+        the offer's channels, ``valid_hours`` and ``when``), and each offer's expected extra
+        profit at that hour, valued as :meth:`score` values a send (the message is out: consent,
+        caps and quiet hours no longer apply). Returns (allowed (n, O), value (n, O) with -inf
+        where not allowed, local hour (n,)).
+        """
+        cfg = self.config
+        n, O = len(features), len(cfg.offer_names)
+        now_s = Request(now=now).now_ns(n) // 10**9
+        tz_names = list(features["timezone"].cat.categories)
+        local = now_s + utc_offsets(now_s, features["timezone"].cat.codes.to_numpy(), tz_names)
+        hour = ((local // 3600) % 24).astype(np.int64)
+        allowed = render_allowed(features, cfg, np.asarray(channel), hour, contexts)
+        value = np.full((n, O), -np.inf)
+        rows, js = np.nonzero(allowed)
+        if len(rows):
+            cust = arrays if arrays is not None else CustomerArrays(features)
+            m = self.models
+            ovalue = m.value.predict(model_input(m.value.feature_names_in_, m.value.categories_, cust,
+                                                 np.arange(n), {}))
+            value[rows, js] = self._option_values(cust, rows, np.asarray(channel)[rows], hour[rows], js,
+                                                  ovalue[rows], contact, calibration)["value"]
+        return allowed, value, hour
 
     def _uplift(self, X: np.ndarray, offer: np.ndarray, p_open: np.ndarray, p_conv: np.ndarray) -> np.ndarray:
         """Extra P(order) each candidate causes (see ``uplift_mode``); ``offer`` codes (r,)."""

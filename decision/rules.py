@@ -222,3 +222,21 @@ def eligible(features: pd.DataFrame, contact: ContactHistory, config: Config, de
         removed["fallback"] = drop[:, :, None, None]
         allowed &= ~removed["fallback"]
     return Eligibility(allowed, removed, delay_hours, cfg)
+
+
+def render_allowed(features: pd.DataFrame, config: Config, channel: np.ndarray, local_hour: np.ndarray,
+                   contexts: list[dict] | None = None) -> np.ndarray:
+    """Which offers a message already sent on ``channel`` (codes, (n,)) may show when it is opened
+    at ``local_hour`` (n,): the offer rules only (``offer_channel``, ``offer_hours``,
+    ``offer_rule``), since consent, caps, collision and quiet hours were applied when it was sent.
+    Returns (n, O) bool."""
+    cfg = config
+    n = len(features)
+    contexts = contexts if contexts is not None else [{}] * n
+    names = cfg.channel_names
+    on_channel = np.array([[names[k] in cfg.offers[o].channels for o in cfg.offer_names] for k in channel],
+                          dtype=bool).reshape(n, len(cfg.offer_names))
+    valid = np.stack([cfg.offers[o].valid_hours.contains(np.asarray(local_hour)) for o in cfg.offer_names], axis=1)
+    rule_ok = np.stack([condition_holds(cfg.offers[o].when, features, contexts) if not cfg.offers[o].when.always
+                        else np.ones(n, dtype=bool) for o in cfg.offer_names], axis=1)
+    return on_channel & valid & rule_ok

@@ -39,7 +39,8 @@ SCOPES = ("decide", "feedback", "events", "admin")
 MIN_KEY_LENGTH = 16
 OPEN_PATHS = ("/healthz", "/livez", "/readyz", "/docs.json", "/schema.json", "/")
 OPEN_PREFIXES = ("/static_content/", "/assets/")
-ROUTE_SCOPES = {"/v1/decide": "decide", "/v1/decide/batch": "decide", "/v1/due": "decide", "/v1/feedback": "feedback",
+ROUTE_SCOPES = {"/v1/decide": "decide", "/v1/decide/batch": "decide", "/v1/due": "decide", "/v1/render": "decide",
+                "/v1/feedback": "feedback",
                 "/v1/events": "events", "/v1/events/batch": "events"}
 
 

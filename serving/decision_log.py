@@ -42,7 +42,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-KINDS = ("decisions", "feedback", "events", "void")  # events: other senders' (serving.events)
+KINDS = ("decisions", "feedback", "events", "renders", "void")  # events: other senders' (serving.events);
+# renders: offers shown at open time (serving.render)
 EPOCH_FILE = "EPOCH"
 
 

@@ -28,7 +28,8 @@ Deciding a batch (one request or ten thousand, the same code):
 Every decide and feedback call first checks that the store matches the decision log
 (``serving.rebuild.EpochGuard``) and refuses with ``StoreMismatch`` if it does not.
 
-Feedback: ``serving.feedback``. Learner sync and hot swap: ``serving.background``.
+Feedback: ``serving.feedback``. Render time (the offer an opened message shows):
+``serving.render``. Learner sync and hot swap: ``serving.background``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from nextbest.serving.contact import history
 from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.feedback import UnknownDecision, record_feedback
 from nextbest.serving.rebuild import EpochGuard, StoreMismatch
+from nextbest.serving.render import render
 from nextbest.serving.events import check_events, record_events
 from nextbest.serving import followups
 from nextbest.serving.records import (DecisionRecord, Pending, enters_learner, iso_z, keep_seconds, log_row,
@@ -326,6 +328,12 @@ class Engine:
         check_events(events, self.config, self.settings.max_order_value, self.settings.max_clock_skew_days, prefix)
         self._check_store()
         return record_events(events, self.store, self.log, self.snapshot)
+
+    def render(self, req) -> dict:
+        """``POST /v1/render``: the offer a message shows when it is opened (``serving.render``)."""
+        self._check_store()
+        return render(req, self.store, self.log, self.snapshot, self.policy, self.learner,
+                      self.settings.max_clock_skew_days)
 
     def feedback(self, fb: FeedbackRequest) -> dict:
         """Record one feedback event (``serving.feedback``); idempotent."""

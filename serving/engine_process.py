@@ -238,6 +238,11 @@ class EngineProcess:
     def events(self, events, prefix: str = ""):
         return self._run(_events, _plain(events), prefix)
 
+    def render(self, request):
+        from nextbest.serving.schemas import RenderRequest
+
+        return self._run(_call, "render", RenderRequest.model_validate(request.model_dump()))
+
     def due(self, until, limit: int):
         return self._run(_call, "due", until, limit)
 

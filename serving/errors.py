@@ -34,7 +34,7 @@ from nextbest.serving.docs_page import PATHS as DOCS_PAGE, serve_index
 log = logging.getLogger(__name__)
 
 _SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
-JSON_ROUTES = ("/v1/decide", "/v1/decide/batch", "/v1/feedback", "/v1/events", "/v1/events/batch")
+JSON_ROUTES = ("/v1/decide", "/v1/decide/batch", "/v1/feedback", "/v1/events", "/v1/events/batch", "/v1/render")
 MOUNTED_EXACT = ("/v1/due",)  # routes served by an app mounted at that path (serving.service)
 
 
@@ -118,10 +118,10 @@ def _find(node, text: str, at: str = "") -> str | None:
 
 
 def check_context(path: str, data, max_keys: int, max_bytes: int) -> None:
-    """Refuse a decide request's ``context`` beyond the configured limits (:class:`BodyError`)."""
+    """Refuse a decide or render request's ``context`` beyond the configured limits (:class:`BodyError`)."""
     if not isinstance(data, dict):
         return
-    if path == "/v1/decide":
+    if path in ("/v1/decide", "/v1/render"):
         items = [("", data)]
     elif path == "/v1/decide/batch" and isinstance(data.get("requests"), list):
         items = [(f"requests[{i}].", r) for i, r in enumerate(data["requests"])]

@@ -79,8 +79,8 @@ def record_feedback(fb, store: Store, log, snapshot, config, online) -> dict:
         at = datetime.fromtimestamp(rec.sent_at, timezone.utc).isoformat()
         raise InvalidInput("ts", f"{ts.isoformat()} is before the message went out ({at})" if rec.channel else
                            f"{ts.isoformat()} is before the decision ({at})")
-    reward = event_reward(config, rec.channel, rec.offer, fb.event, fb.value,
-                          redeems=rec.offer not in (None, "none"))
+    shown = rec.shown_offer  # a message rendered at open time (serving.render) shows its rendered offer
+    reward = event_reward(config, rec.channel, shown, fb.event, fb.value, redeems=shown not in (None, "none"))
     key = f"{fb.event}|{ts.isoformat()}"
     if key not in rec.counted and ended(rec.counted, fb.event, key):
         return {"decision_id": fb.decision_id, "event": fb.event, "reward": 0.0, "accepted": False}

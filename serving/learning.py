@@ -78,6 +78,13 @@ def _obs(p: float, z: np.ndarray, y: bool) -> np.ndarray:
     return cal.observations(np.array([p]), z, np.array([float(y)])).to_vector()
 
 
+def _order_offer(rec) -> str | None:
+    """The offer whose order calibration a send's orders observe: the decided one, unless the
+    message showed another when it was opened (``serving.render``); its P(order | opened) was
+    estimated for the decided offer, so such a message observes none."""
+    return rec.offer if rec.offer is not None and rec.shown_offer == rec.offer else None
+
+
 def calibration_deltas(rec) -> dict[str, np.ndarray]:
     """What a maturing marketing send adds to the calibration, from the events counted so far:
     did it open, did it unsubscribe, and, if it opened, did an order follow (per offer); empty
@@ -89,7 +96,7 @@ def calibration_deltas(rec) -> dict[str, np.ndarray]:
     opened = _responded(rec.counted, OPEN_EVENTS)
     out = {cal.key("open", rec.channel): _obs(p_open, z, opened),
            cal.key("unsubscribe", rec.channel): _obs(p_unsub, z, _responded(rec.counted, UNSUB_EVENTS))}
-    if opened and q is not None and rec.offer is not None:
+    if opened and q is not None and _order_offer(rec) is not None:
         out[cal.key("order", rec.offer)] = _obs(q, z, _responded(rec.counted, ORDER_EVENTS))
     return out
 
@@ -107,11 +114,11 @@ def calibration_increment(rec, event: str) -> dict[str, np.ndarray]:
     out = {}
     if event in OPEN_EVENTS and not opened:
         out[cal.key("open", rec.channel)] = _obs(p_open, z, True) - _obs(p_open, z, False)
-        if q is not None and rec.offer is not None:
+        if q is not None and _order_offer(rec) is not None:
             out[cal.key("order", rec.offer)] = _obs(q, z, _responded(rec.counted, ORDER_EVENTS))
     elif event in UNSUB_EVENTS and not _responded(rec.counted, UNSUB_EVENTS):
         out[cal.key("unsubscribe", rec.channel)] = _obs(p_unsub, z, True) - _obs(p_unsub, z, False)
-    elif (event in ORDER_EVENTS and opened and q is not None and rec.offer is not None
+    elif (event in ORDER_EVENTS and opened and q is not None and _order_offer(rec) is not None
           and not _responded(rec.counted, ORDER_EVENTS)):
         out[cal.key("order", rec.offer)] = _obs(q, z, True) - _obs(q, z, False)
     return out

@@ -40,7 +40,7 @@ from nextbest.serving.schemas import MAX_HORIZON_HOURS
 log = logging.getLogger(__name__)
 
 RECEIPTS = "erasures.jsonl"
-LOG_KINDS = ("decisions", "feedback", "events")
+LOG_KINDS = ("decisions", "feedback", "events", "renders")
 
 
 def customer_hash(customer_id: str) -> str:

@@ -16,7 +16,8 @@ written (``logged_at``) over the data directory's contact history (``serving.sna
 - contact states: each marketing send at its ``send_at``, each feedback event (opens reset the
   unanswered count, unsubscribes revoke the channel), starting from what the data shows;
 - decision records still inside their keep time (attribution window + learner delay,
-  ``serving.records.keep_seconds``), with the rewards their feedback added, and the learner's
+  ``serving.records.keep_seconds``), with the rewards their feedback added, the offer each
+  message last showed when opened (``renders`` lines, ``serving.render``), and the learner's
   queue of those not yet due;
 - idempotency keys: each request id's answer, for the rest of its 7 days;
 - the learner's statistics: every decision that enters the learner
@@ -35,6 +36,7 @@ live one by that race; everything else is exact.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import logging
 import time
 import uuid
@@ -132,9 +134,11 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
     decisions = read_records(log_dir, "decisions")
     feedback = read_records(log_dir, "feedback")
     ingested = read_records(log_dir, "events")
+    renders = read_records(log_dir, "renders")
     lines = sorted([(r.get("logged_at", 0.0), 0, i, r) for i, r in enumerate(decisions)]
                    + [(r.get("logged_at", 0.0), 1, i, r) for i, r in enumerate(feedback)]
-                   + [(r.get("logged_at", 0.0), 2, i, r) for i, r in enumerate(ingested)], key=lambda t: t[:3])
+                   + [(r.get("logged_at", 0.0), 2, i, r) for i, r in enumerate(ingested)]
+                   + [(r.get("logged_at", 0.0), 3, i, r) for i, r in enumerate(renders)], key=lambda t: t[:3])
     keep_s, after_s = keep_seconds(config, online), online.learn_after_hours * 3600.0
     contact: dict[str, ContactState] = {}
     records: dict[str, DecisionRecord] = {}
@@ -150,6 +154,10 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
     answer_keys = set(DecideResponse.model_fields)
     event_ids: dict[str, float] = {}  # other senders' event id -> logged_at of its first line
     for at, kind, _, r in lines:
+        if kind == 3:  # the offer a message showed when opened (serving.render): the last one counts
+            if r["decision_id"] in records:
+                records[r["decision_id"]] = replace(records[r["decision_id"]], rendered=r["offer"] or "none")
+            continue
         if kind == 2:  # another sender's event (serving.events): once per id
             if r["event_id"] not in event_ids:
                 event_ids[r["event_id"]] = at

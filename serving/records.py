@@ -64,6 +64,9 @@ class DecisionRecord:
     follow_up_at : float or None
         When its follow-up falls due (epoch seconds), if the request asked for one: the record is
         kept until that follow-up is no longer listed, whatever feedback arrives meanwhile.
+    rendered : str or None
+        The offer the message showed when it was last opened (``serving.render``), if rendered;
+        feedback then counts that offer's cost. ``offer`` stays the decided one.
     """
 
     customer_id: str
@@ -79,6 +82,12 @@ class DecisionRecord:
     counted: tuple[str, ...] = ()
     calibration: tuple[float, ...] = ()
     follow_up_at: float | None = None
+    rendered: str | None = None
+
+    @property
+    def shown_offer(self) -> str | None:
+        """The offer the customer saw: the rendered one, else the decided one."""
+        return self.rendered if self.rendered is not None else self.offer
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

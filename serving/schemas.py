@@ -98,6 +98,38 @@ class DecideRequest(Strict):
     _number = field_validator("horizon_hours", "follow_up_hours", mode="before")(lambda cls, v: number(v))
 
 
+class RenderRequest(Strict):
+    """A message being opened: which offer it shows now (``POST /v1/render``)."""
+
+    message_id: str = Field(..., min_length=1, max_length=200, pattern=ID,
+                            description="the decision_id of the marketing send being opened")
+    customer_id: str = Field(..., min_length=1, max_length=200, pattern=ID,
+                             description="the message's customer (another one is refused)")
+    now: datetime | None = Field(None, description="open time (ISO 8601; naive = UTC; default: the server's clock)",
+                                 json_schema_extra=NULLABLE)
+    context: dict[str, Any] = Field(default_factory=dict, description="real-time features the offers' when: rules read")
+
+    _text = field_validator("now", mode="before")(lambda cls, v: iso_text(v))
+    _utc = field_validator("now")(lambda cls, v: as_utc(v))
+
+
+class RenderResponse(BaseModel):
+    message_id: str
+    customer_id: str
+    channel: str
+    local_hour: int = Field(description="the customer's local hour at open time")
+    offer: str | None = Field(json_schema_extra=NULLABLE,
+                              description="the best offer valid now for this message; null if none is")
+    offer_expires_at: datetime | None = Field(None, json_schema_extra=NULLABLE,
+                                              description="UTC; the decided offer keeps its expiry, another offer "
+                                                          "holds valid_for_hours from now; null without an end")
+    changed: bool = Field(description="whether the offer differs from the one decided at send time")
+    expected_value: float | None = Field(json_schema_extra=NULLABLE,
+                                         description="the offer's expected extra profit at this hour")
+    reasons: list[str]
+    policy_version: str
+
+
 class OptionScore(BaseModel):
     channel: str
     offer: str
@@ -236,7 +268,7 @@ class EventBatchResponse(BaseModel):
 API_DESCRIPTION = (
     "Next-best-action decisions: whether to send anything to a customer, on which channel, when and with "
     "which offer (`/v1/decide`, `/v1/decide/batch`); what happened to a decision's message (`/v1/feedback`); "
-    "other senders' message events (`/v1/events`). Every route needs an API key with its scope "
+    "other senders' message events (`/v1/events`); the offer a message shows when it is opened (`/v1/render`). Every route needs an API key with its scope "
     "(`Authorization: Bearer KEY`). Channels and offers are this deployment's configured ones. Errors are JSON "
     "`{\"error\", \"field\", \"detail\"}`. README: \"Serving\".")
 _ERROR = {"$ref": "#/components/schemas/InvalidArgument"}

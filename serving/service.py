@@ -1,7 +1,8 @@
 """The BentoML service: thin routes over ``serving.engine.Engine``.
 
 Routes: ``POST /v1/decide``, ``POST /v1/decide/batch``, ``POST /v1/feedback``, ``POST /v1/events`` and
-``/v1/events/batch`` (other senders' message events, ``serving.events``); BentoML's own
+``/v1/events/batch`` (other senders' message events, ``serving.events``), ``POST /v1/render`` (the
+offer a message shows when it is opened, ``serving.render``); BentoML's own
 ``GET /healthz`` (alive), ``GET /readyz`` (the engine process answers a ping and the store is
 reachable and matches the decision log: ``__is_ready__``), ``GET /metrics`` (Prometheus, the
 metrics below plus BentoML's request metrics) and the OpenAPI schema at ``GET /docs.json``.
@@ -42,7 +43,7 @@ from nextbest.serving.errors import ValidationErrorShape
 from nextbest.serving.followups import MAX_DUE
 from nextbest.serving.schemas import (BatchRequest, BatchResponse, DecideRequest, DecideResponse, EventBatch,
                                       EventBatchResponse, EventRequest, EventResponse, FeedbackRequest,
-                                      FeedbackResponse)
+                                      FeedbackResponse, RenderRequest, RenderResponse)
 from nextbest.serving.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ LATENCY = Histogram("nextbest_decide_seconds", "Time to answer, by endpoint", ["
                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 FEEDBACK = Counter("nextbest_feedback", "Feedback events by event and whether they counted", ["event", "accepted"])
 EVENTS = Counter("nextbest_events", "Other senders' events by event and whether they were new", ["event", "accepted"])
+RENDERS = Counter("nextbest_renders", "Offers rendered at open time, by whether the offer changed", ["changed"])
 POLICY = Gauge("nextbest_policy_version", "1 for the policy version a worker serves", ["version"],
                multiprocess_mode="livemax")
 
@@ -145,6 +147,16 @@ class DecisionService:
         _count(out)
         LATENCY.labels("decide_batch").observe(time.perf_counter() - t)
         return _json({"decisions": out})
+
+    @bentoml.api(route="/v1/render")
+    def render(self, request: RenderRequest, /) -> RenderResponse:
+        """The best offer still valid now for a message being opened (``serving.render``)."""
+        try:
+            out = self.engine.render(request)
+        except Exception as exc:  # noqa: BLE001 - _error re-raises what it does not map
+            return _error(exc)
+        RENDERS.labels(str(out["changed"]).lower()).inc()
+        return _json(out)
 
     @bentoml.api(route="/v1/feedback")
     def feedback(self, request: FeedbackRequest, /) -> FeedbackResponse:

@@ -7,7 +7,8 @@ another customer is a 400; an ``event_id`` names one event of a batch), and feed
 decision ids it was answered, with a customer of its own: a 400), an event after its message went
 out, and only a conversion on a suppression. Positive cases get times near the clock, request ids
 of their own and, for a decision id the server gave out, feedback that fits the decision (its
-customer, a time after its send, a conversion on a suppression), so ``positive_data_acceptance``
+customer, a time after its send, a conversion on a suppression) and a render that opens a
+marketing message it sent (its customer, a time after its send), so ``positive_data_acceptance``
 judges everything else the schema promises. Negative cases are left
 as generated.
 """
@@ -45,14 +46,36 @@ def after_call(context, case, response):
         data = response.json() if response.status_code == 200 else None
     except ValueError:
         return
-    for d in (data.get("decisions", [data]) if isinstance(data, dict) else []):
+    body = case.body if isinstance(case.body, dict) else {}
+    asked = body.get("requests", [body]) if isinstance(body.get("requests", [body]), list) else []
+    for i, d in enumerate(data.get("decisions", [data]) if isinstance(data, dict) else []):
         if isinstance(d, dict) and isinstance(d.get("decision_id"), str) and isinstance(d.get("customer_id"), str):
-            DECISIONS[d["decision_id"]] = d
+            r = asked[i] if i < len(asked) and isinstance(asked[i], dict) else {}
+            DECISIONS[d["decision_id"]] = {**d, "_type": r.get("type", "marketing")}
+
+
+def _marketing_send(d: dict) -> bool:
+    return d.get("action") == "send" and d.get("_type") == "marketing"
+
+
+def _render(body: dict) -> None:
+    """A positive render case opens a marketing message the server sent (when there is one): its
+    customer, a time after its send."""
+    sends = [d for d in DECISIONS.values() if _marketing_send(d)]
+    if not sends:
+        return
+    d = DECISIONS.get(body["message_id"])
+    d = d if d is not None and _marketing_send(d) else random.choice(sends)
+    body["message_id"], body["customer_id"] = d["decision_id"], d["customer_id"]
+    at = max(datetime.now(timezone.utc), datetime.fromisoformat(d["send_at"].replace("Z", "+00:00")))
+    body["now"] = (at + timedelta(minutes=random.randint(1, 600))).isoformat()
 
 
 @schemathesis.hook
 def before_call(context, case, kwargs):
     body = case.body
+    if _positive(case) and isinstance(body, dict) and isinstance(body.get("message_id"), str):
+        return _render(body)
     if not (_positive(case) and isinstance(body, dict) and body.get("decision_id") in DECISIONS):
         return
     d = DECISIONS[body["decision_id"]]
