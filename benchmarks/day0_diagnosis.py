@@ -14,6 +14,9 @@ scored on the world's truth. Printed per world:
   nothing, to customers not messaged whom the oracle messages, and to choosing another option;
 - ``norm_mediated`` / ``norm_learner`` / ``norm_blend``: ``norm`` with the same trained models when
   a message's extra orders are valued each way (``training.uplift_mode``);
+- ``norm_true_offer_on_our_channel`` / ``norm_true_channel_with_our_offer``: for the customers the
+  policy messages, at its hours, what the true best offer on the policy's channel, or the true
+  best channel with the policy's offer for it, would reach (which half of the choice loses more);
 - ``corr_value``: correlation of estimated and true extra profit over every allowed option;
 - ``open_at_hour`` (policy / customer's most frequent open hour / oracle): the true open rate at
   the hour each picks (email, no offer);
@@ -82,6 +85,14 @@ def diagnose(job) -> dict:
     positive = best_est[best_est > 0]
     margin = {q: (true_best[best_est > (np.percentile(positive, q) if q else 0.0)].sum() / gap
                   if len(positive) else np.nan) for q in (0, 20, 40)}
+    # where the choice loses, for the customers we message: the channel or the offer
+    chosen_k = np.maximum(dec.choice - 1, 0) // O
+    ti = np.nan_to_num(true_inc, nan=-np.inf)
+    true_offer = np.where(send, ti[idx, chosen_k].max(axis=1), 0.0)          # our channel, the true best offer
+    est_offer = np.where(np.isfinite(s.value), s.value, -np.inf).argmax(axis=2)  # (n, K) our offer per channel
+    true_channel = np.where(send, ti[idx[:, None], np.arange(K)[None, :], est_offer].max(axis=1), 0.0)
+    split = {"norm_true_offer_on_our_channel": true_offer.sum() / gap,
+             "norm_true_channel_with_our_offer": true_channel.sum() / gap}
     by_mode = {}
     for mode in UPLIFT_MODES:  # the same trained models, each way of valuing a message's extra orders
         other = policy.with_exploration(policy.exploration)
@@ -89,7 +100,7 @@ def diagnose(job) -> dict:
         d = other.decide(feats, ContactHistory.from_features(feats, cfg), Request(now=sim.end), explain=False)
         by_mode[f"norm_{mode}"] = (true_profit(world, d) - sup).sum() / gap
     return {
-        "world": str(kind), "norm": (vp - sup).sum() / gap, **by_mode,
+        "world": str(kind), "norm": (vp - sup).sum() / gap, **by_mode, **split,
         "norm_margin_0": margin[0], "norm_margin_q20": margin[20], "norm_margin_q40": margin[40],
         "norm_best_option_at_our_hours": np.maximum(np.nan_to_num(true_inc, nan=-1e9).reshape(n, -1).max(1), 0).sum() / gap,
         "sent": send.mean(), "sent_oracle": best["channel"].notna().mean(),
