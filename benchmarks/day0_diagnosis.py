@@ -43,15 +43,17 @@ def diagnose(job) -> dict:
 
     from nextbest.decision.policy import UPLIFT_MODES, Request
     from nextbest.decision.rules import ContactHistory
-    from nextbest.features.config import load_config
+    from nextbest.features.config import load_config, merge_config, parse_config
     from nextbest.features.eventlog import EventLog
     from nextbest.features.history import Population, engagement_history
     from nextbest.sim.simulate import generate, write
     from nextbest.sim.simulation_eval import _send_time, true_profit
     from nextbest.training.train import train
 
-    kind, customers = job
+    kind, customers, lgb = job
     cfg = load_config()
+    if lgb:  # LightGBM parameters over the config's (--lightgbm key=value)
+        cfg = parse_config(merge_config(cfg.raw, {"training": {"lightgbm": lgb}}))
     sim = generate(customers, HIST, 5, cfg, progress=False, world=kind)
     with tempfile.TemporaryDirectory() as tmp:
         policy = train(write(sim, f"{tmp}/data", seed=5), cfg, seed=0).policy
@@ -117,10 +119,18 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--customers", type=int, default=2000)
     ap.add_argument("--worlds", type=int, default=8)
+    ap.add_argument("--random-from", type=int, default=None,
+                    help="only random worlds, from this seed on (a held-out family to choose settings on, so the "
+                         "standard family stays a test)")
+    ap.add_argument("--lightgbm", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="LightGBM parameters over the config's, e.g. min_child_samples=100")
     args = ap.parse_args()
+    lgb = {k: (float(v) if "." in v else int(v)) for k, v in (kv.split("=", 1) for kv in args.lightgbm)}
     logging.basicConfig(level=logging.WARNING)
     with ProcessPoolExecutor(2) as ex:
-        rows = list(ex.map(diagnose, [(k, args.customers) for k in world_family(args.worlds)]))
+        kinds = (world_family(args.worlds) if args.random_from is None
+                 else [f"random:{s}" for s in range(args.random_from, args.random_from + args.worlds)])
+        rows = list(ex.map(diagnose, [(k, args.customers, lgb) for k in kinds]))
     table = pd.DataFrame(rows).set_index("world")
     pd.set_option("display.width", 200)
     print(table.round(3).to_string())

@@ -9,7 +9,8 @@
    every request is scored) to (a) the baseline, ``benchmarks/noop_service.py``: the same server settings and
    request model, a fixed answer, and (b) ``nextbest serve`` with the SQLite store. Requests per
    second and p99 latency of each, and the ratios the targets are about.
-3. **Batches**: ``/v1/decide/batch`` with 1,000 customers per call, two clients, decisions/s.
+3. **Batches**: ``/v1/decide/batch`` with 1,000 customers per call, two clients, decisions/s; then
+   the same with ``explain: false`` (no reasons, no per-option scores).
 4. **Redis, 2 workers, mixed load** for ``--mixed-seconds``: 8 threads decide (at one fixed time,
    so caps bind) and post opened/converted feedback for every send; afterwards the decision log
    and the store are checked: caps and collision per customer, every acknowledged feedback
@@ -111,6 +112,7 @@ def start_service(home: Path, data: Path, port: int, workdir: Path, store: str, 
 
 def start_noop(home: Path, port: int, workdir: Path, workers: int = 1):
     env = {**project_env(home), "BENTOML_HOME": str(workdir / f"bentoml-{port}"),
+           "NEXTBEST_DATA_DIR": str(home / "data"),  # the error middleware reads the service's settings
            "BENTOML_CONFIG_OPTIONS": f"services.nextbest.workers={workers} api_server.logging.access.enabled=false"}
     out = open(workdir / f"noop-{port}.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "benchmarks.noop_service:NoopService", "--host",
@@ -150,7 +152,7 @@ def run_clients(client, clients: int) -> float:
     return time.perf_counter() - t0
 
 
-def batches(url: str, ids: list[str], seconds: float, size: int = 1000, clients: int = 2) -> dict:
+def batches(url: str, ids: list[str], seconds: float, size: int = 1000, clients: int = 2, explain: bool = True) -> dict:
     done, lock, stop_at = [], threading.Lock(), time.time() + seconds
     rng = np.random.default_rng(3)
     base = datetime.now(timezone.utc) - timedelta(days=28)  # requests stay within the allowed clock skew
@@ -161,7 +163,8 @@ def batches(url: str, ids: list[str], seconds: float, size: int = 1000, clients:
                 pick = rng.choice(len(ids), size)
                 now = (base + timedelta(hours=int(rng.integers(0, 24 * 56)))).isoformat()
                 t = time.perf_counter()
-                r = c.post(f"{url}/v1/decide/batch", json={"requests": [{"customer_id": ids[i], "now": now} for i in pick]})
+                r = c.post(f"{url}/v1/decide/batch", json={"requests": [{"customer_id": ids[i], "now": now, "explain": explain}
+                                                                      for i in pick]})
                 r.raise_for_status()
                 with lock:
                     done.append((len(r.json()["decisions"]), time.perf_counter() - t))
@@ -315,6 +318,8 @@ def main() -> None:
         log.info("decide: %s", results["decide"])
         results["batch_1000"] = batches(f"http://127.0.0.1:{port}", ids, args.seconds)
         log.info("batch: %s", results["batch_1000"])
+        results["batch_1000_no_explain"] = batches(f"http://127.0.0.1:{port}", ids, args.seconds, explain=False)
+        log.info("batch without reasons and scores: %s", results["batch_1000_no_explain"])
     finally:
         stop(proc)
 

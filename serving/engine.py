@@ -11,7 +11,7 @@ Deciding a batch (one request or ten thousand, the same code):
    through feedback revoke consent.
 4. **Decide** with the champion ``DecisionPolicy`` (the endpoint has no decision logic of its
    own) on the customers' contact history from the store. Requests are grouped by (type,
-   channels, offers); ``now`` and ``horizon_hours`` are per row. Each row's exploration draws
+   channels, offers, explain); ``now`` and ``horizon_hours`` are per row. Each row's exploration draws
    come from its own key (request id, else decision id), so a request gets the same answer alone
    or inside a batch.
 5. **Record** each marketing send by compare-and-set on the customer's contact state. A
@@ -255,9 +255,10 @@ class Engine:
         keys = [str(r.request_id) if r.request_id else secrets.token_hex(16) for r in reqs]
         groups: dict[tuple, list[int]] = {}
         for j, r in enumerate(reqs):
-            groups.setdefault((r.type, tuple(r.channels or ()) or None, tuple(r.offers or ()) or None), []).append(j)
+            groups.setdefault((r.type, tuple(r.channels or ()) or None, tuple(r.offers or ()) or None, r.explain),
+                              []).append(j)
         out: list[Pending] = []
-        for (kind, channels, offers), js in groups.items():
+        for (kind, channels, offers, explain), js in groups.items():
             js = np.array(js)
             request = Request(now=times[js], contexts=[reqs[j].context for j in js],
                               channels=list(channels) if channels else None, offers=list(offers) if offers else None,
@@ -265,8 +266,8 @@ class Engine:
             sub = feats.iloc[js]
             hist = type(contact)(contact.sent_day[js], contact.sent_week[js], contact.hours_since_last[js],
                                  contact.unanswered[js])
-            d = policy.decide(sub, hist, request, rng=KeyedRandom([keys[j] for j in js]), learner=learner,
-                              arrays=snap.arrays.take(pos[js], sub, edited))
+            d = policy.decide(sub, hist, request, explain=explain, rng=KeyedRandom([keys[j] for j in js]),
+                              learner=learner, arrays=snap.arrays.take(pos[js], sub, edited))
             out += pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind, hist, cfg,
                                 snap.as_of.isoformat())
         return out

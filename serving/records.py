@@ -243,7 +243,8 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
             channels = [c for k, c in enumerate(config.channel_names) if allowed[k]]
         else:
             channels = [ch] if send else []
-        scores = [{"channel": config.channel_names[a // O], "offer": config.offer_names[a % O],
+        explain = getattr(r, "explain", True)  # false: no reasons, no per-option scores (cheaper)
+        scores = [] if not explain else [{"channel": config.channel_names[a // O], "offer": config.offer_names[a % O],
                    "local_hour": int(d.scores.hour[pos, a // O, a % O]),
                    "expected_value": round(float(d.values[pos, a + 1]), MONEY_DIGITS),
                    "probability": round(float(d.action_dist[pos, a + 1]), PROBABILITY_DIGITS)}
@@ -259,7 +260,7 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
             "propensity": round(f["propensity"][pos], PROBABILITY_DIGITS),
             "expected_value": round(f["expected_value"][pos], MONEY_DIGITS),
             "explored": f["explored"][pos], "control": f["control"][pos],
-            "known_customer": bool(known[j]), "scores": scores, "reasons": d.reasons[pos],
+            "known_customer": bool(known[j]), "scores": scores, "reasons": d.reasons[pos] if explain else [],
             "policy_version": f["policy_version"][pos],
         }
         record = DecisionRecord(

@@ -87,6 +87,8 @@ class DecideRequest(Strict):
     request_id: str | None = Field(None, min_length=1, max_length=200, pattern=ID, json_schema_extra=NULLABLE,
                                    description="idempotency key: the same id gets the same decision, recorded once")
     profile: Profile | None = Field(None, json_schema_extra=NULLABLE)
+    explain: bool = Field(True, description="false leaves out the reasons and the per-option scores (both answer "
+                                            "[]): cheaper, for batch callers that need only the decision")
     follow_up_hours: float | None = Field(
         None, ge=1.0, le=MAX_FOLLOW_UP_HOURS, json_schema_extra=NULLABLE,
         description="if a marketing message sent by this decision has not been opened this many hours after "

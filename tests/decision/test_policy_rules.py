@@ -60,6 +60,17 @@ def test_same_input_gives_the_same_decision(trained, snapshot, config):
     pd.testing.assert_frame_equal(a[cols], b[cols])
 
 
+def test_decisions_without_reasons_are_the_same_decisions(trained, snapshot, config):
+    now = pd.Timestamp("2026-10-01 09:00", tz="UTC")
+    contact = ContactHistory.from_features(snapshot, config)
+    a, b = (trained.policy.decide(snapshot.iloc[:300], contact_slice(contact, 300), Request(now=now), explain=e,
+                                  rng=np.random.default_rng(5)) for e in (True, False))
+    cols = ["action", "channel", "local_hour", "offer", "send_at", "expected_value", "propensity"]
+    pd.testing.assert_frame_equal(a.frame[cols], b.frame[cols])
+    np.testing.assert_array_equal(a.action_dist, b.action_dist)
+    assert len(a.reasons) == 300 and all(a.reasons) and b.reasons == []
+
+
 def contact_slice(c, n):
     return ContactHistory(c.sent_day[:n], c.sent_week[:n], c.hours_since_last[:n], c.unanswered[:n])
 

@@ -195,6 +195,14 @@ def test_batch_answers_in_order_and_all_or_nothing(server, project, customers):
     r = server.post("/v1/decide/batch", {"requests": bad})
     assert r.status_code == 400 and r.json()["field"] == "requests[3].channels"
     assert len(read_records(server.log_dir, "decisions")) == logged  # nothing written
+    # explain: false leaves out reasons and per-option scores, in the same batch as explained rows
+    mixed = server.post("/v1/decide/batch", {"requests": [{"customer_id": c, "now": NOW.isoformat(),
+                                                           "explain": i % 2 == 0} for i, c in enumerate(ids[:20])]})
+    assert mixed.status_code == 200, mixed.text
+    got = mixed.json()["decisions"]
+    assert [d["customer_id"] for d in got] == ids[:20]
+    assert all(d["reasons"] for d in got[0::2]) and any(d["scores"] for d in got[0::2])
+    assert all(d["reasons"] == [] and d["scores"] == [] for d in got[1::2])
 
 
 def test_a_batch_over_one_chunk_answers_like_one_call_and_is_checked_whole(server, customers):
