@@ -162,6 +162,15 @@ def _validated(parts: Partitions, i: int, config: Config):
     return check(customers, events, config, files={"customers": f"customers ({where})", "events": f"events ({where})"})
 
 
+def _problems(parts: Partitions, i: int, config: Config) -> list:
+    """Every problem of partition ``i`` against the contract (``features.validate.validate``)."""
+    from nextbest.features.validate import validate
+
+    customers, events = parts.read(i)
+    where = f"partition {i} of {parts.n}"
+    return validate(customers, events, config, files={"customers": f"customers ({where})", "events": f"events ({where})"})
+
+
 def _encoded(parts: Partitions, i: int, config: Config, before=None):
     from nextbest.features.eventlog import EventLog
 
@@ -253,6 +262,31 @@ def summarize(parts: Partitions, client, config: Config, before=None, progress: 
     cats = {c: sorted(set().union(*(s.categories.get(c, []) for s in sums))) for c in names}
     ends = [s.data_end for s in sums if s.data_end is not None]
     return Summary(Population.merge([s.population for s in sums]), zones, cats, max(ends) if ends else None)
+
+
+def validate(parts: Partitions, client, config: Config, progress: bool = False) -> list:
+    """Every problem of the partitioned data (``nextbest data validate --dask``): each partition
+    checked by the pandas rules on a worker, and the one rule that needs the whole log, a message
+    id sent twice, over all partitions. A customer's rows are all in one partition, so the
+    per-customer rules (unknown customer, responses and their sends) see everything they need. A
+    problem names its partition; its row is the row within that partition, not the file's. With
+    a message id sent in two partitions, each partition's responses are matched with its own send,
+    so the response rules may count differently than on the whole table; the duplicate is
+    reported either way, and the data is refused."""
+    import dask.dataframe as dd
+
+    from nextbest.features.validate import Problem
+
+    found = _gathered([client.submit(_problems, parts, i, config, pure=False) for i in range(parts.n)],
+                      "validating", progress)
+    problems = [p for part in found for p in part if p.rule != "duplicate_send"]
+    ev = dd.read_parquet(parts.root / "events", columns=["event", "message_id"])
+    sent = ev[ev["event"].astype("str") == "sent"]["message_id"].astype("str")
+    counts = sent.value_counts()
+    twice = client.compute(counts[counts > 1]).result()
+    problems += [Problem("events", "message_id", None, "duplicate_send",
+                         f"two sent events share this message_id ({n} sends)", str(m)) for m, n in twice.items()]
+    return problems
 
 
 def snapshot(parts: Partitions, client, config: Config, as_of=None, summary: Summary | None = None,

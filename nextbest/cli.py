@@ -45,15 +45,33 @@ def cmd_data_validate(args) -> int:
     from nextbest.features.validate import ValidationReport, validate
 
     cfg = _config(args)
+    opts = dask_options(args)
+    if opts is not None:
+        return _data_validate_on_dask(args, cfg, opts)
     customers, events = load_dataset(args.data_dir)  # read once: for the rules and the summary
     report = ValidationReport(validate(customers, events, cfg, files=_files(args.data_dir)))
+    return _report(args, report, lambda: dataset_summary(args.data_dir, customers, events, cfg))
+
+
+def _data_validate_on_dask(args, cfg, opts) -> int:
+    """``data validate --dask``: every partition on a worker (``features.partitioned.validate``)."""
+    from nextbest.features import partitioned
+    from nextbest.features.validate import ValidationReport
+
+    with partitioned.dask_client(opts.scheduler, opts.workers) as client, partitioned.scratch_dir(opts) as scratch:
+        parts = partitioned.partition(args.data_dir, client, opts.partitions, scratch)
+        report = ValidationReport(partitioned.validate(parts, client, cfg, progress=not args.quiet))
+    return _report(args, report, lambda: f"valid: {parts.events:,} events in {parts.n} partitions ({args.data_dir})")
+
+
+def _report(args, report, summary) -> int:
     if args.report:
         report.to_frame().to_csv(args.report, index=False)
         log.info("wrote %d problems to %s", len(report.problems), args.report)
     if not report.ok:
         sys.stderr.write(str(report) + "\n")
         return 1
-    _out(dataset_summary(args.data_dir, customers, events, cfg))
+    _out(summary())
     return 0
 
 
@@ -215,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = data.add_parser("validate", help="check a data directory against the data contract")
     v.add_argument("data_dir")
     v.add_argument("--report", help="also write every problem to this CSV")
+    add_dask_arguments(v)
     v.set_defaults(func=cmd_data_validate)
 
     feats = top.add_parser("features", help="engagement histories").add_subparsers(dest="sub", required=True)

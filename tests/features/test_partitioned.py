@@ -4,6 +4,8 @@ message id sent twice across partitions is refused as the pandas path refuses it
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -126,6 +128,59 @@ def test_a_problem_inside_a_partition_names_the_partition(data, client, config, 
     write_table(events, bad, "events")
     with pytest.raises(ValidationError, match=r"events \(partition \d of 3\)"):
         partitioned.summarize(partitioned.partition(bad, client, n_parts=3, scratch=tmp_path / "scratch"), client, config)
+
+
+def test_data_validate_on_dask_finds_what_the_pandas_rules_find(data, client, config, tmp_path):
+    """Problems in several partitions and a message id sent by customers of two partitions: the
+    same rules fire as many times as on the whole table; ``data validate --dask`` exits 1 and
+    writes them to its report, and says valid for valid data."""
+    import subprocess
+    import sys
+
+    from nextbest.features.validate import validate
+
+    customers, events = load_dataset(data)
+    events = events.copy()
+    events["event"] = events["event"].astype(object)
+    events["channel"] = events["channel"].astype(object)
+    events.loc[events.index[[5, 900, 4000]], "event"] = "teleported"
+    events.loc[events.index[[77, 3001]], "channel"] = "fax"
+
+    def both(events, name):
+        d = tmp_path / name
+        write_table(customers, d, "customers")
+        write_table(events, d, "events")
+        want = pd.Series([p.rule for p in validate(*load_dataset(d), config)]).value_counts()
+        found = partitioned.validate(partitioned.partition(d, client, n_parts=3, scratch=tmp_path / f"s-{name}"),
+                                     client, config)
+        return d, want, found, pd.Series([p.rule for p in found]).value_counts()
+
+    _, want, found, got = both(events, "bad")
+    assert want["unknown_event"] == 3 and want["unknown_channel"] == 2
+    assert got.to_dict() == want.to_dict()
+    assert {p.file for p in found if p.rule == "unknown_event"} <= {f"events (partition {i} of 3)" for i in range(3)}
+    # a message id sent by customers of two partitions: once, over all partitions
+    ids = customers["customer_id"].astype(str)
+    where = partitioned.part_of(ids, 3)
+    a, b = ids[where == 0].iloc[0], ids[where == 2].iloc[0]
+    sent = events["event"].astype(str) == "sent"
+    first_a = events.index[sent & (events["customer_id"].astype(str) == a)][0]
+    first_b = events.index[sent & (events["customer_id"].astype(str) == b)][0]
+    msg = events["message_id"].astype(object)
+    msg.loc[msg == msg[first_b]] = msg[first_a]
+    events["message_id"] = msg
+    bad, want, found, got = both(events, "twice")
+    assert "duplicate_send" in want and got["duplicate_send"] == 1
+
+    cli = [str(Path(sys.executable).with_name("nextbest")), "-q", "data", "validate"]
+    dask = ["--dask", "--workers", "1", "--partitions", "3"]
+    res = subprocess.run(cli + [str(bad), "--report", str(tmp_path / "report.csv"), *dask, "--scratch",
+                                str(tmp_path / "s2")], capture_output=True, text=True)
+    assert res.returncode == 1 and "unknown_event" in res.stderr and "duplicate_send" in res.stderr
+    assert len(pd.read_csv(tmp_path / "report.csv")) == len(found)
+    ok = subprocess.run(cli + [str(data), *dask], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "valid:" in ok.stdout and "3 partitions" in ok.stdout
 
 
 def test_prepare_on_dask_gives_the_training_and_validation_examples_of_the_pandas_path(small_data_dir, config):
