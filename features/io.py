@@ -68,6 +68,16 @@ def load_dataset(data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return read_table(data_dir, "customers"), read_table(data_dir, "events")
 
 
+def read_behaviour(data_dir: str | Path) -> pd.DataFrame | None:
+    """The optional ``behaviour`` table (``features.behaviour``) as stored, or None without one."""
+    try:
+        return read_table(data_dir, "behaviour")
+    except FileNotFoundError:
+        if not Path(data_dir).is_dir():
+            raise
+        return None
+
+
 def write_table(df: pd.DataFrame, data_dir: str | Path, name: str, fmt: str = "parquet") -> Path:
     """Write ``df`` as ``data_dir/name.{parquet,csv}``; timestamps in CSV are ISO 8601 UTC."""
     if fmt not in ("parquet", "csv"):

@@ -17,7 +17,7 @@ import pandas as pd
 
 from nextbest.features.config import Config
 from nextbest.features.eventlog import lookup_codes, to_ms
-from nextbest.features.io import find_table, load_dataset
+from nextbest.features.io import find_table, load_dataset, read_behaviour
 from nextbest.features.localtime import known_timezones
 from nextbest.features.schema import CONSENT_PREFIX, EVENT_COLUMNS, EVENT_TYPES, REQUIRED_EVENT_COLUMNS
 
@@ -317,9 +317,15 @@ def _now(now) -> pd.Timestamp:
 
 
 def validate(customers: pd.DataFrame, events: pd.DataFrame, config: Config, now=None,
-             files: dict | None = None) -> list[Problem]:
-    """Every problem of ``customers`` and ``events`` against the contract (empty list: valid)."""
+             files: dict | None = None, behaviour: pd.DataFrame | None = None) -> list[Problem]:
+    """Every problem of ``customers`` and ``events`` (and of the optional ``behaviour`` table,
+    ``features.behaviour``) against the contract (empty list: valid)."""
     problems, _ = _run(customers, events, config, now, files)
+    if behaviour is not None:
+        from nextbest.features.behaviour import validate_behaviour
+
+        ids = customers["customer_id"] if "customer_id" in customers else []
+        problems += validate_behaviour(behaviour, ids, (files or {}).get("behaviour", "behaviour"), _now(now))
     return problems
 
 
@@ -354,8 +360,10 @@ def check(customers: pd.DataFrame, events: pd.DataFrame, config: Config, now=Non
 def validate_dir(data_dir: str | Path, config: Config, now=None) -> ValidationReport:
     """Load and validate a data directory."""
     customers, events = load_dataset(data_dir)
-    files = {name: str(find_table(data_dir, name)) for name in ("customers", "events")}
-    report = ValidationReport(validate(customers, events, config, now, files))
+    behaviour = read_behaviour(data_dir)
+    names = ("customers", "events") + (("behaviour",) if behaviour is not None else ())
+    files = {name: str(find_table(data_dir, name)) for name in names}
+    report = ValidationReport(validate(customers, events, config, now, files, behaviour))
     log.info("validated %s: %d customers, %d events, %d problem(s)", data_dir, len(customers), len(events),
              len(report.problems))
     return report

@@ -41,7 +41,7 @@ def cmd_data_generate(args) -> int:
 
 
 def cmd_data_validate(args) -> int:
-    from nextbest.features.io import load_dataset
+    from nextbest.features.io import load_dataset, read_behaviour
     from nextbest.features.validate import ValidationReport, validate
 
     cfg = _config(args)
@@ -49,7 +49,8 @@ def cmd_data_validate(args) -> int:
     if opts is not None:
         return _data_validate_on_dask(args, cfg, opts)
     customers, events = load_dataset(args.data_dir)  # read once: for the rules and the summary
-    report = ValidationReport(validate(customers, events, cfg, files=_files(args.data_dir)))
+    behaviour = read_behaviour(args.data_dir)
+    report = ValidationReport(validate(customers, events, cfg, files=_files(args.data_dir), behaviour=behaviour))
     return _report(args, report, lambda: dataset_summary(args.data_dir, customers, events, cfg))
 
 
@@ -199,7 +200,18 @@ def feature_table(snapshot: pd.DataFrame, rows: int = 5) -> str:
 def _files(data_dir):
     from nextbest.features.io import find_table
 
-    return {name: str(find_table(data_dir, name)) for name in ("customers", "events")}
+    names = ("customers", "events", "behaviour")
+    return {name: str(find_table(data_dir, name)) for name in names if name != "behaviour" or _has(data_dir, name)}
+
+
+def _has(data_dir, name) -> bool:
+    from nextbest.features.io import find_table
+
+    try:
+        find_table(data_dir, name)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 # ---------------------------------------------------------------------------- parser

@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from nextbest.features.behaviour import BEHAVIOUR_EVENTS
+
 log = logging.getLogger(__name__)
 
 KINDS = ("decisions", "feedback", "events", "renders", "void")  # events: other senders' (serving.events);
@@ -289,6 +291,7 @@ def read_events(log_dir: str | Path, as_of=None) -> pd.DataFrame:
     if ev.empty:
         return _empty_events()
     ev = ev.drop_duplicates("event_id")
+    ev = ev[~ev["event"].isin(BEHAVIOUR_EVENTS)]  # behaviour: read_behaviour_events
     transactional = set(ev.loc[(ev["event"] == "sent") & (ev["type"] != "marketing"), "message_id"])
     ev = ev[~ev["message_id"].isin(transactional) & (ev["type"] == "marketing")]
     ts = pd.to_datetime(ev["ts"], utc=True, format="ISO8601")
@@ -302,6 +305,21 @@ def read_events(log_dir: str | Path, as_of=None) -> pd.DataFrame:
         "message_id": ev["message_id"], "channel": ev["channel"], "offer": ev["offer"],
         "value": pd.to_numeric(ev["value"]), "propensity": float("nan"),
     }).reset_index(drop=True)
+
+
+def read_behaviour_events(log_dir: str | Path, as_of=None) -> pd.DataFrame:
+    """The behavioural events the service took (``features.behaviour``) as the data contract's
+    ``behaviour`` rows: each event id once, those dated by ``as_of`` (``None``: all)."""
+    ev = pd.DataFrame(read_records(log_dir, "events"))
+    cols = ["customer_id", "ts", "event", "value"]
+    if ev.empty:
+        return pd.DataFrame({c: [] for c in cols})
+    ev = ev.drop_duplicates("event_id")
+    ev = ev[ev["event"].isin(BEHAVIOUR_EVENTS)]
+    ts = pd.to_datetime(ev["ts"], utc=True, format="ISO8601")
+    keep = (ts <= _utc(as_of)).to_numpy() if as_of is not None else np.ones(len(ev), dtype=bool)
+    return pd.DataFrame({"customer_id": ev["customer_id"].astype(str), "ts": ts, "event": ev["event"],
+                         "value": pd.to_numeric(ev["value"])})[keep].reset_index(drop=True)[cols]
 
 
 def _with_ingested(events: pd.DataFrame, ingested: pd.DataFrame) -> pd.DataFrame:
@@ -362,10 +380,11 @@ def export_data_dir(data_dir: str | Path, log_dir: str | Path, out: str | Path, 
     ``train`` and ``evaluate`` read the result. The export holds what was known at ``as_of``
     (default: now; see :func:`read_log`), so it always validates: a planned send appears once it
     is due, feedback dated later waits for the next export. ``data_dir`` is copied as it is.
-    Other senders' events (``serving.events``) are written too (:func:`read_events`). Returns the
-    numbers of decisions and events taken from the log.
+    Other senders' events (``serving.events``) are written too (:func:`read_events`), the
+    behavioural ones into the ``behaviour`` table with the data's (:func:`read_behaviour_events`).
+    Returns the numbers of decisions and events taken from the log.
     """
-    from nextbest.features.io import load_dataset, read_table, write_table
+    from nextbest.features.io import load_dataset, read_behaviour, read_table, write_table
 
     now = pd.Timestamp.now(tz="UTC")
     as_of = now if as_of is None else _utc(as_of)
@@ -382,7 +401,8 @@ def export_data_dir(data_dir: str | Path, log_dir: str | Path, out: str | Path, 
         base = read_table(data_dir, "logging_decisions")
     except FileNotFoundError:
         base = decisions.iloc[:0]
-    unknown = sorted((set(decisions["customer_id"]) | set(ingested["customer_id"])) - set(customers["customer_id"].astype(str)))
+    unknown = sorted((set(decisions["customer_id"]) | set(ingested["customer_id"])
+                      | set(read_behaviour_events(log_dir, as_of)["customer_id"])) - set(customers["customer_id"].astype(str)))
     if unknown:  # cold-start customers: add them without consent or attributes (the log has none)
         customers = pd.concat([customers, pd.DataFrame({"customer_id": unknown})], ignore_index=True)
     out = Path(out)
@@ -392,4 +412,10 @@ def export_data_dir(data_dir: str | Path, log_dir: str | Path, out: str | Path, 
                 .sort_values("ts", kind="stable"), out, "events")
     write_table(pd.concat([base, decisions[base.columns.intersection(decisions.columns)]], ignore_index=True), out,
                 "logging_decisions")
+    before = read_behaviour(data_dir)
+    if before is not None:
+        before = before.assign(ts=pd.to_datetime(before["ts"], utc=True, format="ISO8601"))
+    frames = [f for f in (before, read_behaviour_events(log_dir, as_of)) if f is not None and len(f)]
+    if frames:  # the data's behaviour and the service's, as one behaviour table
+        write_table(pd.concat(frames, ignore_index=True).sort_values("ts", kind="stable"), out, "behaviour")
     return len(decisions), len(logged) + len(ingested)

@@ -53,7 +53,7 @@ from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.feedback import UnknownDecision, record_feedback
 from nextbest.serving.rebuild import EpochGuard, StoreMismatch
 from nextbest.serving.render import render
-from nextbest.serving.events import check_events, record_events
+from nextbest.serving.events import BEHAVIOUR_NS, check_events, record_events
 from nextbest.serving import followups
 from nextbest.serving.records import (DecisionRecord, Pending, enters_learner, iso_z, keep_seconds, log_row,
                                       pending_rows, ttl)
@@ -252,6 +252,8 @@ class Engine:
         now_s = times.asi8 // 10**9
         contact, unsub = history(states, now_s, list(cfg.channel_names))
         feats, known, pos, edited = snap.features(ids, [r.profile for r in reqs], unsub)
+        if snap.behaviour_keys:  # the rules read behaviour: as of each request's now, events included
+            feats = snap.with_behaviour(feats, self.store.get_many(BEHAVIOUR_NS, ids), now_s)
         keys = [str(r.request_id) if r.request_id else secrets.token_hex(16) for r in reqs]
         groups: dict[tuple, list[int]] = {}
         for j, r in enumerate(reqs):

@@ -24,8 +24,15 @@ id) and apply it again, which changes nothing (step 2 is idempotent).
 
 Decision: responses to a message name its channel (the API cannot look up messages sent by
 other systems before the snapshot); an order without a message id is an organic order and
-changes no contact state. Behavioural events (visits, carts) and the engagement features they
-would update in real time are not handled yet (README, "Real time").
+changes no contact state.
+
+**Behavioural events** (``features.behaviour``: visit, cart_abandoned, review, app_open) are
+checked, logged and remembered the same way; instead of the contact state they update the
+customer's behaviour state (store namespace :data:`BEHAVIOUR_NS`, a
+``features.behaviour.BehaviourState`` started from the data's ``behaviour`` table), by the same
+compare-and-set, late and out-of-order events landing in place. The next decision reads its
+behaviour features as of its ``now`` from that state (``serving.snapshot.Snapshot.with_behaviour``),
+equal to a batch snapshot of the same events.
 """
 
 from __future__ import annotations
@@ -33,11 +40,13 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
 
+from nextbest.features.behaviour import BEHAVIOUR_EVENTS, value_problem
 from nextbest.serving.checks import InvalidInput
 from nextbest.serving.contact import ContactState
 from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.store import Store
 
+BEHAVIOUR_NS = "behaviour"  # each customer's behaviour state (features.behaviour.BehaviourState)
 EVENT_ID_TTL_S = 7 * 86400.0  # a retry later than a week is a new event
 EVENT_NS = "event"
 
@@ -56,6 +65,16 @@ def check_events(events: list, config, max_order_value: float, max_clock_skew_da
         if e.ts > ahead:
             raise InvalidInput(f"{at}ts", f"{e.ts.isoformat()} is more than {max_clock_skew_days:g} days ahead of "
                                           f"the server's clock ({clock:%Y-%m-%dT%H:%M}Z)")
+        if e.event in BEHAVIOUR_EVENTS:
+            for name in ("message_id", "channel", "offer"):
+                if getattr(e, name) is not None:
+                    raise InvalidInput(f"{at}{name}", f"a {e.event!r} event (behaviour) has no {name}")
+            why = value_problem(e.event, e.value)
+            if why is None and e.value is not None and e.value > max_order_value:
+                why = f"{e.value:g} is over the largest value {max_order_value:g} (serving.max_order_value)"
+            if why is not None:
+                raise InvalidInput(f"{at}value", why)
+            continue
         if e.channel is None and e.message_id is not None:
             raise InvalidInput(f"{at}channel", f"a {e.event!r} event of a message needs the message's channel")
         for name in ("channel", "offer"):
@@ -79,7 +98,7 @@ def log_row(e) -> dict:
 
 def apply(state: ContactState, row: dict) -> ContactState:
     """One logged event's change of a contact state (the live path and the rebuild share it)."""
-    if row["channel"] is None:
+    if row["channel"] is None or row["event"] in BEHAVIOUR_EVENTS:
         return state
     if row["event"] == "sent":
         if row.get("type", "marketing") != "marketing":
@@ -87,6 +106,11 @@ def apply(state: ContactState, row: dict) -> ContactState:
         return state.with_send(datetime.fromisoformat(row["ts"]).timestamp(), row["channel"],
                                message_id=f"event:{row['message_id']}")
     return state.with_event(row["channel"], row["event"])
+
+
+def apply_behaviour(state, row: dict, keep_s: float):
+    """One logged behavioural event's change of a behaviour state (live path and rebuild)."""
+    return state.with_event(row["event"], datetime.fromisoformat(row["ts"]).timestamp(), keep_s)
 
 
 def record_events(events: list, store: Store, log: DecisionLog, snapshot) -> list[dict]:
@@ -112,6 +136,21 @@ def record_events(events: list, store: Store, log: DecisionLog, snapshot) -> lis
 
     # every customer of the call in one read and one compare-and-set per round
     store.update_many("contact", {cid: change(cid, mine) for cid, mine in by_customer.items()})
+    doing: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["event"] in BEHAVIOUR_EVENTS:
+            doing[r["customer_id"]].append(r)
+
+    def act(cid, mine):
+        def fn(cur):
+            state = snapshot.behaviour_state(cid, cur)
+            for r in mine:
+                state = apply_behaviour(state, r, snapshot.behaviour_keep_s)
+            return state.to_json()
+        return fn
+
+    if doing:
+        store.update_many(BEHAVIOUR_NS, {cid: act(cid, mine) for cid, mine in doing.items()})
     store.put_many(EVENT_NS, [(e.event_id, "1", EVENT_ID_TTL_S) for e in fresh])
     fresh_ids = {e.event_id for e in fresh}
     return [{"event_id": e.event_id, "accepted": e.event_id in fresh_ids} for e in events]

@@ -34,6 +34,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from nextbest.serving.events import BEHAVIOUR_NS
 from nextbest.serving.followups import forget, horizon_s
 from nextbest.serving.schemas import MAX_HORIZON_HOURS
 
@@ -161,11 +162,14 @@ def erase(customer_ids: list[str], store, log_dir: str | Path, now: datetime | N
         held = [k for k, v in zip(decisions, store.get_many("decision", decisions)) if v is not None]
         answers = [k for k, v in zip(requests, store.get_many("request", requests)) if v is not None]
         had_contact = store.get("contact", cid) is not None
+        had_behaviour = store.get(BEHAVIOUR_NS, cid) is not None
         store.delete("contact", [cid])
+        store.delete(BEHAVIOUR_NS, [cid])
         store.delete("decision", decisions)
         store.delete("request", requests)
         follow_ups = forget(store, {cid}, time.time(), horizon_s(MAX_HORIZON_HOURS))
-        r["removed"] = {"contact_states": int(had_contact), "decision_records": len(held), "follow_ups": follow_ups,
+        r["removed"] = {"contact_states": int(had_contact), "behaviour_states": int(had_behaviour),
+                        "decision_records": len(held), "follow_ups": follow_ups,
                         "idempotency_answers": len(answers), "log_lines": sum(not x.get("_pending") for x in mine),
                         "log_lines_pending": sum(bool(x.get("_pending")) for x in mine)}
     _append_receipts(log_dir, [{**r, "status": "done"} for r in receipts])

@@ -15,6 +15,7 @@ written (``logged_at``) over the data directory's contact history (``serving.sna
 
 - contact states: each marketing send at its ``send_at``, each feedback event (opens reset the
   unanswered count, unsubscribes revoke the channel), starting from what the data shows;
+- behaviour states: each behavioural event (``features.behaviour``) over the data's;
 - decision records still inside their keep time (attribution window + learner delay,
   ``serving.records.keep_seconds``), with the rewards their feedback added, the offer each
   message last showed when opened (``renders`` lines, ``serving.render``), and the learner's
@@ -44,6 +45,7 @@ import uuid
 import numpy as np
 import pandas as pd
 
+from nextbest.features.behaviour import BEHAVIOUR_EVENTS
 from nextbest.serving.background import DECAY_EVERY_S
 from nextbest.serving import events, followups, learning
 from nextbest.serving.contact import ContactState
@@ -151,6 +153,7 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
             contact[cid] = snapshot.contact_state(cid)
         return contact[cid]
 
+    doing: dict = {}  # customer -> behaviour state (features.behaviour), from the data's and the events'
     answer_keys = set(DecideResponse.model_fields)
     event_ids: dict[str, float] = {}  # other senders' event id -> logged_at of its first line
     for at, kind, _, r in lines:
@@ -161,8 +164,13 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
         if kind == 2:  # another sender's event (serving.events): once per id
             if r["event_id"] not in event_ids:
                 event_ids[r["event_id"]] = at
-                if r["channel"] is not None:
-                    contact[str(r["customer_id"])] = events.apply(state(str(r["customer_id"])), r)
+                cid = str(r["customer_id"])
+                if r["event"] in BEHAVIOUR_EVENTS:
+                    if cid not in doing:
+                        doing[cid] = snapshot.behaviour_state(cid)
+                    doing[cid] = events.apply_behaviour(doing[cid], r, snapshot.behaviour_keep_s)
+                elif r["channel"] is not None:
+                    contact[cid] = events.apply(state(cid), r)
             continue
         if kind == 0:
             did = r["decision_id"]
@@ -219,6 +227,7 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
     epoch = read_epoch(log_dir) or write_epoch(log_dir, uuid.uuid4().hex)
     store.clear()
     store.put_many("contact", [(cid, st.to_json(), None) for cid, st in contact.items()])
+    store.put_many(events.BEHAVIOUR_NS, [(cid, st.to_json(), None) for cid, st in doing.items()])
     store.put_many("decision", kept)
     store.put_many("request", requests)
     store.put_many(events.EVENT_NS, [(e, "1", events.EVENT_ID_TTL_S - (now_s - at)) for e, at in event_ids.items()
@@ -228,7 +237,7 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
     followups.schedule(store, due, now_s)
     store.add_stats(deltas)
     store.put(META, EPOCH, epoch)
-    out = {"contact": len(contact), "decision": len(kept), "request": len(requests), "queue": len(queue),
+    out = {"contact": len(contact), "behaviour": len(doing), "decision": len(kept), "request": len(requests), "queue": len(queue),
            "matured": matured, "follow_ups": len(due)}
     log.info("rebuilt the store from %s: %s (epoch %s)", log_dir, out, epoch)
     return out

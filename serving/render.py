@@ -34,6 +34,7 @@ import pandas as pd
 
 from nextbest.serving.checks import InvalidInput
 from nextbest.serving.contact import history
+from nextbest.serving.events import BEHAVIOUR_NS
 from nextbest.serving.feedback import UnknownDecision, before_send
 from nextbest.serving.records import MONEY_DIGITS, DecisionRecord, iso_z, keep_seconds, offer_expiry, ttl
 
@@ -63,6 +64,8 @@ def render(req, store, log, snapshot, policy, learner, max_clock_skew_days: floa
     state = snapshot.contact_state(rec.customer_id, store.get("contact", rec.customer_id))
     contact, unsub = history([state], now_s, list(cfg.channel_names))
     feats, _, pos, edited = snapshot.features([rec.customer_id], [None], unsub)
+    if snapshot.behaviour_keys:
+        feats = snapshot.with_behaviour(feats, [store.get(BEHAVIOUR_NS, rec.customer_id)], now_s)
     allowed, value, hour = policy.render(feats, contact, pd.Timestamp(now), np.array([k]), [req.context],
                                          snapshot.arrays.take(pos, feats, edited),
                                          learner.calibration if learner is not None else None)

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from nextbest.decision.online import FEEDBACK_EVENTS
+from nextbest.features.behaviour import BEHAVIOUR_EVENTS, VALUE_RANGE, value_problem
 from nextbest.features.schema import EVENT_TYPES
 from nextbest.features.localtime import WEEK_HOURS
 from nextbest.serving.followups import MAX_DUE, MAX_FOLLOW_UP_HOURS
@@ -215,21 +216,24 @@ class FeedbackResponse(BaseModel):
 
 
 class EventRequest(_TimedEvent):
-    """One message lifecycle event from any sender (the data contract's ``events`` row, with an id)."""
+    """One event from any sender: a message lifecycle event (the data contract's ``events`` row,
+    with an id) or a behavioural one (``features.behaviour``: visit, cart_abandoned, review,
+    app_open; no message, a value only where the vocabulary has one)."""
 
     event_id: str = Field(..., min_length=1, max_length=200, pattern=ID,
                           description="idempotency key: the same id is recorded once")
     customer_id: str = Field(..., min_length=1, max_length=200, pattern=ID)
-    event: Literal[EVENT_TYPES]
+    event: Literal[EVENT_TYPES + BEHAVIOUR_EVENTS]
     ts: datetime = Field(..., description="when it happened (ISO 8601; naive = UTC)")
     message_id: str | None = Field(None, min_length=1, max_length=200, pattern=ID, json_schema_extra=NULLABLE,
                                    validate_default=True, description="links the events of one message: required on every event but an "
-                                               "organic order (converted without a message)")
+                                               "organic order (converted without a message) and a behavioural event")
     channel: str | None = Field(None, json_schema_extra=NULLABLE,
                                 description="required on sent and on every response to a message")
     offer: str | None = Field(None, json_schema_extra=NULLABLE, description="the sent message's offer (default none)")
     value: float | None = Field(None, ge=0, allow_inf_nan=False, json_schema_extra=NULLABLE, validate_default=True,
-                                description="order value: required on converted, refused elsewhere")
+                                description="order value: required on converted; a cart's value on cart_abandoned and "
+                                            "a rating (1-5) on review, optional; refused elsewhere")
     type: Literal["marketing", "transactional"] = Field(
         "marketing", description="a transactional send does not count against marketing caps")
 
@@ -240,6 +244,11 @@ class EventRequest(_TimedEvent):
         event = info.data.get("event")
         if event == "converted" and v is None:
             raise ValueError("a conversion needs the order value")
+        if event in BEHAVIOUR_EVENTS:
+            why = value_problem(event, v)
+            if why is not None:
+                raise ValueError(why)
+            return v
         if v is not None and event is not None and event != "converted":
             raise ValueError(f"only a conversion carries an order value, not {event!r}")
         return v
@@ -248,7 +257,7 @@ class EventRequest(_TimedEvent):
     @classmethod
     def _message_on_messages(cls, v, info: ValidationInfo):
         event = info.data.get("event")
-        if v is None and event is not None and event != "converted":
+        if v is None and event is not None and event != "converted" and event not in BEHAVIOUR_EVENTS:
             raise ValueError(f"a {event!r} event needs the message_id of its message")
         return v
 
@@ -303,9 +312,10 @@ def _by_event(schema: dict) -> dict:
 
 
 def _event_shapes(schema: dict) -> dict:
-    """Another sender's event (``EventRequest``) as the three shapes the service takes: an event of
-    a message (its id and channel, no value), an order after a message (id, channel, value) and
-    an organic order (a value, no message)."""
+    """Another sender's event (``EventRequest``) as the shapes the service takes: an event of a
+    message (its id and channel, no value), an order after a message (id, channel, value), an
+    organic order (a value, no message), and the behavioural events (no message; a value only on
+    those of ``VALUE_RANGE``, within it)."""
     props, required = schema["properties"], list(schema.get("required", []))
 
     def plain(name: str) -> dict:  # the non-null alternative of an optional field
@@ -320,7 +330,15 @@ def _event_shapes(schema: dict) -> dict:
     value["minimum"] = value.get("minimum", 0)
     message = {k: props[k] for k in props if k != "value"}
     message.update(message_id=plain("message_id"), channel=plain("channel"))
-    others = [e for e in props["event"].get("enum", []) if e != "converted"]
+    others = [e for e in props["event"].get("enum", []) if e != "converted" and e not in BEHAVIOUR_EVENTS]
+    behaviour = {k: v for k, v in props.items() if k not in ("message_id", "channel", "offer", "value")}
+
+    def valued(event: str) -> dict:  # a behavioural event that may carry a value (VALUE_RANGE)
+        lo, hi = VALUE_RANGE[event]
+        v = {**value, "minimum": lo, "nullable": True, **({"maximum": hi} if hi is not None else {})}
+        return {**schema, "properties": {**behaviour, "value": v, "event": {**props["event"], "enum": [event]}},
+                "required": list(required)}
+
     shapes = [
         {**schema, "properties": {**message, "event": {**props["event"], "enum": others}},
          "required": [*required, "message_id", "channel"]},
@@ -329,6 +347,10 @@ def _event_shapes(schema: dict) -> dict:
         {**schema, "properties": {**{k: v for k, v in props.items() if k not in ("message_id", "channel", "offer")},
                                   "value": value, "event": {**props["event"], "enum": ["converted"]}},
          "required": [*required, "value"]},
+        {**schema, "properties": {**behaviour, "event": {**props["event"],
+                                                         "enum": [e for e in BEHAVIOUR_EVENTS if e not in VALUE_RANGE]}},
+         "required": list(required)},
+        *[valued(e) for e in BEHAVIOUR_EVENTS if e in VALUE_RANGE],
     ]
     return {"oneOf": shapes, **({"title": schema["title"]} if "title" in schema else {})}
 

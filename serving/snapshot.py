@@ -11,9 +11,10 @@ import logging
 import numpy as np
 import pandas as pd
 
+from nextbest.features import behaviour
 from nextbest.features.eventlog import EventLog
 from nextbest.features.history import Population, engagement_history
-from nextbest.features.io import find_table, load_dataset
+from nextbest.features.io import find_table, load_dataset, read_behaviour
 from nextbest.features.validate import check
 from nextbest.decision.candidates import CustomerArrays
 from nextbest.serving.contact import ContactState
@@ -21,7 +22,7 @@ from nextbest.serving.contact import ContactState
 log = logging.getLogger(__name__)
 
 COLD = "\x00cold-start"
-TABLES = ("customers", "events")
+TABLES = ("customers", "events", "behaviour")  # behaviour is optional (features.behaviour)
 
 
 def source_fingerprint(data_dir: str) -> tuple:
@@ -51,8 +52,23 @@ class Snapshot:
 
     def __init__(self, data_dir: str, config):
         self.source = source_fingerprint(data_dir)  # before reading: a later change is seen as new
-        files = {name: str(find_table(data_dir, name)) for name in TABLES}
+        files = {name: str(find_table(data_dir, name)) for name in TABLES[:2]}
         customers, events = check(*load_dataset(data_dir), config, files=files)
+        table = read_behaviour(data_dir)
+        if table is not None:
+            from nextbest.features.validate import Problem, ValidationError, parse_timestamps
+
+            problems = behaviour.validate_behaviour(table, customers["customer_id"], str(find_table(data_dir, "behaviour")),
+                                                    pd.Timestamp.now(tz="UTC"))
+            if problems:
+                raise ValidationError(problems)
+            table = table.assign(ts=parse_timestamps(table["ts"]))
+        self.behaviour_keep_s = behaviour.keep_seconds(config)
+        self._behaviour = behaviour.states_of(table, self.behaviour_keep_s)  # the data's, until an event arrives
+        # the behaviour features the config's rules read: only those are computed per decision
+        names = set(behaviour.feature_names(config))
+        self.behaviour_keys = sorted({k for o in config.offers.values() for k in o.when.customer} & names)
+        self.config = config
         self.as_of = events["ts"].max().ceil("D") if len(events) else pd.Timestamp.now(tz="UTC").ceil("D")
         log_ = EventLog.build(customers, events[events["ts"] < self.as_of], config)
         ids = customers["customer_id"].astype(str).to_numpy()
@@ -86,6 +102,22 @@ class Snapshot:
         row = self._unanswered[i]
         unanswered = {c: int(row[k]) for k, c in enumerate(self.channels) if row[k] > 0}
         return ContactState(list(self._recent.get(customer, [])), unanswered, [])
+
+    def behaviour_state(self, customer: str, stored: str | None = None) -> behaviour.BehaviourState:
+        """The customer's behaviour state: the ``stored`` one (JSON) if the service has one, else
+        the data's (empty for a customer without behaviour)."""
+        if stored is not None:
+            return behaviour.BehaviourState.from_json(stored)
+        return self._behaviour.get(customer) or behaviour.BehaviourState()
+
+    def with_behaviour(self, feats: pd.DataFrame, stored: list, now_s) -> pd.DataFrame:
+        """``feats`` with the behaviour features the rules read (:attr:`behaviour_keys`) as of each
+        row's ``now_s``, from the stored states (JSON or None per row, :meth:`behaviour_state`)."""
+        if not self.behaviour_keys:
+            return feats
+        rows = [self.behaviour_state(c, raw).features(float(t), self.config)
+                for c, raw, t in zip(feats.index.astype(str), stored, np.broadcast_to(now_s, len(feats)))]
+        return feats.assign(**{k: np.array([r[k] for r in rows], dtype=float) for k in self.behaviour_keys})
 
     def rows(self, customer_ids: list[str], profiles: list) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
         """Feature rows (index = customer ids), which customers are known, and each row's
