@@ -58,7 +58,7 @@ notebooks: setup
 	  ../$(BIN)/papermill --cwd . $$nb.ipynb .$$nb.running.ipynb && mv .$$nb.running.ipynb $$nb.ipynb || exit 1; done
 
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 bench: setup
 	$(BIN)/python benchmarks/feature_pipeline.py

@@ -39,7 +39,7 @@ ARMS = ("policy_treated", "frozen", "lightgbm", "vw", "random")
 
 
 def run_world(kind: str, customers: int, history_days: int, days: int, shift_day: int, seed: int,
-              use_vw: bool) -> pd.DataFrame:
+              use_vw: bool, refresh_every: int = 1) -> pd.DataFrame:
     """Simulate, train, and play one world; the daily table with a ``world`` column."""
     from nextbest.features.config import load_config
     from nextbest.sim.closed_loop import Shift, run_closed_loop
@@ -61,7 +61,7 @@ def run_world(kind: str, customers: int, history_days: int, days: int, shift_day
     shift = Shift.for_world(sim.world, shift_day) if shift_day < days else None
     t = time.perf_counter()
     res = run_closed_loop(trained.policy, copy.deepcopy(sim), days, seed=seed, shift=shift, peers=peers,
-                          progress=False)
+                          progress=False, refresh_every=refresh_every)
     log.info("%s: %d closed-loop days in %.0f s (shift: %s)", kind, days, time.perf_counter() - t, shift)
     daily = res.daily.assign(world=kind, shift=str(shift))
     daily.to_csv(OUT / f"daily_{safe}.csv", index=False)
@@ -146,7 +146,14 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
     ap.add_argument("--no-vw", action="store_true", help="leave out the Vowpal Wabbit peer")
+    ap.add_argument("--refresh-every", type=int, default=1,
+                    help="days between engagement snapshots (1: daily, as if events were streamed; 0: day 0's only, "
+                         "as a service whose export never changes); contact state and consent stay live")
+    ap.add_argument("--out", help="folder for the tables and the plot (default benchmarks/out/closed_loop)")
     args = ap.parse_args()
+    global OUT
+    if args.out:
+        OUT = Path(args.out)
     if args.quick:
         args.customers, args.history_days, args.days, args.shift_day = 1000, 40, 6, 3
         args.worlds = min(args.worlds, 3)
@@ -156,7 +163,7 @@ def main() -> None:
 
     kinds = world_family(args.worlds)
     job = dict(customers=args.customers, history_days=args.history_days, days=args.days,
-               shift_day=args.shift_day, seed=args.seed, use_vw=not args.no_vw)
+               shift_day=args.shift_day, seed=args.seed, use_vw=not args.no_vw, refresh_every=args.refresh_every)
     t0 = time.perf_counter()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as ex:

@@ -239,7 +239,7 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
                     shift: Shift | None = None, learn: bool = True, progress: bool = True,
                     peers: dict | None = None,
                     retrain: Callable[[SimulatedData, np.ndarray], DecisionPolicy | None] | None = None,
-                    retrain_every: int = 0) -> ClosedLoopResult:
+                    retrain_every: int = 0, refresh_every: int = 1) -> ClosedLoopResult:
     """Play ``days`` days after the end of ``sim``'s history (``sim.world`` moves on; see module doc).
 
     ``peers``: name -> object with ``decide(ctx: DayContext) -> (channel, local_hour, offer)`` code
@@ -254,6 +254,12 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
     and the ``message_id`` of every decision the loop logged (the served decisions); it returns the
     policy to serve from that day (with a fresh learner: the calibration is relative to the models
     it corrected) or None. The daily table says which days swapped (``retrained``).
+
+    ``refresh_every``: days between engagement snapshots (1: every day, as if every event were
+    streamed into the features; 0: only day 0's, as a service whose data export never changes).
+    Between snapshots the policies decide on the last snapshot's features with the live contact
+    state and consent, which is what the service does between exports (its store holds sends,
+    opens and unsubscribes as they happen).
     """
     peers = peers or {}
     audit = RuleAudit(policy.config, sim)
@@ -270,6 +276,7 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
     next_msg = 10**9  # above the history's message numbers
     idx_all = np.arange(world.n)
     rows, served = [], []
+    snapshot = None  # the engagement features the policies decide on (see refresh_every)
     for d in tqdm(range(days), desc="closed loop", unit="day", disable=not progress):
         if shift is not None and d == shift.day:
             shift.apply(world)
@@ -289,8 +296,12 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
                 policy, learner, swapped = candidate, candidate.new_learner(), True
                 log.info("closed loop day %d: serving the retrained policy", d)
         log_ = EventLog.build(world.customers, log_events, cfg)
-        feats = engagement_history(log_, ids, day_start, Population.from_log(log_))
-        contact = ContactHistory.from_features(feats, cfg)
+        fresh = engagement_history(log_, ids, day_start, Population.from_log(log_))
+        contact = ContactHistory.from_features(fresh, cfg)  # live, as the service's store
+        if snapshot is None or (refresh_every > 0 and d % refresh_every == 0):
+            snapshot = fresh
+        unsub = [f"{c}_unsubscribed" for c in cfg.channel_names]  # consent is live too
+        feats = fresh if snapshot is fresh else snapshot.assign(**{c: fresh[c] for c in unsub})
         request = Request(now=day_start)
         dec = policy.decide(feats, contact, request, explain=False, rng=rng, learner=learner)
         base = frozen.decide(feats, contact, request, explain=False, rng=rng)
