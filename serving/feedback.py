@@ -63,12 +63,7 @@ def record_feedback(fb, store: Store, log, snapshot, config, online) -> dict:
         ``decision_id``, ``event``, ``reward`` (the event's profit) and ``accepted`` (False if
         the event was counted before, is a second terminal event, or is after the window).
     """
-    raw = store.get("decision", fb.decision_id)
-    if raw is None:
-        raise UnknownDecision(f"no decision {fb.decision_id!r} (unknown, or older than the attribution window)")
-    rec = DecisionRecord.from_json(raw)
-    if fb.customer_id != rec.customer_id:
-        raise InvalidInput("customer_id", f"decision {fb.decision_id} was not taken for customer {fb.customer_id!r}")
+    rec = record_of(store, fb.decision_id, fb.customer_id)
     if rec.channel is None and fb.event != "converted":
         raise InvalidInput("event", f"decision {fb.decision_id} sent nothing; only 'converted' (an order "
                                     "without a message) applies to it")
@@ -97,6 +92,19 @@ def record_feedback(fb, store: Store, log, snapshot, config, online) -> dict:
                      lambda cur: snapshot.contact_state(rec.customer_id, cur).with_event(rec.channel, fb.event).to_json())
     return {"decision_id": fb.decision_id, "event": fb.event, "reward": reward if inside else 0.0,
             "accepted": accepted}
+
+
+def record_of(store: Store, decision_id: str, customer_id: str) -> DecisionRecord:
+    """The stored record of ``decision_id``, which must be ``customer_id``'s: ``UnknownDecision``
+    (404) if the store does not hold it, ``InvalidInput`` on ``customer_id`` (400) for another
+    customer (feedback and render both name a decision and its customer)."""
+    raw = store.get("decision", decision_id)
+    if raw is None:
+        raise UnknownDecision(f"no decision {decision_id!r} (unknown, or older than the attribution window)")
+    rec = DecisionRecord.from_json(raw)
+    if customer_id != rec.customer_id:
+        raise InvalidInput("customer_id", f"decision {decision_id} was not taken for customer {customer_id!r}")
+    return rec
 
 
 def before_send(ts, sent_at: float) -> bool:

@@ -35,7 +35,7 @@ import pandas as pd
 from nextbest.serving.checks import InvalidInput
 from nextbest.serving.contact import history
 from nextbest.serving.events import BEHAVIOUR_NS
-from nextbest.serving.feedback import UnknownDecision, before_send
+from nextbest.serving.feedback import UnknownDecision, before_send, record_of
 from nextbest.serving.records import MONEY_DIGITS, DecisionRecord, iso_z, keep_seconds, offer_expiry, ttl
 
 
@@ -47,12 +47,7 @@ def render(req, store, log, snapshot, policy, learner, max_clock_skew_days: floa
     if abs(now - clock) > timedelta(days=max_clock_skew_days):
         raise InvalidInput("now", f"{now.isoformat()} is more than {max_clock_skew_days:g} days from the "
                                   f"server's clock ({clock:%Y-%m-%dT%H:%M}Z)")
-    raw = store.get("decision", req.message_id)
-    if raw is None:
-        raise UnknownDecision(f"no message {req.message_id!r} (unknown, or older than the attribution window)")
-    rec = DecisionRecord.from_json(raw)
-    if req.customer_id != rec.customer_id:
-        raise InvalidInput("customer_id", f"message {req.message_id} was not sent to customer {req.customer_id!r}")
+    rec = record_of(store, req.message_id, req.customer_id)
     if rec.channel is None or rec.type != "marketing":
         raise InvalidInput("message_id", f"decision {req.message_id} sent no marketing message; only a marketing "
                                          "message's offer is rendered")

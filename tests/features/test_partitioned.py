@@ -96,18 +96,24 @@ def test_training_examples_equal_the_pandas_examples(parts, client, config, pand
     pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 
-def test_a_message_id_sent_by_two_customers_of_different_partitions_is_refused(data, client, config, tmp_path):
-    customers, events = load_dataset(data)
-    events = events.copy()
+def _one_id_in_two_partitions(customers, events, parts) -> pd.Series:
+    """``events``' message ids with the first message of a customer of partition ``parts[1]`` (of 3)
+    (its send and its responses) carrying the id of a first message in partition ``parts[0]``."""
     ids = customers["customer_id"].astype(str)
     where = partitioned.part_of(ids, 3)
-    a, b = ids[where == 0].iloc[0], ids[where == 1].iloc[0]
+    a, b = ids[where == parts[0]].iloc[0], ids[where == parts[1]].iloc[0]
     sent = events["event"].astype(str) == "sent"
     first_a = events.index[sent & (events["customer_id"].astype(str) == a)][0]
     first_b = events.index[sent & (events["customer_id"].astype(str) == b)][0]
     msg = events["message_id"].astype(object)
-    msg.loc[msg == msg[first_b]] = msg[first_a]  # b's message (and its responses) now carries a's id
-    events["message_id"] = msg
+    msg.loc[msg == msg[first_b]] = msg[first_a]
+    return msg
+
+
+def test_a_message_id_sent_by_two_customers_of_different_partitions_is_refused(data, client, config, tmp_path):
+    customers, events = load_dataset(data)
+    events = events.copy()
+    events["message_id"] = _one_id_in_two_partitions(customers, events, (0, 1))
     bad = tmp_path / "bad"
     write_table(customers, bad, "customers")
     write_table(events, bad, "events")
@@ -160,15 +166,7 @@ def test_data_validate_on_dask_finds_what_the_pandas_rules_find(data, client, co
     assert got.to_dict() == want.to_dict()
     assert {p.file for p in found if p.rule == "unknown_event"} <= {f"events (partition {i} of 3)" for i in range(3)}
     # a message id sent by customers of two partitions: once, over all partitions
-    ids = customers["customer_id"].astype(str)
-    where = partitioned.part_of(ids, 3)
-    a, b = ids[where == 0].iloc[0], ids[where == 2].iloc[0]
-    sent = events["event"].astype(str) == "sent"
-    first_a = events.index[sent & (events["customer_id"].astype(str) == a)][0]
-    first_b = events.index[sent & (events["customer_id"].astype(str) == b)][0]
-    msg = events["message_id"].astype(object)
-    msg.loc[msg == msg[first_b]] = msg[first_a]
-    events["message_id"] = msg
+    events["message_id"] = _one_id_in_two_partitions(customers, events, (0, 2))
     bad, want, found, got = both(events, "twice")
     assert "duplicate_send" in want and got["duplicate_send"] == 1
 
