@@ -44,9 +44,10 @@ def retrainer(cfg, champion, workdir: Path, gate: bool, seed: int = 5):
         rounds = logged_rounds(d, cfg, days=days, max_rounds=cfg.retrain.max_rounds, seed=seed,
                                message_ids=set(served_ids))
         ev = paired_evaluation(rounds, candidate, serving[0], n_boot=cfg.retrain.n_boot, seed=seed)
-        ok, reason = paired_gate(ev.estimate, cfg.retrain.min_gain)
+        ok, reason = paired_gate(ev.gate(cfg.retrain.gate), cfg.retrain.min_gain)
         print(workdir.name, data.end.date(), reason, f"(ESS candidate {ev.ess_candidate:.0f}, champion "
-              f"{ev.ess_champion:.0f} of {ev.rounds} rounds; agreement {ev.agreement:.2f})", flush=True)
+              f"{ev.ess_champion:.0f} of {ev.rounds} rounds; agreement {ev.agreement:.2f}); paired SNIPS "
+              f"{ev.snips.difference:+.4f} [{ev.snips.ci_low:+.4f}, {ev.snips.ci_high:+.4f}]", flush=True)
         if ok or not gate:
             serving[0] = candidate
             return candidate

@@ -196,6 +196,7 @@ class RetrainSection(Section):
     eval_days: Int = Field(ge=1)
     max_rounds: Int = Field(ge=2)
     n_boot: Int = Field(ge=100)
+    gate: list[Literal["dr", "snips"]] = Field(min_length=1)
     schedule_hours: Num = Field(ge=0)
 
 

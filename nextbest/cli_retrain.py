@@ -74,6 +74,9 @@ def cmd_retrain(args) -> int:
         _out(f"paired DR on {e.n:,} {'served' if args.log else 'logged'} decisions: candidate {e.candidate:.4f}, champion {e.champion:.4f}, "
              f"gain {e.difference:+.4f} [{e.ci_low:+.4f}, {e.ci_high:+.4f}] per decision "
              f"(effective sample sizes {ev.ess_candidate:,.0f} / {ev.ess_champion:,.0f})")
+        sn = ev.snips
+        _out(f"paired SNIPS: candidate {sn.candidate:.4f}, champion {sn.champion:.4f}, gain {sn.difference:+.4f} "
+             f"[{sn.ci_low:+.4f}, {sn.ci_high:+.4f}] per decision")
     _out(f"candidate: {registry.MODEL_NAME} version {res['version']} (MLflow run {res['run_id']}); "
          f"champion was {res['champion'] or 'none'}")
     _out(f"decision: {res['decision']}; {res['reason']}")

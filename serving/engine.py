@@ -52,6 +52,7 @@ from nextbest.serving.contact import history
 from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.feedback import UnknownDecision, record_feedback
 from nextbest.serving.rebuild import EpochGuard, StoreMismatch
+from nextbest.serving.retrain_schedule import ScheduledRetrain
 from nextbest.serving.render import render
 from nextbest.serving.events import BEHAVIOUR_NS, check_events, record_events
 from nextbest.serving import followups
@@ -102,6 +103,7 @@ class Engine:
         self._epoch = EpochGuard(settings.log_dir)
         self._epoch.start(self.store)
         self._mismatch: str | None = None
+        self.retrain: ScheduledRetrain | None = None  # set by start_background where scheduled
         if hasattr(self.store, "ensure_persistence"):
             self.store.ensure_persistence()
         if self.health() is None:
@@ -113,12 +115,21 @@ class Engine:
 
     # ------------------------------------------------------------------ background work
     def start_background(self) -> None:
-        """Threads: learner sync (mature, decay, reload statistics), champion hot swap, snapshot reload."""
+        """Threads: learner sync (mature, decay, reload statistics), champion hot swap, snapshot reload,
+        and the scheduled retrain where ``retrain.schedule_hours`` > 0 (``serving.retrain_schedule``)."""
         self._threads.start(self.sync_learner, self.settings.learner_sync_seconds)
         self._threads.start(self.check_champion, self.settings.reload_seconds)
         self._threads.start(self.check_snapshot, self.settings.reload_seconds)
+        st = self.settings
+        if st.retrain_schedule_hours > 0:
+            self.retrain = ScheduledRetrain(self.store, st.retrain_schedule_hours, st.data_dir, st.log_dir, st.home,
+                                            st.config_path)
+            self._threads.start(self.retrain.run_due, self.retrain.check_every_s)
+            log.info("retraining every %g h (next at the next period boundary)", st.retrain_schedule_hours)
 
     def stop(self) -> None:
+        if self.retrain is not None:
+            self.retrain.stop()
         self._threads.stop()
         self.log.close()
 

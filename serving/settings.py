@@ -38,6 +38,9 @@ class ServeSettings:
     max_order_value: float
     log_context_keys: tuple[str, ...]
     log_retention_days: float
+    home: str = "."                     # NEXTBEST_HOME, resolved
+    config_path: str | None = None      # NEXTBEST_CONFIG
+    retrain_schedule_hours: float = 0.0  # retrain.schedule_hours (serving.retrain_schedule)
 
     @classmethod
     def from_env(cls, env=None) -> "ServeSettings":
@@ -72,6 +75,9 @@ class ServeSettings:
             max_order_value=s.max_order_value,
             log_context_keys=tuple(s.log_context_keys),
             log_retention_days=s.log_retention_days,
+            home=str(home),
+            config_path=env.get("NEXTBEST_CONFIG") or None,
+            retrain_schedule_hours=float(cfg.retrain.schedule_hours),
         )
         if not out.data_dir:
             raise ConfigError("NEXTBEST_DATA_DIR must name the data directory the service takes customers "

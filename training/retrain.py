@@ -15,7 +15,8 @@ Stages (timed, returned in ``result["timings"]``):
    (:func:`training.ope.estimate_paired`). Pairing matters: the two values share the rounds,
    the rewards and the reward model's errors, so their difference is known far better than the
    two values are; comparing two separate intervals throws that away.
-5. **registry**: promote when the interval's lower bound is above ``retrain.min_gain``; the
+5. **registry**: promote when the interval's lower bound is above ``retrain.min_gain``, for the
+   paired DR and (``retrain.gate``, by default) the paired SNIPS difference too; the
    estimate, interval, number of rounds and the decision are written as ``retrain_*`` tags on
    the candidate version (and metrics on its training run), whatever the decision.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,11 +44,17 @@ log = logging.getLogger(__name__)
 class PairedEvaluation:
     """The paired judgement of a candidate against the champion on logged rounds."""
 
-    estimate: PairedEstimate
+    estimate: PairedEstimate   # the paired doubly robust difference
     rounds: int
     ess_candidate: float       # effective sample size of each policy's importance weights
     ess_champion: float
     agreement: float           # share of rounds where both give the logged action the same probability
+    snips: PairedEstimate | None = None  # the paired self-normalized IPS difference (no reward model)
+
+    def gate(self, names) -> list[PairedEstimate]:
+        """The estimates the gate reads, by estimator name (``retrain.gate``)."""
+        by = {"dr": self.estimate, "snips": self.snips}
+        return [by[n] for n in names]
 
 
 def paired_evaluation(rounds: LoggedRounds, candidate: DecisionPolicy, champion: DecisionPolicy,
@@ -72,23 +80,38 @@ def paired_evaluation(rounds: LoggedRounds, candidate: DecisionPolicy, champion:
     est = estimate_paired(rounds.reward, rounds.propensity, rp_c.pi_logged, rp_0.pi_logged,
                           (rp_c.dist * q_c).sum(axis=1), (rp_0.dist * q_0).sum(axis=1), q_logged,
                           estimator="dr", n_boot=n_boot, alpha=alpha, seed=seed)
+    snips = estimate_paired(rounds.reward, rounds.propensity, rp_c.pi_logged, rp_0.pi_logged, estimator="snips",
+                            n_boot=n_boot, alpha=alpha, seed=seed)
 
     def ess(pi):
         w = pi / rounds.propensity
         return float(w.sum() ** 2 / max((w ** 2).sum(), 1e-300))
 
     return PairedEvaluation(est, n, ess(rp_c.pi_logged), ess(rp_0.pi_logged),
-                            float(np.isclose(rp_c.pi_logged, rp_0.pi_logged).mean()))
+                            float(np.isclose(rp_c.pi_logged, rp_0.pi_logged).mean()), snips)
 
 
-def paired_gate(est: PairedEstimate, min_gain: float = 0.0) -> tuple[bool, str]:
-    """Promote only if the lower bound of the paired difference is above ``min_gain``."""
-    ok = bool(est.ci_low > min_gain)
-    level = f"{1 - est.alpha:.0%}"
-    return ok, (f"{'promote' if ok else 'keep the champion'}: the candidate's paired {est.estimator.upper()} gain is "
-                f"{est.difference:+.4f} per decision ({level} interval [{est.ci_low:+.4f}, {est.ci_high:+.4f}], "
-                f"{est.n:,} logged decisions; candidate {est.candidate:.4f}, champion {est.champion:.4f}); lower bound "
-                f"{'>' if ok else '<='} the required gain {min_gain:g}")
+def paired_gate(estimates: PairedEstimate | Sequence[PairedEstimate], min_gain: float = 0.0) -> tuple[bool, str]:
+    """Promote only if the lower bound of every paired difference in ``estimates`` is above ``min_gain``.
+
+    One estimate (the paired DR) is the classic gate. With the paired SNIPS too (the config's
+    ``retrain.gate``), a candidate must also win without the reward model: on the log of a nearly
+    greedy policy the DR values of options it rarely took rest on the reward model, whose bias
+    the bootstrap interval does not carry (benchmarks/RESULTS.md, "Retraining inside the loop").
+    """
+    estimates = [estimates] if isinstance(estimates, PairedEstimate) else list(estimates)
+    if not estimates:
+        raise ValueError("the gate needs at least one paired estimate")
+    ok = all(e.ci_low > min_gain for e in estimates)
+    first = estimates[0]
+    level = f"{1 - first.alpha:.0%}"
+    parts = [f"paired {e.estimator.upper()} gain {e.difference:+.4f} per decision ({level} interval "
+             f"[{e.ci_low:+.4f}, {e.ci_high:+.4f}]; candidate {e.candidate:.4f}, champion {e.champion:.4f})"
+             for e in estimates]
+    bound = ("every lower bound >" if ok else
+             f"lower bound of {', '.join(e.estimator.upper() for e in estimates if e.ci_low <= min_gain)} <=")
+    return ok, (f"{'promote' if ok else 'keep the champion'}: the candidate's {'; '.join(parts)}, on "
+                f"{first.n:,} logged decisions; {bound} the required gain {min_gain:g}")
 
 
 def served_days(data_dir: str | Path, served_ids, max_days: int, window_hours: float) -> int:
@@ -176,10 +199,11 @@ def retrain(data_dir: str | Path, config: Config, served_ids=None, settings=None
             ev = paired_evaluation(rounds, registry.load_version(version), registry.load_version(champion),
                                    n_boot=rs.n_boot, seed=seed)
             timings["evaluate"] = time.perf_counter() - t0
-            ok, reason = paired_gate(ev.estimate, rs.min_gain)
+            ok, reason = paired_gate(ev.gate(rs.gate), rs.min_gain)
             result["evaluation"] = ev
-            e = ev.estimate
-            tags |= {"retrain_estimator": e.estimator, "retrain_gain": e.difference, "retrain_gain_low": e.ci_low,
+            e, sn = ev.estimate, ev.snips
+            tags |= {"retrain_gate": ",".join(rs.gate), "retrain_snips_gain": sn.difference,
+                     "retrain_snips_gain_low": sn.ci_low, "retrain_snips_gain_high": sn.ci_high,"retrain_estimator": e.estimator, "retrain_gain": e.difference, "retrain_gain_low": e.ci_low,
                      "retrain_gain_high": e.ci_high, "retrain_candidate_value": e.candidate,
                      "retrain_champion_value": e.champion, "retrain_rounds": e.n, "retrain_days": days,
                      "retrain_ess_candidate": round(ev.ess_candidate, 1),

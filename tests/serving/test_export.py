@@ -10,7 +10,9 @@ sends not yet due (and the feedback dated later), and a later export must bring 
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -24,6 +26,9 @@ _spec = importlib.util.spec_from_file_location("serving_conftest", Path(__file__
 _conftest = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_conftest)
 NEXTBEST, TEST_CONFIG, Project = _conftest.NEXTBEST, _conftest.TEST_CONFIG, _conftest.Project
+_spec = importlib.util.spec_from_file_location("serving_waits", Path(__file__).with_name("serving_waits.py"))
+_waits = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_waits)
 
 D = (datetime.now(timezone.utc) - timedelta(days=2)).replace(hour=9, minute=30, second=0, microsecond=0)
 
@@ -117,3 +122,23 @@ def test_export_as_of_a_time_then_later_then_retrain(project, server_factory, tm
     assert tags["retrain_reason"] in out.stdout
     models = project.run("models").stdout
     assert ("version 2  (was 1)" in models) == promoted
+
+    # the same retrain, run by the service itself on its schedule (retrain.schedule_hours)
+    server.kill()
+    config = yaml.safe_load(project.config.read_text())
+    config["retrain"] = {**config.get("retrain", {}), "schedule_hours": 0.003}  # 10.8-second periods
+    project.config.write_text(yaml.safe_dump(config))
+    scheduled = server_factory(workdir=tmp_path)  # the same store and decision log
+    pattern = re.compile(r'^nextbest_retrains_total\{outcome="(\w+)"\} 1\.0$', re.M)
+    outcome = _waits.poll(lambda: (m := pattern.search(scheduled.get("/metrics").text)) and m.group(1),
+                          timeout=400, every=1.0)
+    assert outcome in ("promoted", "kept"), (outcome, scheduled.log_tail())
+    tags = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("nextbest", "3").tags
+    assert tags["retrain_log_dir"] == str(server.log_dir.resolve()) and tags["retrain_rounds"] == "40"
+    assert tags["retrain_decision"] == ("promoted" if outcome == "promoted" else "kept champion")
+    logs = list((project.home / "retrain").glob("scheduled-*.log"))
+    assert logs and f"decision: {tags['retrain_decision']}" in logs[0].read_text()
+    if outcome == "promoted":  # the hot swap brings it to the running service
+        body = {"customer_id": ids[0], "now": D.isoformat()}
+        assert _waits.poll(lambda: scheduled.post("/v1/decide", {**body, "request_id": f"swap-{time.monotonic()}"})
+                           .json().get("policy_version") == "nextbest/3", timeout=60, every=0.5)

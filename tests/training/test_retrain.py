@@ -9,6 +9,8 @@ exactly for the policies below.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -116,3 +118,21 @@ def test_the_gate_promotes_a_clearly_better_candidate_and_refuses_a_worse_or_equ
     same, _ = paired_and_unpaired("always_0", "always_0", n=2000, seed=13)
     assert same.difference == 0 and same.ci_low == same.ci_high == 0
     assert not paired_gate(same, 0.0)[0]
+
+
+def test_the_gate_with_snips_too_needs_both_lower_bounds_above_the_gain():
+    x1, x2, action, propensity, reward = simulate(4000, 11)
+    rows = np.arange(len(action))
+    pi = {name: POLICIES[name](x1)[rows, action] for name in ("best", "always_0")}
+    snips = estimate_paired(reward, propensity, pi["best"], pi["always_0"], estimator="snips", n_boot=1000, seed=11)
+    truth = true_value("best") - true_value("always_0")
+    assert snips.ci_low <= truth <= snips.ci_high and snips.ci_low > 0  # no reward model, same verdict
+    dr, _ = paired_and_unpaired("best", "always_0", n=4000, seed=11)
+    ok, why = paired_gate([dr, snips], 0.0)
+    assert ok and "paired DR gain" in why and "paired SNIPS gain" in why and "every lower bound >" in why
+    # the reward model says promote, the importance weights alone do not: keep the champion
+    doubtful = dataclasses.replace(snips, difference=0.05, ci_low=-0.02, ci_high=0.12)
+    ok, why = paired_gate([dr, doubtful], 0.0)
+    assert not ok and why.startswith("keep the champion") and "lower bound of SNIPS <=" in why
+    with pytest.raises(ValueError):
+        paired_gate([], 0.0)
