@@ -194,6 +194,11 @@ def main() -> None:
     print("\n== family: worst world (min; max for the drop) ==")
     worst = by_arm[figures[:3]].min().assign(worst_drop_pre_shift=by_arm["worst_drop_pre_shift"].max())
     print(worst.round(3).to_string())
+    print("\n== expected profit per customer and day over all the days (the served policy's own trajectory) ==")
+    arms = [a for a in ("policy", "frozen", "suppress", "oracle") if f"profit_{a}" in daily]
+    total = daily.groupby("world", sort=False)[[f"profit_{a}" for a in arms]].mean()
+    print(total.rename(columns=lambda c: c.replace("profit_", "")).round(4).to_string())
+    print(total.mean().rename(lambda c: c.replace("profit_", "")).round(4).to_string())
     vcols = [c for c in daily.columns if c.startswith("violations_") or c.startswith("peer_violations_")]
     print("\n== rule violations (sends, summed over worlds and days) ==")
     print(daily[vcols].sum().to_string())
