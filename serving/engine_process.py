@@ -49,7 +49,20 @@ def _exit_with_parent(parent: int) -> None:
         time.sleep(ORPHAN_CHECK_S)
         if os.getppid() != parent:
             log.warning("the worker that started this engine process (pid %d) is gone: exiting", parent)
+            _stop_children()
             os._exit(0)
+
+
+def _stop_children() -> None:
+    """Stop what this engine process started (a scheduled retrain), before it exits."""
+    retrain = getattr(_engine, "retrain", None)
+    if retrain is not None:
+        retrain.stop()
+
+
+def _terminate(signum, frame) -> None:
+    _stop_children()
+    os._exit(0)
 
 
 class EngineUnavailable(RuntimeError):
@@ -102,6 +115,7 @@ def _start(settings: ServeSettings) -> None:
     from nextbest.serving.engine import Engine
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which stops us
+    signal.signal(signal.SIGTERM, _terminate)      # the worker stops us: a scheduled retrain stops too
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="exit-with-worker").start()
     if not logging.getLogger().handlers:  # a spawned child starts without the server's logging: say what we do
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s [engine %(process)d]: %(message)s")

@@ -54,6 +54,9 @@ class PairedEvaluation:
     def gate(self, names) -> list[PairedEstimate]:
         """The estimates the gate reads, by estimator name (``retrain.gate``)."""
         by = {"dr": self.estimate, "snips": self.snips}
+        missing = [n for n in names if by.get(n) is None]
+        if missing:
+            raise ValueError(f"the gate asks for {missing}, which this evaluation did not estimate; known: dr, snips")
         return [by[n] for n in names]
 
 
@@ -203,12 +206,16 @@ def retrain(data_dir: str | Path, config: Config, served_ids=None, settings=None
             result["evaluation"] = ev
             e, sn = ev.estimate, ev.snips
             tags |= {"retrain_gate": ",".join(rs.gate), "retrain_snips_gain": sn.difference,
-                     "retrain_snips_gain_low": sn.ci_low, "retrain_snips_gain_high": sn.ci_high,"retrain_estimator": e.estimator, "retrain_gain": e.difference, "retrain_gain_low": e.ci_low,
+                     "retrain_snips_gain_low": sn.ci_low, "retrain_snips_gain_high": sn.ci_high, "retrain_estimator": e.estimator, "retrain_gain": e.difference, "retrain_gain_low": e.ci_low,
                      "retrain_gain_high": e.ci_high, "retrain_candidate_value": e.candidate,
                      "retrain_champion_value": e.champion, "retrain_rounds": e.n, "retrain_days": days,
                      "retrain_ess_candidate": round(ev.ess_candidate, 1),
                      "retrain_ess_champion": round(ev.ess_champion, 1)}
     t0 = time.perf_counter()
+    now_champion = registry.champion_version()
+    if ok and now_champion != champion:  # promoted meanwhile (by hand, or a retrain that overlapped)
+        ok, reason = False, (f"keep the champion: the candidate was judged against version {champion}, but version "
+                             f"{now_champion} has become the champion since; judge it again")
     promoted = bool(ok and promote)
     decision = "promoted" if promoted else ("passed, not promoted (--no-promote)" if ok else "kept champion")
     tags |= {"retrain_decision": decision, "retrain_reason": reason}
@@ -220,8 +227,11 @@ def retrain(data_dir: str | Path, config: Config, served_ids=None, settings=None
     if result["evaluation"] is not None:
         e = result["evaluation"].estimate
         with mlflow.start_run(run_id=run_id):
+            sn = result["evaluation"].snips
             mlflow.log_metrics({"retrain_gain": e.difference, "retrain_gain_low_95": e.ci_low,
-                                "retrain_gain_high_95": e.ci_high, "retrain_rounds": e.n})
+                                "retrain_gain_high_95": e.ci_high, "retrain_rounds": e.n,
+                                "retrain_snips_gain": sn.difference, "retrain_snips_gain_low_95": sn.ci_low,
+                                "retrain_snips_gain_high_95": sn.ci_high})
     if promoted:
         registry.promote(version, note=f"nextbest retrain: {reason}")
     timings["registry"] = time.perf_counter() - t0

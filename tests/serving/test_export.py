@@ -117,7 +117,8 @@ def test_export_as_of_a_time_then_later_then_retrain(project, server_factory, tm
     assert tags["retrain_estimator"] == "dr" and tags["retrain_days"] == "1"
     low, gain, high = (float(tags[f"retrain_gain{s}"]) for s in ("_low", "", "_high"))
     assert low <= gain <= high
-    promoted = low > float(tags["retrain_min_gain"])
+    assert tags["retrain_gate"] == "dr,snips"  # the default gate: both lower bounds above the required gain
+    promoted = min(low, float(tags["retrain_snips_gain_low"])) > float(tags["retrain_min_gain"])
     assert tags["retrain_decision"] == ("promoted" if promoted else "kept champion")
     assert tags["retrain_reason"] in out.stdout
     models = project.run("models").stdout
@@ -136,8 +137,9 @@ def test_export_as_of_a_time_then_later_then_retrain(project, server_factory, tm
     tags = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version("nextbest", "3").tags
     assert tags["retrain_log_dir"] == str(server.log_dir.resolve()) and tags["retrain_rounds"] == "40"
     assert tags["retrain_decision"] == ("promoted" if outcome == "promoted" else "kept champion")
-    logs = list((project.home / "retrain").glob("scheduled-*.log"))
+    logs = sorted((project.home / "retrain").glob("scheduled-*.log"))  # the first run's comes first
     assert logs and f"decision: {tags['retrain_decision']}" in logs[0].read_text()
+    assert (project.home / "retrain" / logs[0].stem / "events.parquet").exists()  # its export
     if outcome == "promoted":  # the hot swap brings it to the running service
         body = {"customer_id": ids[0], "now": D.isoformat()}
         assert _waits.poll(lambda: scheduled.post("/v1/decide", {**body, "request_id": f"swap-{time.monotonic()}"})
