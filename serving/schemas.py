@@ -25,7 +25,10 @@ from nextbest.features.localtime import WEEK_HOURS
 from nextbest.serving.followups import MAX_DUE, MAX_FOLLOW_UP_HOURS
 
 MAX_BATCH = 10_000
-ID = r"\S"  # an identifier holds at least one non-blank character
+# an identifier holds at least one non-blank character, "blank" as Python's str.strip() and the
+# data contract's validation (features.validate) mean it: whitespace and the information
+# separators \x1c-\x1f, which the regex engine's \s leaves out (schemathesis found "\x1f")
+ID = r"[^\s\x1c-\x1f]"
 MAX_HORIZON_HOURS = float(WEEK_HOURS)  # a week: decisions further out would be planned on stale state
 MIN_HORIZON_HOURS = 1 / 60  # a minute. (``ge``, not ``gt=0``: BentoML publishes OpenAPI 3.0, where a
                             # numeric exclusiveMinimum is invalid and schema checkers reject it)

@@ -34,6 +34,9 @@ BAD = [  # (path, JSON body, field)
     ("/v1/decide", {"customer_id": "c1", "now": "9999-12-31T23:59:59-01:00"}, "now"),
     ("/v1/decide", {"customer_id": "c1", "now": "9999-12-31T23:59:59Z"}, "now"),
     ("/v1/decide", {"customer_id": "  "}, "customer_id"),
+    ("/v1/decide", {"customer_id": "\x1f"}, "customer_id"),  # blank to str.strip() and the data contract
+    ("/v1/events", {"event_id": "e1", "customer_id": "\x1c ", "event": "visit", "ts": NOW.isoformat()},
+     "customer_id"),
     ("/v1/decide", {"customer_id": "c1", "request_id": "\t"}, "request_id"),
     ("/v1/decide", {"customer_id": "c1", "horizon_hours": True}, "horizon_hours"),
     ("/v1/decide", {"customer_id": "c1", "context": {f"k{i}": i for i in range(51)}}, "context"),
