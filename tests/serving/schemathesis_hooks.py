@@ -16,6 +16,7 @@ as generated.
 from __future__ import annotations
 
 import random
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 
@@ -33,6 +34,7 @@ def _fix(body: dict) -> None:
 
 
 DECISIONS: dict[str, dict] = {}  # decision id -> the server's answer
+_LOCK = threading.Lock()  # schemathesis --workers 2 calls the hooks from two threads
 
 
 def _positive(case) -> bool:
@@ -51,7 +53,8 @@ def after_call(context, case, response):
     for i, d in enumerate(data.get("decisions", [data]) if isinstance(data, dict) else []):
         if isinstance(d, dict) and isinstance(d.get("decision_id"), str) and isinstance(d.get("customer_id"), str):
             r = asked[i] if i < len(asked) and isinstance(asked[i], dict) else {}
-            DECISIONS[d["decision_id"]] = {**d, "_type": r.get("type", "marketing")}
+            with _LOCK:
+                DECISIONS[d["decision_id"]] = {**d, "_type": r.get("type", "marketing")}
 
 
 def _marketing_send(d: dict) -> bool:
@@ -61,10 +64,11 @@ def _marketing_send(d: dict) -> bool:
 def _render(body: dict) -> None:
     """A positive render case opens a marketing message the server sent (when there is one): its
     customer, a time after its send."""
-    sends = [d for d in DECISIONS.values() if _marketing_send(d)]
+    with _LOCK:
+        sends = [d for d in DECISIONS.values() if _marketing_send(d)]
+        d = DECISIONS.get(body["message_id"])
     if not sends:
         return
-    d = DECISIONS.get(body["message_id"])
     d = d if d is not None and _marketing_send(d) else random.choice(sends)
     body["message_id"], body["customer_id"] = d["decision_id"], d["customer_id"]
     at = max(datetime.now(timezone.utc), datetime.fromisoformat(d["send_at"].replace("Z", "+00:00")))
@@ -76,9 +80,11 @@ def before_call(context, case, kwargs):
     body = case.body
     if _positive(case) and isinstance(body, dict) and isinstance(body.get("message_id"), str):
         return _render(body)
-    if not (_positive(case) and isinstance(body, dict) and body.get("decision_id") in DECISIONS):
+    with _LOCK:
+        d = (DECISIONS.get(body["decision_id"]) if _positive(case) and isinstance(body, dict)
+             and isinstance(body.get("decision_id"), str) else None)
+    if d is None:
         return
-    d = DECISIONS[body["decision_id"]]
     body["customer_id"] = d["customer_id"]
     at = datetime.now(timezone.utc)
     if d.get("send_at"):
