@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 KINDS = ("decisions", "feedback", "events", "renders", "void")  # events: other senders' (serving.events);
 # renders: offers shown at open time (serving.render)
 EPOCH_FILE = "EPOCH"
+# context keys the service itself sets, always logged: a follow-up decision names the decision it
+# follows (``GET /v1/due``), an id of the service's, so the log links the two messages
+SERVICE_CONTEXT_KEYS = frozenset({"follow_up_of"})
 
 
 class LogFull(OSError):
@@ -96,12 +99,12 @@ class DecisionLog:
         nothing either way once ``write`` returned).
     context_keys : sequence of str, optional
         The only keys of a decision's request ``context`` the log keeps (``serving.log_context_keys``;
-        None keeps all). A file is held with a shared ``flock`` while open, so erasure
+        None keeps all), besides :data:`SERVICE_CONTEXT_KEYS`. A file is held with a shared ``flock`` while open, so erasure
         (``serving.privacy``) never rewrites a file under its writer.
     """
 
     def __init__(self, log_dir: str | Path, max_bytes: int = 64 << 20, fsync: bool = True, context_keys=None):
-        self.context_keys = None if context_keys is None else frozenset(context_keys)
+        self.context_keys = None if context_keys is None else frozenset(context_keys) | SERVICE_CONTEXT_KEYS
         self.dir = Path(log_dir)
         self.max_bytes = max_bytes
         self.fsync = fsync

@@ -3,8 +3,12 @@
 :func:`erase` (``nextbest erase CUSTOMER...`` and ``DELETE /v1/customers/{id}``) removes a
 customer from
 
-- the store: contact state, decision records, idempotency answers (found through the decision
-  log: the decision and request ids logged for the customer);
+- the store: contact state, behaviour state, decision records, idempotency answers and the
+  remembered ids of the customer's events (found through the decision log: the decision, request
+  and event ids logged for the customer). Decision: an event id is forgotten too, although a
+  retry of that event after the erasure is then accepted as new. A sender may build its ids from
+  the customer's own identifiers, and erasure leaves nothing that names the customer; a retry
+  after an erasure is new data the sender chose to send;
 - the decision log: every file no worker has open is rewritten without the customer's lines
   (a new file, fsynced, then renamed over the old one). A file a worker still appends to (it
   holds a shared ``flock`` on it, ``serving.decision_log``) cannot be rewritten under it: its
@@ -34,7 +38,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from nextbest.serving.events import BEHAVIOUR_NS
+from nextbest.serving.events import BEHAVIOUR_NS, EVENT_NS
 from nextbest.serving.followups import forget, horizon_s
 from nextbest.serving.schemas import MAX_HORIZON_HOURS
 
@@ -142,7 +146,8 @@ def erase(customer_ids: list[str], store, log_dir: str | Path, now: datetime | N
     -------
     list of dict
         The receipts: ``customer_hash``, ``at``, ``removed`` (``contact_states``,
-        ``decision_records``, ``follow_ups`` (scheduled, ``serving.followups``), ``idempotency_answers``, ``log_lines``, ``log_lines_pending``).
+        ``decision_records``, ``follow_ups`` (scheduled, ``serving.followups``), ``idempotency_answers``,
+        ``event_ids``, ``log_lines``, ``log_lines_pending``).
     """
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -159,18 +164,22 @@ def erase(customer_ids: list[str], store, log_dir: str | Path, now: datetime | N
         cid, mine = hashes[r["customer_hash"]], by_customer[r["customer_hash"]]
         decisions = sorted({x["decision_id"] for x in mine if x.get("decision_id")})
         requests = sorted({x["request_id"] for x in mine if x.get("request_id")})
+        event_ids = sorted({x["event_id"] for x in mine if x.get("event_id")})
         held = [k for k, v in zip(decisions, store.get_many("decision", decisions)) if v is not None]
         answers = [k for k, v in zip(requests, store.get_many("request", requests)) if v is not None]
+        remembered = [k for k, v in zip(event_ids, store.get_many(EVENT_NS, event_ids)) if v is not None]
         had_contact = store.get("contact", cid) is not None
         had_behaviour = store.get(BEHAVIOUR_NS, cid) is not None
         store.delete("contact", [cid])
         store.delete(BEHAVIOUR_NS, [cid])
         store.delete("decision", decisions)
         store.delete("request", requests)
+        store.delete(EVENT_NS, event_ids)
         follow_ups = forget(store, {cid}, time.time(), horizon_s(MAX_HORIZON_HOURS))
         r["removed"] = {"contact_states": int(had_contact), "behaviour_states": int(had_behaviour),
                         "decision_records": len(held), "follow_ups": follow_ups,
-                        "idempotency_answers": len(answers), "log_lines": sum(not x.get("_pending") for x in mine),
+                        "idempotency_answers": len(answers), "event_ids": len(remembered),
+                        "log_lines": sum(not x.get("_pending") for x in mine),
                         "log_lines_pending": sum(bool(x.get("_pending")) for x in mine)}
     _append_receipts(log_dir, [{**r, "status": "done"} for r in receipts])
     log.info("erased %d customer(s): %d log lines removed, %d wait for their files to rotate",

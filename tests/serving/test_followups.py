@@ -74,6 +74,8 @@ def test_unopened_sends_come_back_due_with_a_new_decision(server, customers):
         == [follow["decision_id"]]
     logged = [x for x in read_records(server.log_dir, "decisions") if x["decision_id"] == follow["decision_id"]]
     assert len(logged) == 1 and logged[0]["request_id"] == f"follow-up-{unopened['decision_id']}"
+    # the log links the follow-up to its first message, whatever serving.log_context_keys allows
+    assert logged[0]["request"]["context"] == {"follow_up_of": unopened["decision_id"]}
 
 
 def test_due_queries_are_checked_and_need_the_decide_scope(server):

@@ -60,9 +60,10 @@ def test_erasure_over_http_and_cli_with_receipts_and_the_context_allow_list(serv
     receipt = r.json()
     assert receipt["customer_hash"] == hashlib.sha256(a.encode()).hexdigest()
     assert receipt["removed"]["decision_records"] == 1 and receipt["removed"]["idempotency_answers"] == 1
-    assert receipt["removed"]["contact_states"] == 1
+    assert receipt["removed"]["contact_states"] == 1 and receipt["removed"]["event_ids"] == 1
     assert receipt["removed"]["log_lines"] + receipt["removed"]["log_lines_pending"] == 3  # decision, feedback, event
     assert store.get("contact", a) is None and store.get("request", f"req-{a}") is None
+    assert store.get("event", f"ev-{a}") is None  # an event id may hold the customer's own identifiers
     assert store.get("decision", ids[a]["decision_id"]) is None
     assert store.get("request", f"req-{b}") is not None and store.get("decision", ids[b]["decision_id"]) is not None
     # readers leave the customer out at once, even where its lines wait for their file to rotate
