@@ -68,14 +68,17 @@ def load_dataset(data_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return read_table(data_dir, "customers"), read_table(data_dir, "events")
 
 
+def read_optional_table(data_dir: str | Path, name: str) -> pd.DataFrame | None:
+    """Table ``name`` as stored, or None when ``data_dir`` does not hold it. A missing data
+    directory, or a table stored twice, is an error like :func:`find_table`'s, never "absent"."""
+    if Path(data_dir).is_dir() and not has_table(data_dir, name):
+        return None
+    return read_table(data_dir, name)
+
+
 def read_behaviour(data_dir: str | Path) -> pd.DataFrame | None:
     """The optional ``behaviour`` table (``features.behaviour``) as stored, or None without one."""
-    try:
-        return read_table(data_dir, "behaviour")
-    except FileNotFoundError:
-        if not Path(data_dir).is_dir():
-            raise
-        return None
+    return read_optional_table(data_dir, "behaviour")
 
 
 def write_table(df: pd.DataFrame, data_dir: str | Path, name: str, fmt: str = "parquet") -> Path:

@@ -198,20 +198,10 @@ def feature_table(snapshot: pd.DataFrame, rows: int = 5) -> str:
 
 
 def _files(data_dir):
-    from nextbest.features.io import find_table
+    from nextbest.features.io import find_table, has_table
 
     names = ("customers", "events", "behaviour")
-    return {name: str(find_table(data_dir, name)) for name in names if name != "behaviour" or _has(data_dir, name)}
-
-
-def _has(data_dir, name) -> bool:
-    from nextbest.features.io import find_table
-
-    try:
-        find_table(data_dir, name)
-        return True
-    except FileNotFoundError:
-        return False
+    return {name: str(find_table(data_dir, name)) for name in names if name != "behaviour" or has_table(data_dir, name)}
 
 
 # ---------------------------------------------------------------------------- parser

@@ -43,7 +43,7 @@ from nextbest.features.config import Config
 from nextbest.features.eventlog import EventLog
 from nextbest.features.examples import decision_examples
 from nextbest.features.history import Population
-from nextbest.features.io import find_table, load_dataset, read_table
+from nextbest.features.io import find_table, load_dataset, read_optional_table
 from nextbest.features.validate import check
 from nextbest.decision.candidates import candidate_frame, customer_columns
 from nextbest.decision.artifact import GivenOpen
@@ -123,10 +123,7 @@ def load_training_data(data_dir: str | Path, config: Config, estimate_propensiti
     customers, events = load_dataset(data_dir)
     files = {name: str(find_table(data_dir, name)) for name in ("customers", "events")}
     customers, events = check(customers, events, config, files=files)
-    try:
-        decisions = read_table(data_dir, "logging_decisions")
-    except FileNotFoundError:
-        decisions = None
+    decisions = read_optional_table(data_dir, "logging_decisions")
     if decisions is not None:
         missing = {"customer_id", "ts", "action", "offer", "propensity", "message_id"} - set(decisions.columns)
         if missing:

@@ -9,7 +9,7 @@ import pytest
 
 from nextbest.features.behaviour import (BEHAVIOUR_EVENTS, BehaviourState, batch_features, feature_names,
                                          keep_seconds, states_of)
-from nextbest.features.io import write_table
+from nextbest.features.io import read_optional_table, write_table
 from nextbest.features.validate import validate_dir
 
 T0 = pd.Timestamp("2026-09-01", tz="UTC")
@@ -81,3 +81,17 @@ def test_a_behaviour_table_is_validated_with_the_data(small_data_dir, config, tm
     rules = pd.Series([p.rule for p in validate_dir(data, config).problems]).value_counts().to_dict()
     assert rules == {"unknown_column": 1, "unknown_customer": 1, "unparsable_timestamp": 1, "unknown_event": 1,
                      "bad_value": 1}
+
+
+def test_an_optional_table_is_absent_or_read_never_silently_dropped(tmp_path):
+    """``behaviour`` (and ``logging_decisions``) may be absent; a table stored twice is an error,
+    not "absent", so a second copy can never make the service or training ignore both."""
+    table = pd.DataFrame({"customer_id": ["c1"], "event": ["visit"], "ts": ["2026-09-01T10:00:00Z"]})
+    assert read_optional_table(tmp_path, "behaviour") is None
+    write_table(table, tmp_path, "behaviour", fmt="csv")
+    assert read_optional_table(tmp_path, "behaviour")["customer_id"].tolist() == ["c1"]
+    write_table(table, tmp_path, "behaviour", fmt="parquet")
+    with pytest.raises(FileNotFoundError, match="more than once"):
+        read_optional_table(tmp_path, "behaviour")
+    with pytest.raises(FileNotFoundError, match="data directory not found"):
+        read_optional_table(tmp_path / "nowhere", "behaviour")
