@@ -17,6 +17,7 @@ contract read by ``nextbest log export`` and off-policy evaluation).
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 from dataclasses import dataclass, fields, replace
@@ -242,7 +243,7 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
                                            "exploration_cost", "control_cost")}
     send_at_ns = d.frame["send_at"].to_numpy("datetime64[ns]")
     calib = calibration_inputs(d, hist, config) if kind == "marketing" else None
-    rewards: dict = {}  # start reward per (channel, offer)
+    start = functools.cache(lambda ch, off: start_reward(config, ch, off))  # once per (channel, offer) of the call
     out = []
     for pos, j in enumerate(js):
         r = reqs[j]
@@ -277,8 +278,7 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
             customer_id=r.customer_id, action_key=f["action_key"][pos] if send else SUPPRESS, channel=ch, offer=off,
             learner_input=tuple(d.learner_inputs[pos, int(d.choice[pos])].tolist()), decided_at=float(now_s[j]),
             sent_at=send_s if send else float(now_s[j]), type=kind,
-            reward=rewards.get((ch, off)) if (ch, off) in rewards else rewards.setdefault(
-                (ch, off), start_reward(config, ch, off)),
+            reward=start(ch, off),
             calibration=tuple(calib[pos].tolist()) if send and kind == "marketing" else (),
             follow_up_at=follow_up_s(decision))
         contact = None
