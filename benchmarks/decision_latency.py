@@ -20,29 +20,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 
 import numpy as np
 import pandas as pd
 
-from nextbest.features.config import load_config
-from nextbest.features.history import engagement_history
-from nextbest.sim.simulate import generate, write
 from nextbest.decision.exploration import draw
 from nextbest.decision.policy import Request
 from nextbest.decision.rules import ContactHistory
-from nextbest.training.train import train
+from small_policy import small_policy, timed_ms as timed
 
 log = logging.getLogger("benchmarks.decision_latency")
-
-
-def timed(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return np.array(out) * 1000
 
 
 def main() -> None:
@@ -51,16 +38,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=300)
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    cfg = load_config()
-    import tempfile
-
-    tmp = tempfile.mkdtemp()
-    sim = generate(args.customers, 30, 8, cfg, progress=False)
-    res = train(write(sim, tmp, seed=8), cfg, seed=0)
+    small = small_policy(args.customers)
+    cfg, sim, res, feats = small.config, small.sim, small.result, small.features
     policy = res.policy.with_exploration(res.policy.exploration.with_(method="thompson"))
     greedy = res.policy.with_exploration(res.policy.exploration.with_(method="greedy", control_share=0.0))
-    ids = sim.world.customers["customer_id"].astype(str).to_numpy()
-    feats = engagement_history(res.log, ids, sim.end, res.population)
     contact = ContactHistory.from_features(feats, cfg)
     request = Request(now=sim.end)
     rng = np.random.default_rng(0)

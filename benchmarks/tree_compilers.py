@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/tree_compilers.py [--customers 5000] [--repeats 300]
 
-A policy is trained on a small simulated history (as ``benchmarks/decision_latency.py``). For
+A policy is trained on a small simulated history (``benchmarks/small_policy.py``, shared with
+``decision_latency.py``). For
 every booster the policy calls when it decides (open, click, conversion and unsubscribe given
 open, order value, the uplift learner's arms), on the model inputs of real candidates:
 
@@ -27,22 +28,18 @@ import argparse
 import cProfile
 import logging
 import pstats
-import tempfile
 import time
 
 import numpy as np
 import pandas as pd
 
+from small_policy import small_policy, timed_ms
+
 log = logging.getLogger("benchmarks.tree_compilers")
 
 
 def timed(fn, repeats):
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    a = np.array(out) * 1000
+    a = timed_ms(fn, repeats)
     return float(np.median(a)), float(np.quantile(a, 0.99))
 
 
@@ -67,22 +64,14 @@ def main() -> None:
     import treelite
     import tl2cgen
 
-    from nextbest.features.config import load_config
-    from nextbest.features.history import engagement_history
-    from nextbest.sim.simulate import generate, write
     from nextbest.decision.artifact import load_policy, save_policy
     from nextbest.decision.candidates import CustomerArrays, candidate_arrays, model_input
     from nextbest.decision.policy import OPEN_ESTIMATE, Request
     from nextbest.decision.rules import ContactHistory
-    from nextbest.training.train import train
 
-    cfg = load_config()
-    tmp = tempfile.mkdtemp()
-    sim = generate(args.customers, 30, 8, cfg, progress=False)
-    res = train(write(sim, tmp, seed=8), cfg, seed=0)
-    policy = load_policy(save_policy(res.policy, f"{tmp}/policy"))  # as registered: trees cut at early stopping
-    ids = sim.world.customers["customer_id"].astype(str).to_numpy()
-    feats = engagement_history(res.log, ids, sim.end, res.population)
+    small = small_policy(args.customers)
+    cfg, sim, tmp, feats = small.config, small.sim, small.folder, small.features
+    policy = load_policy(save_policy(small.result.policy, f"{tmp}/policy"))  # as registered: trees cut at early stopping
     cust = CustomerArrays(feats)
     rng = np.random.default_rng(0)
     K, O = len(cfg.channel_names), len(cfg.offer_names)
