@@ -98,13 +98,17 @@ class CustomerArrays:
     def __len__(self) -> int:
         return len(self.features)
 
-    def take(self, rows: np.ndarray, features: pd.DataFrame, refresh=()) -> "CustomerArrays":
+    def take(self, rows: np.ndarray, features: pd.DataFrame, refresh=(), fresh_rows=None) -> "CustomerArrays":
         """The arrays of ``rows`` of this table for ``features`` (those rows' frame), without
-        converting the frame again; columns named in ``refresh`` were edited and are re-read.
+        converting the frame again; columns named in ``refresh`` were edited and are re-read, and
+        so are all columns of the rows ``fresh_rows`` (bool (n,)) marks (recomputed features).
         The service converts its whole customer snapshot once and takes each batch from it."""
         numeric = self._numeric_table()
         out = CustomerArrays(features)
         out._numeric, out._table = numeric, self._table[rows]
+        if fresh_rows is not None and np.any(fresh_rows):
+            at = np.flatnonzero(fresh_rows)
+            out._table[at] = features.iloc[at][list(numeric)].to_numpy(dtype=np.float64, na_value=np.nan)
         for c in refresh:
             if c in numeric:
                 out._table[:, numeric[c]] = features[c].to_numpy(dtype=np.float64, na_value=np.nan)

@@ -194,6 +194,7 @@ class EventLog:
     raw: dict                     # input-order columns gathered on demand: message (lazy), value,
                                   # propensity; and the message linker
     _cache: dict = field(default_factory=dict, repr=False)  # streams and profiles built on first use
+    signup_ms: np.ndarray | None = None  # (n_customers,) signup time, float ms, NaN unknown; None: no column
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -260,6 +261,8 @@ class EventLog:
             signup = pd.to_datetime(customers["signup_at"], utc=True)
             s_ms = np.where(signup.isna(), np.nan, to_ms(signup.fillna(pd.Timestamp(0, tz="UTC"))).astype(float))
             first_seen = np.where(np.isnan(s_ms), first_seen, s_ms)
+        else:
+            s_ms = None
         attr_cols = [c for c in customers.columns if c not in ("customer_id", "timezone", "signup_at")
                      and not c.startswith("consent_")]
         consent = pd.DataFrame({f"consent_{c}": customers[f"consent_{c}"].fillna(False).astype(bool).to_numpy()
@@ -283,11 +286,28 @@ class EventLog:
                    first_seen_ms=first_seen.astype(float), t0=t0,
                    event=ev, channel=channel, offer=offer, attributes=attributes,
                    keys=key, by_event=(by_event, bounds), by_event_channel=by_event_channel, order=order,
-                   raw={"message": linker.codes, "value": value, "propensity": propensity, "linker": linker})
+                   raw={"message": linker.codes, "value": value, "propensity": propensity, "linker": linker},
+                   signup_ms=s_ms)
 
     @property
     def n_customers(self) -> int:
         return len(self.customer_ids)
+
+    def first_seen_at(self, cust: np.ndarray) -> np.ndarray:
+        """Signup time (or first event), float ms, of customer codes; NaN for code ``n_customers``
+        (unknown) and customers without either."""
+        cust = np.asarray(cust, np.int64)
+        known = cust < self.n_customers
+        if not len(self.first_seen_ms):
+            return np.full(len(cust), np.nan)
+        return np.where(known, self.first_seen_ms[np.minimum(cust, self.n_customers - 1)], np.nan)
+
+    def signup_at(self, cust: np.ndarray) -> np.ndarray:
+        """Signup time, float ms, of customer codes; NaN where unknown."""
+        cust = np.asarray(cust, np.int64)
+        if self.signup_ms is None or not len(self.signup_ms):
+            return np.full(len(cust), np.nan)
+        return np.where(cust < self.n_customers, self.signup_ms[np.minimum(cust, self.n_customers - 1)], np.nan)
 
     def cached(self, name, build):
         """``build()`` once per log, then the same object (streams, profiles)."""
@@ -351,6 +371,20 @@ class EventLog:
             return Stream(self.keys[sel], cum)
         return self.cached(("stream",) + tuple(name), build)
 
+    def selected(self, name: tuple, event: int, channel: int | None = None, offer: int | None = None,
+                 with_value: bool = False) -> Stream:
+        """The cached stream ``name`` of the events :meth:`select` picks (what the feature code reads;
+        ``features.live_log.LiveLog`` answers the same call for a log plus live events)."""
+        return self.stream(name, lambda: self.select(event, channel, offer), with_value)
+
+    def open_streams(self) -> tuple[list[Stream], list[Stream]]:
+        """Opens by local hour of day (24 streams) and by local weekday (7), cached."""
+        def build():
+            opens, hour, dow = self.open_times()
+            return ([Stream(self.keys[opens[hour == h]]) for h in range(24)],
+                    [Stream(self.keys[opens[dow == d]]) for d in range(7)])
+        return self.cached("open_keys_by_hour_and_weekday", build)
+
     def open_times(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Positions of opens with their local hour and weekday (cached: profiles and priors share them)."""
         def build():
@@ -364,7 +398,9 @@ class EventLog:
 
     # ------------------------------------------------------------------ queries
     def query_keys(self, cust: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
-        rel = np.clip(np.asarray(t_ms, np.int64) - self.t0, 0, (1 << TIME_BITS) - 1)
+        # minimum/maximum rather than np.clip: the same values, without clip's per-call overhead
+        # (a live decision makes hundreds of these queries on one row)
+        rel = np.minimum(np.maximum(np.asarray(t_ms, np.int64) - self.t0, 0), (1 << TIME_BITS) - 1)
         return (np.asarray(cust, np.int64) << TIME_BITS) | rel
 
     def window_counts(self, stream: Stream, cust, t_ms, windows_ms) -> list[np.ndarray]:

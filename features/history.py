@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from nextbest.features.eventlog import ATTRIBUTED, EV, EventLog, Stream, plain_pages, to_ms
+from nextbest.features.eventlog import ATTRIBUTED, EV, EventLog, plain_pages, to_ms
 from nextbest.features.spec import COUNT_EVENTS, RATES, RECENCY, feature_names, history_features, scopes
 
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
+THREADED_ROWS = 5000  # below this many rows the feature groups run one after the other
 _RATE_EVENTS = sorted({e for pair in RATES.values() for e in pair})
 
 
@@ -44,6 +45,7 @@ class Population:
 
     day0: int
     counts: dict
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)  # (name, day, days) -> total
 
     @classmethod
     @plain_pages
@@ -112,7 +114,17 @@ class Population:
         c = self.counts.get(name)
         if c is None:
             return np.zeros(len(as_of_ms))
-        end = np.clip(np.asarray(as_of_ms) // DAY_MS - self.day0, 0, len(c) - 1)
+        day = np.asarray(as_of_ms) // DAY_MS
+        if 0 < len(day) < 64 and (day == day[0]).all():  # live decisions: one day, computed once
+            key = (name, int(day[0]), days)
+            v = self._memo.get(key)
+            if v is None:
+                v = self._memo[key] = float(self._totals(c, day[:1], days)[0])
+            return np.full(len(day), v)
+        return self._totals(c, day, days)
+
+    def _totals(self, c: np.ndarray, day: np.ndarray, days: int) -> np.ndarray:
+        end = np.clip(day - self.day0, 0, len(c) - 1)
         start = np.clip(end - days, 0, len(c) - 1)
         return c[end] - c[start]
 
@@ -165,15 +177,18 @@ def engagement_history(log_: EventLog, customer_ids, as_of, population: Populati
     m, pdays = fs.prior_strength, fs.prior_days
     cols: dict[str, np.ndarray] = {}
 
-    with ThreadPoolExecutor(2) as pool:  # numpy's searches, sorts and gathers release the GIL
-        jobs = [pool.submit(_scope_features, log_, pop, s, k, cust, t) for s, k in _scope_codes(cfg)]
-        jobs.append(pool.submit(_timing, log_, pop, cust, t, m, pdays))
-        jobs.append(pool.submit(_orders_and_offers, log_, pop, cust, t))
-        for job in jobs:
-            cols.update(job.result())
+    jobs = [(_scope_features, (log_, pop, s, k, cust, t)) for s, k in _scope_codes(cfg)]
+    jobs += [(_timing, (log_, pop, cust, t, m, pdays)), (_orders_and_offers, (log_, pop, cust, t))]
+    if n < THREADED_ROWS:  # a live decision: the work is Python overhead, which threads only contend for
+        for fn, args in jobs:
+            cols.update(fn(*args))
+    else:
+        with ThreadPoolExecutor(2) as pool:  # numpy's searches, sorts and gathers release the GIL
+            for job in [pool.submit(fn, *args) for fn, args in jobs]:
+                cols.update(job.result())
 
     # per-customer arrays get one extra slot (index n_customers) for customers unknown to the log
-    first = np.append(log_.first_seen_ms, np.nan)[cust]
+    first = log_.first_seen_at(cust)
     cols["tenure_days"] = np.where(first <= t, (t - first) / DAY_MS, np.nan)
     zones = list(log_.tz_names) + [z for z in [cfg.default_timezone] if z not in log_.tz_names]
     tz_code = np.append(log_.tz_code, zones.index(cfg.default_timezone))[cust]
@@ -182,15 +197,16 @@ def engagement_history(log_: EventLog, customer_ids, as_of, population: Populati
     names = feature_names(cfg)
     attrs = log_.attributes.reindex(codes).reset_index(drop=True)  # code -1 (unknown) -> a row of NaN
     for c in cfg.channel_names:
-        cols[f"consent_{c}"] = attrs.pop(f"consent_{c}").fillna(False).astype(bool).to_numpy()
+        cols[f"consent_{c}"] = attrs[f"consent_{c}"].fillna(False).astype(bool).to_numpy()
     missing, extra = set(names) - set(cols), set(cols) - set(names)
     if missing or extra:
         raise AssertionError(f"features out of sync with features.spec: missing {sorted(missing)}, extra {sorted(extra)}")
-    out = pd.DataFrame({name: _compact(cols[name]) for name in names}, index=ids)
-    out.index.name = "customer_id"
+    data = {name: _compact(cols[name]) for name in names}
+    consent = {f"consent_{c}" for c in cfg.channel_names}
     for c in attrs.columns:  # text attributes are categoricals of the whole customer table (see EventLog)
-        out[c] = attrs[c].to_numpy() if not isinstance(attrs[c].dtype, pd.CategoricalDtype) else attrs[c].array
-    return out
+        if c not in consent:
+            data[c] = attrs[c].to_numpy() if not isinstance(attrs[c].dtype, pd.CategoricalDtype) else attrs[c].array
+    return pd.DataFrame(data, index=ids.rename("customer_id"))  # one construction: a live row is mostly overhead
 
 
 def _orders_and_offers(log_: EventLog, pop: Population, cust, t) -> dict:
@@ -200,15 +216,15 @@ def _orders_and_offers(log_: EventLog, pop: Population, cust, t) -> dict:
     m, pdays = fs.prior_strength, fs.prior_days
     cols = {}
     long = fs.windows_days[-1]
-    orders = log_.stream(("converted_any", "all"), lambda: log_.select(EV["converted"]), with_value=True)
+    orders = log_.selected(("converted_any", "all"), EV["converted"], with_value=True)
     cols[f"order_value_{long}d"] = log_.count(orders, cust, t, long * DAY_MS, value=True)
     lifetime_n = log_.count(orders, cust, t)
     lifetime_v = log_.count(orders, cust, t, value=True)
     cols["avg_order_value"] = np.where(lifetime_n > 0, lifetime_v / np.maximum(lifetime_n, 1), np.nan)
     cols["lifetime_orders"] = lifetime_n
     for j, o in enumerate(cfg.offer_names):
-        sent = log_.stream(("sent", f"offer_{o}"), lambda j=j: log_.select(EV["sent"], offer=j))
-        conv = log_.stream(("converted_attributed", f"offer_{o}"), lambda j=j: log_.select(ATTRIBUTED, offer=j))
+        sent = log_.selected(("sent", f"offer_{o}"), EV["sent"], offer=j)
+        conv = log_.selected(("converted_attributed", f"offer_{o}"), ATTRIBUTED, offer=j)
         ns, nc = log_.count(sent, cust, t, long * DAY_MS), log_.count(conv, cust, t, long * DAY_MS)
         prior = pop.rate(("converted_attributed", f"offer_{o}"), ("sent", f"offer_{o}"), t, pdays)
         cols[f"offer_{o}_sent_{long}d"] = ns
@@ -222,11 +238,10 @@ def _scope_features(log_: EventLog, pop: Population, s: str, k: int | None, cust
     fs = log_.config.features
     m, pdays = fs.prior_strength, fs.prior_days
     cols = {}
-    streams = {e: log_.stream((e, s), lambda e=e: log_.select(_event_code(e), k))
+    streams = {e: log_.selected((e, s), _event_code(e), k)
                for e in set(COUNT_EVENTS) | set(_RATE_EVENTS) | {"bounced", "unsubscribed"}}
     if s == "all":  # every order, organic included
-        streams["converted"] = log_.stream(("converted_any", s), lambda: log_.select(EV["converted"]),
-                                           with_value=True)
+        streams["converted"] = log_.selected(("converted_any", s), EV["converted"], with_value=True)
     wins = [w * DAY_MS for w in fs.windows_days]
     fat = [h * HOUR_MS for h in fs.fatigue_hours]
     got = {e: log_.window_counts(streams[e], cust, t, wins + fat if e == "sent" else wins)
@@ -262,13 +277,9 @@ def _timing(log_: EventLog, pop: Population, cust, t, m, pdays) -> dict:
     """Local hour-of-day and weekday profiles of opens, smoothed toward the population's."""
     cols = {}
 
-    def build():
-        opens, hour, dow = log_.open_times()
-        return ([log_.keys[opens[hour == h]] for h in range(24)], [log_.keys[opens[dow == d]] for d in range(7)])
-
-    by_hour, by_dow = log_.cached("open_keys_by_hour_and_weekday", build)
-    hour_n = np.stack([log_.count(Stream(k), cust, t) for k in by_hour], axis=1)
-    dow_n = np.stack([log_.count(Stream(k), cust, t) for k in by_dow], axis=1)
+    by_hour, by_dow = log_.open_streams()
+    hour_n = np.stack([log_.count(k, cust, t) for k in by_hour], axis=1)
+    dow_n = np.stack([log_.count(k, cust, t) for k in by_dow], axis=1)
     for counts, pop_names, fmt in ((hour_n, [("opened", f"hour_{h}") for h in range(24)], "open_hour_share_{:02d}"),
                                    (dow_n, [("opened", f"dow_{d}") for d in range(7)], "open_dow_share_{}")):
         pop_counts = np.stack([pop.total(p, t, pdays) for p in pop_names], axis=1)

@@ -5,7 +5,15 @@ One JSON document per customer::
     {"sends": [[send time (epoch s), channel(, message id)], ...],   marketing sends of the last 7 days and
                                                                      planned ones (other senders' with their id)
      "unanswered": {channel: messages since the last open},
-     "unsubscribed": [channel, ...]}
+     "unsubscribed": [channel, ...],
+     "live": [[time (epoch ms), event, channel, offer, order value, message id], ...]}
+
+``live`` holds the customer's engagement events since the loaded export (``serving.snapshot``):
+the service's own marketing sends (at their ``send_at``) and the feedback on them, other
+senders' marketing messages and responses, orders. The decision reads the customer's engagement
+history as of its ``now`` from the export's events plus these (``features.live_log``), exactly
+as a batch snapshot of the same events would. Entries dated up to the export's last event are
+the export's and are dropped (:meth:`ContactState.without_live_before`). Absent when empty.
 
 A decision to send at ``send_at`` is recorded as a send at ``send_at`` when it is taken, so a
 planned message already counts against caps and collision for every later decision. Counting
@@ -18,6 +26,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
@@ -25,6 +34,7 @@ from nextbest.decision.rules import ContactHistory
 from nextbest.features.localtime import WEEK_S
 
 DAY_S = 86400
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 RESET_UNANSWERED = ("opened", "clicked", "converted")
 
 
@@ -33,33 +43,69 @@ class ContactState:
     sends: list = field(default_factory=list)
     unanswered: dict = field(default_factory=dict)
     unsubscribed: list = field(default_factory=list)
+    live: list = field(default_factory=list)
 
     @classmethod
     def from_json(cls, text: str | None) -> "ContactState":
         if text is None:
             return cls()
         raw = json.loads(text)
-        return cls(raw["sends"], raw["unanswered"], raw["unsubscribed"])
+        return cls(raw["sends"], raw["unanswered"], raw["unsubscribed"], raw.get("live", []))
 
     def to_json(self) -> str:
-        return json.dumps({"sends": self.sends, "unanswered": self.unanswered, "unsubscribed": self.unsubscribed},
-                          separators=(",", ":"))
+        doc = {"sends": self.sends, "unanswered": self.unanswered, "unsubscribed": self.unsubscribed}
+        if self.live:
+            doc["live"] = self.live
+        return json.dumps(doc, separators=(",", ":"))
+
+    def _copy(self) -> "ContactState":
+        return ContactState(list(self.sends), dict(self.unanswered), list(self.unsubscribed), list(self.live))
+
+    def with_live(self, t_ms: int, event: str, channel: str | None, offer: str | None, value: float | None,
+                  message_id: str | None) -> "ContactState":
+        """The state with one more engagement event (see the module docstring); the same event
+        applied twice (a retried call, a replayed log) is kept once."""
+        entry = [int(t_ms), event, channel, offer, None if value is None else float(value), message_id]
+        out = self._copy()
+        if entry not in out.live:
+            out.live.append(entry)
+            out.live.sort(key=_live_order)  # one order whatever the order of arrival (a rebuilt state equals it)
+        return out
+
+    def with_own_send(self, send_s: float, send_ms: int, channel: str, offer: str | None,
+                      decision_id: str) -> "ContactState":
+        """The state after the service's own marketing send, planned at ``send_s`` (epoch s; ``send_ms``
+        the same time in whole ms): it counts against caps at once and enters the engagement
+        history when it is due."""
+        return self.with_send(send_s, channel).with_live(send_ms, "sent", channel, offer or "none", None, decision_id)
+
+    def live_offer(self, message_id: str | None) -> str | None:
+        """The offer of the live send named ``message_id`` (None if the state holds no such send)."""
+        return next((e[3] for e in self.live if e[1] == "sent" and e[5] == message_id), None) if message_id else None
+
+    def without_live_before(self, cut_ms: float) -> "ContactState":
+        """The state without the live entries dated up to ``cut_ms`` (the loaded export holds them)."""
+        if not self.live or all(e[0] > cut_ms for e in self.live):
+            return self
+        out = self._copy()
+        out.live = [e for e in self.live if e[0] > cut_ms]
+        return out
 
     def with_send(self, t: float, channel: str, message_id: str | None = None) -> "ContactState":
         """The state after a marketing send at ``t``; sends older than a week before it are dropped.
         A send named by ``message_id`` (another sender's message, ``serving.events``) is kept with
         its id and counts once however often it is applied."""
         if message_id is not None and any(len(s) > 2 and s[2] == message_id for s in self.sends):
-            return ContactState(list(self.sends), dict(self.unanswered), list(self.unsubscribed))
+            return self._copy()
         keep = [s for s in self.sends if s[0] > t - WEEK_S]
         entry = [float(t), channel] if message_id is None else [float(t), channel, message_id]
         return ContactState(keep + [entry], {**self.unanswered, channel: self.unanswered.get(channel, 0) + 1},
-                            list(self.unsubscribed))
+                            list(self.unsubscribed), list(self.live))
 
     def with_event(self, channel: str | None, event: str) -> "ContactState":
         """The state after feedback: an open (or click, order) resets the channel's unanswered
         count; an unsubscribe revokes the channel's consent."""
-        out = ContactState(list(self.sends), dict(self.unanswered), list(self.unsubscribed))
+        out = self._copy()
         if channel is None:
             return out
         if event in RESET_UNANSWERED:
@@ -67,6 +113,16 @@ class ContactState:
         if event == "unsubscribed" and channel not in out.unsubscribed:
             out.unsubscribed.append(channel)
         return out
+
+
+def _live_order(e: list) -> tuple:
+    return (e[0], e[1], str(e[2]), str(e[3]), str(e[5]), -1.0 if e[4] is None else e[4])
+
+
+def ms_of(ts: datetime) -> int:
+    """UTC milliseconds of an aware datetime, floored exactly (integer arithmetic, as
+    ``features.eventlog.to_ms`` floors a timestamp)."""
+    return (ts - _EPOCH) // timedelta(milliseconds=1)
 
 
 def history(states: list[ContactState], now_s: np.ndarray, channels: list[str]) -> tuple[ContactHistory, np.ndarray]:

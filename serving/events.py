@@ -14,8 +14,10 @@ allowed clock skew) and then, in this order:
    frequency caps and the collision gap exactly like the service's own sends (keyed by its
    message id, so applying it twice counts once); an open, click or order resets the channel's
    unanswered count; an unsubscribe revokes the channel at once. Transactional sends do not
-   count against marketing caps. The next decision reads the new state: an event is reflected
-   as soon as its call returns;
+   count against marketing caps. Marketing messages, the responses to them and orders also
+   enter the customer's engagement history (``ContactState.live``), from which the next
+   decision computes every engagement feature as of its ``now``. The next decision reads the
+   new state: an event is reflected as soon as its call returns;
 3. **its id remembered** for :data:`EVENT_ID_TTL_S`: the same id again answers
    ``accepted: false`` and changes nothing.
 
@@ -42,7 +44,7 @@ from datetime import datetime, timedelta, timezone
 
 from nextbest.features.behaviour import BEHAVIOUR_EVENTS, value_problem
 from nextbest.serving.checks import InvalidInput
-from nextbest.serving.contact import ContactState
+from nextbest.serving.contact import ContactState, ms_of
 from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.store import Store
 
@@ -97,15 +99,25 @@ def log_row(e) -> dict:
 
 
 def apply(state: ContactState, row: dict) -> ContactState:
-    """One logged event's change of a contact state (the live path and the rebuild share it)."""
-    if row["channel"] is None or row["event"] in BEHAVIOUR_EVENTS:
+    """One logged event's change of a contact state (the live path and the rebuild share it):
+    caps and unanswered counts as in the module docstring, and the engagement history
+    (``ContactState.live``) for marketing messages and orders. A response that names no offer
+    takes its send's from the live history (none there: it counts without an offer)."""
+    if row["event"] in BEHAVIOUR_EVENTS or (row["channel"] is None and row["event"] != "converted"):
         return state
+    ts = datetime.fromisoformat(row["ts"])
+    marketing = row.get("type", "marketing") == "marketing"
     if row["event"] == "sent":
-        if row.get("type", "marketing") != "marketing":
+        if not marketing:
             return state
-        return state.with_send(datetime.fromisoformat(row["ts"]).timestamp(), row["channel"],
-                               message_id=f"event:{row['message_id']}")
-    return state.with_event(row["channel"], row["event"])
+        return (state.with_send(ts.timestamp(), row["channel"], message_id=f"event:{row['message_id']}")
+                .with_live(ms_of(ts), "sent", row["channel"], row["offer"] or "none", None, row["message_id"]))
+    if row["channel"] is not None:
+        state = state.with_event(row["channel"], row["event"])
+    if not marketing:
+        return state
+    offer = row["offer"] or state.live_offer(row["message_id"])
+    return state.with_live(ms_of(ts), row["event"], row["channel"], offer, row["value"], row["message_id"])
 
 
 def apply_behaviour(state, row: dict, keep_s: float):
@@ -123,7 +135,7 @@ def record_events(events: list, store: Store, log: DecisionLog, snapshot) -> lis
         log.append("events", rows)
     by_customer: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
-        if r["channel"] is not None:
+        if r["event"] not in BEHAVIOUR_EVENTS:
             by_customer[r["customer_id"]].append(r)
 
     def change(cid, mine):

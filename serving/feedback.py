@@ -18,8 +18,9 @@
    event's key ``"{event}|{ts}"``, so "seen" and "counted" cannot part in a crash and the same
    ``(decision_id, event, ts)`` counts once. A decision already in the learner's shared
    statistics gets the increment there too (``serving.learning.increment``).
-5. Opens and unsubscribes update the customer's contact state (idempotent, so applied again on
-   a retry); a customer the service has not contacted yet starts from what the data shows.
+5. Opens and unsubscribes update the customer's contact state, and a marketing decision's events
+   its engagement history (:func:`after_feedback`; idempotent, so applied again on a retry); a
+   customer the service has not contacted yet starts from what the data shows.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 from nextbest.decision.online import event_reward
 from nextbest.serving import learning
 from nextbest.serving.checks import InvalidInput
+from nextbest.serving.contact import ContactState, ms_of
 from nextbest.serving.records import DecisionRecord, keep_seconds, ttl
 from nextbest.serving.store import Store
 
@@ -87,11 +89,28 @@ def record_feedback(fb, store: Store, log, snapshot, config, online) -> dict:
     left = ttl(rec, keep_seconds(config, online), time.time())
     accepted = inside and add_event(store, fb.decision_id, key, reward if counts(rec, ts.timestamp(), config) else 0.0,
                                     left)
-    if rec.channel is not None:  # idempotent, so applied again on a retry after a crash
+    if rec.channel is not None or rec.type == "marketing":  # idempotent, so applied again on a retry after a crash
         store.update("contact", rec.customer_id,
-                     lambda cur: snapshot.contact_state(rec.customer_id, cur).with_event(rec.channel, fb.event).to_json())
+                     lambda cur: after_feedback(snapshot.contact_state(rec.customer_id, cur), rec, fb.decision_id,
+                                                fb.event, ts, fb.value).to_json())
     return {"decision_id": fb.decision_id, "event": fb.event, "reward": reward if inside else 0.0,
             "accepted": accepted}
+
+
+def after_feedback(state: ContactState, rec: DecisionRecord, decision_id: str, event: str, ts: datetime,
+                   value: float | None) -> ContactState:
+    """A contact state after feedback on a decision (the live path and the rebuild share it): an
+    open resets the channel's unanswered count, an unsubscribe revokes it; a marketing decision's
+    event enters the engagement history (``ContactState.live``) as the export would write it -- a
+    response to the message with its channel and offer, or, on a suppression, an order without
+    a message."""
+    if rec.channel is not None:
+        state = state.with_event(rec.channel, event)
+    if rec.type == "marketing":
+        sent = rec.channel is not None
+        state = state.with_live(ms_of(ts), event, rec.channel, (rec.offer or "none") if sent else None, value,
+                                decision_id if sent else None)
+    return state
 
 
 def record_of(store: Store, decision_id: str, customer_id: str) -> DecisionRecord:

@@ -14,7 +14,8 @@ unsubscribed, who was contacted today, and which request ids were answered.
 written (``logged_at``) over the data directory's contact history (``serving.snapshot``):
 
 - contact states: each marketing send at its ``send_at``, each feedback event (opens reset the
-  unanswered count, unsubscribes revoke the channel), starting from what the data shows;
+  unanswered count, unsubscribes revoke the channel), starting from what the data shows, with
+  the engagement history of marketing sends, responses and orders (``ContactState.live``);
 - behaviour states: each behavioural event (``features.behaviour``) over the data's;
 - decision records still inside their keep time (attribution window + learner delay,
   ``serving.records.keep_seconds``), with the rewards their feedback added, the offer each
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import datetime
 import logging
 import time
 import uuid
@@ -48,9 +50,9 @@ import pandas as pd
 from nextbest.features.behaviour import BEHAVIOUR_EVENTS
 from nextbest.serving.background import DECAY_EVERY_S
 from nextbest.serving import events, followups, learning
-from nextbest.serving.contact import ContactState
+from nextbest.serving.contact import ContactState, ms_of
 from nextbest.serving.decision_log import has_records, read_epoch, read_records, write_epoch
-from nextbest.serving.feedback import counts
+from nextbest.serving.feedback import after_feedback, counts
 from nextbest.serving.idempotency import ANSWER_TTL_S
 from nextbest.serving.records import DecisionRecord, enters_learner, follow_up_s, keep_seconds, start_reward
 from nextbest.serving.schemas import DecideResponse
@@ -169,7 +171,7 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
                     if cid not in doing:
                         doing[cid] = snapshot.behaviour_state(cid)
                     doing[cid] = events.apply_behaviour(doing[cid], r, snapshot.behaviour_keep_s)
-                elif r["channel"] is not None:
+                else:
                     contact[cid] = events.apply(state(cid), r)
             continue
         if kind == 0:
@@ -189,7 +191,8 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
             if r.get("follow_up_at"):
                 follow[did] = (str(r["customer_id"]), follow_up_s(r))
             if send and r["type"] == "marketing":
-                contact[str(r["customer_id"])] = state(str(r["customer_id"])).with_send(sent, ch)
+                contact[str(r["customer_id"])] = state(str(r["customer_id"])).with_own_send(
+                    sent, ms_of(datetime.fromisoformat(r["send_at"])), ch, off, did)
             if r.get("request_id"):
                 answer = {k: v for k, v in r.items() if k in answer_keys}
                 answers.append((r["request_id"], answer, at))
@@ -201,8 +204,9 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
             inside = counts(rec, _at_s(r["ts"]), config)
             if key not in rec.counted and (inside or rec.type != "marketing"):  # as ``serving.feedback``
                 records[r["decision_id"]] = rec.with_event(key, float(r["reward"]) if inside else 0.0)
-            if rec.channel is not None:
-                contact[rec.customer_id] = state(rec.customer_id).with_event(rec.channel, r["event"])
+            if rec.channel is not None or rec.type == "marketing":
+                contact[rec.customer_id] = after_feedback(state(rec.customer_id), rec, r["decision_id"], r["event"],
+                                                          datetime.fromisoformat(r["ts"]), r.get("value"))
 
     deltas: dict[str, np.ndarray] = {}
     queue, kept, matured = [], [], 0

@@ -283,7 +283,9 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
             follow_up_at=follow_up_s(decision))
         contact = None
         if send and kind == "marketing":
-            contact = (r.customer_id, raw_states[j], states[j].with_send(send_s, ch).to_json())
+            contact = (r.customer_id, raw_states[j],
+                       states[j].with_own_send(send_s, int(send_at_ns[pos].astype(np.int64)) // 10**6, ch, off,
+                                               decision["decision_id"]).to_json())
         # the features are those of the snapshot (reproducible from the data directory as of
         # its day) plus the contact history read from the store: both are logged by reference
         inputs = {"request": {"context": r.context, "channels": r.channels, "offers": r.offers,

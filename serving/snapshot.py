@@ -1,6 +1,9 @@
 """The features the service decides on: every customer's engagement history as of the data's
 last day, computed once at start with the training code (``features.history``), plus the
-cold-start row for customers the data does not know. The data directory is read as training
+cold-start row for customers the data does not know. A customer with engagement events since the
+export (the service's own sends and their feedback, other senders' messages, orders: the
+contact state's ``live`` list) is described as of the decision's ``now`` from the export's events
+plus those, exactly as a batch snapshot of the same events (:meth:`Snapshot.live_history`). The data directory is read as training
 reads it (``features.validate.check``: Parquet or CSV alike, timestamps parsed, consent as
 booleans; bad data stops the start with the file, column and rule broken)."""
 
@@ -12,8 +15,10 @@ import numpy as np
 import pandas as pd
 
 from nextbest.features import behaviour
-from nextbest.features.eventlog import EventLog
+from nextbest.features.eventlog import EV, EventLog
 from nextbest.features.history import Population, engagement_history
+from nextbest.features.live_log import LiveLog, delta_log
+from nextbest.features.spec import feature_names
 from nextbest.features.io import find_table, load_dataset, read_behaviour
 from nextbest.features.validate import check
 from nextbest.decision.candidates import CustomerArrays
@@ -75,6 +80,11 @@ class Snapshot:
         pop = Population.from_log(log_)
         feats = engagement_history(log_, np.append(ids, COLD), self.as_of, pop)
         self.frame = feats
+        # what live histories need: the data's events, its priors, and the time after which an
+        # event is live (the export's last event; a later-dated one is not in the export)
+        self.log, self.population = log_, pop
+        self.live_after_ms = float(log_.t.max()) if len(log_.keys) else -np.inf
+        self.live_columns = [c for c in feature_names(config) if c != "timezone" and not c.startswith("consent_")]
         # the data's sends of the last week: a customer's contact state until the service has one
         recent = events[(events["event"] == "sent") & (events["ts"] >= self.as_of - pd.Timedelta(days=7))
                         & (events["ts"] < self.as_of)]
@@ -91,11 +101,11 @@ class Snapshot:
         log.info("features of %d customers as of %s", len(ids), self.as_of)
 
     def contact_state(self, customer: str, stored: str | None = None) -> ContactState:
-        """The customer's contact state: the ``stored`` one (JSON) if the service has one, else
-        what the data shows (sends of the last week before the snapshot, unanswered messages per
+        """The customer's contact state: the ``stored`` one (JSON) if the service has one (without
+        the live events dated up to the export's last event), else what the data shows (sends of the last week before the snapshot, unanswered messages per
         channel); empty for an unknown customer."""
-        if stored is not None:
-            return ContactState.from_json(stored)
+        if stored is not None:  # live entries the export now holds go (a newer export was loaded)
+            return ContactState.from_json(stored).without_live_before(self.live_after_ms)
         i = self._position.get(customer)
         if i is None:
             return ContactState()
@@ -140,15 +150,53 @@ class Snapshot:
                     out.iloc[i, out.columns.get_loc(f"consent_{c}")] = bool(p and p.consent.get(c, False))
         return out, known, pos
 
-    def features(self, customer_ids: list[str], profiles: list,
-                 unsubscribed: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, list[str]]:
-        """:meth:`rows` with the unsubscribes feedback reported, (n, K) bool, applied; plus the
-        columns that differ from the snapshot's (for ``CustomerArrays.take``)."""
+    def live_history(self, customer_ids: list[str], lives: list[list], times: pd.DatetimeIndex) -> pd.DataFrame:
+        """Engagement histories of known customers as of ``times`` (one per customer) from the
+        data's events plus each customer's live events (``ContactState.live``; entries dated up to
+        the export's last event are the export's and left out): exactly a batch snapshot of the
+        same events (``features.live_log``), with the export's priors. Entries of a channel or
+        offer the config no longer has are left out."""
+        cfg = self.config
+        ch_code = {c: k for k, c in enumerate(cfg.channel_names)}
+        off_code = {o: j for j, o in enumerate(cfg.offer_names)}
+        codes = self.log.customer_ids.get_indexer(pd.Index(customer_ids))
+        cols: list[list] = [[], [], [], [], [], []]
+        for code, live in zip(codes, lives):
+            for t, event, channel, offer, value, _ in live:
+                if t <= self.live_after_ms or (channel is not None and channel not in ch_code) \
+                        or (offer is not None and offer not in off_code):
+                    continue
+                for col, v in zip(cols, (code, t, EV[event], ch_code.get(channel, -1), off_code.get(offer, -1),
+                                         np.nan if value is None else value)):
+                    col.append(v)
+        delta = delta_log(self.log, *cols)
+        return engagement_history(LiveLog(self.log, delta), customer_ids, times, self.population)
+
+    def features(self, customer_ids: list[str], profiles: list, unsubscribed: np.ndarray,
+                 states: list | None = None, times: pd.DatetimeIndex | None = None):
+        """:meth:`rows` with each known customer's live events (``states``, their contact states)
+        counted as of its ``times`` (:meth:`live_history`) and the unsubscribes feedback reported,
+        (n, K) bool, applied. Returns the features, which customers are known, each row's position
+        in the snapshot, the columns that differ from the snapshot's and the rows recomputed from
+        live events, (n,) bool (both for ``CustomerArrays.take``)."""
         feats, known, pos = self.rows(customer_ids, profiles)
+        fresh = np.zeros(len(customer_ids), bool)
+        if states is not None:
+            fresh = known & np.array([bool(st.live) and st.live[-1][0] > self.live_after_ms for st in states], bool)
+        if fresh.any():
+            at = np.flatnonzero(fresh)
+            live = self.live_history([customer_ids[i] for i in at], [states[i].live for i in at], times[at])
+            if fresh.all():
+                feats = live
+            else:
+                rest = np.flatnonzero(~fresh)
+                order = np.argsort(np.concatenate([at, rest]), kind="stable")
+                feats = pd.concat([live, feats.iloc[rest]]).iloc[order]
+            feats.index = pd.Index(customer_ids, name="customer_id")
         edited = [f"consent_{c}" for c in self.channels] if not known.all() else []
         if unsubscribed.any():
             feats = feats.copy()
             for k, c in enumerate(self.channels):
                 feats[f"{c}_unsubscribed"] = np.where(unsubscribed[:, k], 1, feats[f"{c}_unsubscribed"].to_numpy())
                 edited.append(f"{c}_unsubscribed")
-        return feats, known, pos, edited
+        return feats, known, pos, edited, fresh
