@@ -242,6 +242,7 @@ class ServingSection(Section):
     micro_batch_ms: Num = Field(ge=0)
     micro_batch_max: Int = Field(ge=1)
     batch_chunk: Int = Field(ge=0)
+    live_history: Bool
     max_clock_skew_days: Num = Field(gt=0)
     auth: AuthSection
     max_body_bytes: Int = Field(ge=1024)

@@ -175,14 +175,18 @@ class Snapshot:
     def features(self, customer_ids: list[str], profiles: list, unsubscribed: np.ndarray,
                  states: list | None = None, times: pd.DatetimeIndex | None = None):
         """:meth:`rows` with each known customer's live events (``states``, their contact states)
-        counted as of its ``times`` (:meth:`live_history`) and the unsubscribes feedback reported,
+        counted as of its ``times`` (:meth:`live_history`; unless ``serving.live_history`` is off) and the unsubscribes feedback reported,
         (n, K) bool, applied. Returns the features, which customers are known, each row's position
         in the snapshot, the columns that differ from the snapshot's and the rows recomputed from
         live events, (n,) bool (both for ``CustomerArrays.take``)."""
         feats, known, pos = self.rows(customer_ids, profiles)
         fresh = np.zeros(len(customer_ids), bool)
-        if states is not None:
-            fresh = known & np.array([bool(st.live) and st.live[-1][0] > self.live_after_ms for st in states], bool)
+        if states is not None and self.config.serving.live_history:
+            # a customer is described live once an event after the export is due before its now
+            # (a planned send alone changes nothing yet): the export's row otherwise
+            now_ms = times.asi8 // 10**6 if times.unit == "ns" else times.as_unit("ns").asi8 // 10**6
+            fresh = known & np.array([any(self.live_after_ms < e[0] < t for e in st.live)
+                                      for st, t in zip(states, now_ms)], bool)
         if fresh.any():
             at = np.flatnonzero(fresh)
             live = self.live_history([customer_ids[i] for i in at], [states[i].live for i in at], times[at])
