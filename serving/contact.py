@@ -6,7 +6,7 @@ One JSON document per customer::
                                                                      planned ones (other senders' with their id)
      "unanswered": {channel: messages since the last open},
      "unsubscribed": [channel, ...],
-     "live": [[time (epoch ms), event, channel, offer, order value, message id], ...]}
+     "live": [[time (epoch ms), event, channel, offer, order value, message id, identity], ...]}
 
 ``live`` holds the customer's engagement events since the loaded export (``serving.snapshot``):
 the service's own marketing sends (at their ``send_at``) and the feedback on them, other
@@ -36,6 +36,9 @@ from nextbest.features.localtime import WEEK_S
 DAY_S = 86400
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 RESET_UNANSWERED = ("opened", "clicked", "converted")
+# a live entry that is no engagement event: another sender's transactional send, kept so that the
+# responses to it stay out of the history (the export leaves them out)
+TRANSACTIONAL_SENT = "sent_transactional"
 
 
 @dataclass
@@ -62,14 +65,16 @@ class ContactState:
         return ContactState(list(self.sends), dict(self.unanswered), list(self.unsubscribed), list(self.live))
 
     def with_live(self, t_ms: int, event: str, channel: str | None, offer: str | None, value: float | None,
-                  message_id: str | None) -> "ContactState":
-        """The state with one more engagement event (see the module docstring); the same event
-        applied twice (a retried call, a replayed log) is kept once."""
-        entry = [int(t_ms), event, channel, offer, None if value is None else float(value), message_id]
+                  message_id: str | None, key: str) -> "ContactState":
+        """The state with one more engagement event (see the module docstring). ``key`` is the
+        event's identity as the export dedupes it (``event:<event_id>``, ``feedback:<decision
+        id>|<event>|<ts>``, ``send:<decision id>``): the same key again (a retried call, a replayed
+        log) changes nothing, and two distinct events with equal contents both count."""
+        if any(e[6] == key for e in self.live):
+            return self
         out = self._copy()
-        if entry not in out.live:
-            out.live.append(entry)
-            out.live.sort(key=_live_order)  # one order whatever the order of arrival (a rebuilt state equals it)
+        out.live.append([int(t_ms), event, channel, offer, None if value is None else float(value), message_id, key])
+        out.live.sort(key=_live_order)  # one order whatever the order of arrival (a rebuilt state equals it)
         return out
 
     def with_own_send(self, send_s: float, send_ms: int, channel: str, offer: str | None,
@@ -77,11 +82,15 @@ class ContactState:
         """The state after the service's own marketing send, planned at ``send_s`` (epoch s; ``send_ms``
         the same time in whole ms): it counts against caps at once and enters the engagement
         history when it is due."""
-        return self.with_send(send_s, channel).with_live(send_ms, "sent", channel, offer or "none", None, decision_id)
+        return self.with_send(send_s, channel).with_live(send_ms, "sent", channel, offer or "none", None, decision_id,
+                                                         f"send:{decision_id}")
 
-    def live_offer(self, message_id: str | None) -> str | None:
-        """The offer of the live send named ``message_id`` (None if the state holds no such send)."""
-        return next((e[3] for e in self.live if e[1] == "sent" and e[5] == message_id), None) if message_id else None
+    def live_send(self, message_id: str | None) -> list | None:
+        """The live entry of the send named ``message_id`` (a transactional one included: event
+        :data:`TRANSACTIONAL_SENT`), or None."""
+        if not message_id:
+            return None
+        return next((e for e in self.live if e[1] in ("sent", TRANSACTIONAL_SENT) and e[5] == message_id), None)
 
     def without_live_before(self, cut_ms: float) -> "ContactState":
         """The state without the live entries dated up to ``cut_ms`` (the loaded export holds them)."""
@@ -116,7 +125,7 @@ class ContactState:
 
 
 def _live_order(e: list) -> tuple:
-    return (e[0], e[1], str(e[2]), str(e[3]), str(e[5]), -1.0 if e[4] is None else e[4])
+    return e[0], e[6]
 
 
 def ms_of(ts: datetime) -> int:

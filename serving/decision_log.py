@@ -47,9 +47,7 @@ log = logging.getLogger(__name__)
 KINDS = ("decisions", "feedback", "events", "renders", "void")  # events: other senders' (serving.events);
 # renders: offers shown at open time (serving.render)
 EPOCH_FILE = "EPOCH"
-# context keys the service itself sets, always logged: a follow-up decision names the decision it
-# follows (``GET /v1/due``), an id of the service's, so the log links the two messages
-SERVICE_CONTEXT_KEYS = frozenset({"follow_up_of"})
+
 
 
 class LogFull(OSError):
@@ -99,12 +97,12 @@ class DecisionLog:
         nothing either way once ``write`` returned).
     context_keys : sequence of str, optional
         The only keys of a decision's request ``context`` the log keeps (``serving.log_context_keys``;
-        None keeps all), besides :data:`SERVICE_CONTEXT_KEYS`. A file is held with a shared ``flock`` while open, so erasure
+        None keeps all), and the ``follow_up_of`` of a follow-up the service decided (:func:`allowed_context`). A file is held with a shared ``flock`` while open, so erasure
         (``serving.privacy``) never rewrites a file under its writer.
     """
 
     def __init__(self, log_dir: str | Path, max_bytes: int = 64 << 20, fsync: bool = True, context_keys=None):
-        self.context_keys = None if context_keys is None else frozenset(context_keys) | SERVICE_CONTEXT_KEYS
+        self.context_keys = None if context_keys is None else frozenset(context_keys)
         self.dir = Path(log_dir)
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -205,11 +203,18 @@ def read_records(log_dir: str | Path, kind: str, skip_void: bool = True) -> list
 
 
 def allowed_context(record: dict, keys: frozenset) -> dict:
-    """A decision log line whose request ``context`` keeps only ``keys`` (``serving.log_context_keys``)."""
+    """A decision log line whose request ``context`` keeps only ``keys`` (``serving.log_context_keys``),
+    plus ``follow_up_of`` on a follow-up the service decided (request id ``follow-up-<decision id>``;
+    a client's own ``follow_up_of`` is not kept)."""
     request = record.get("request")
     if not isinstance(request, dict) or not isinstance(request.get("context"), dict):
         return record
-    return {**record, "request": {**request, "context": {k: v for k, v in request["context"].items() if k in keys}}}
+    context = request["context"]
+    kept = {k: v for k, v in context.items() if k in keys}
+    follows = context.get("follow_up_of")
+    if isinstance(follows, str) and record.get("request_id") == f"follow-up-{follows}":
+        kept["follow_up_of"] = follows  # the service's own link from a follow-up to its first message (GET /v1/due)
+    return {**record, "request": {**request, "context": kept}}
 
 
 def voided(log_dir: str | Path) -> set[str]:
@@ -387,7 +392,7 @@ def export_data_dir(data_dir: str | Path, log_dir: str | Path, out: str | Path, 
     behavioural ones into the ``behaviour`` table with the data's (:func:`read_behaviour_events`).
     Returns the numbers of decisions and events taken from the log.
     """
-    from nextbest.features.io import load_dataset, read_behaviour, read_table, write_table
+    from nextbest.features.io import load_dataset, read_behaviour, read_optional_table, write_table
 
     now = pd.Timestamp.now(tz="UTC")
     as_of = now if as_of is None else _utc(as_of)
@@ -400,9 +405,8 @@ def export_data_dir(data_dir: str | Path, log_dir: str | Path, out: str | Path, 
     if decisions.empty and ingested.empty:
         raise ValueError(f"no marketing decision in {log_dir} taken (and, for a send, due) by {as_of}, "
                          "and no event of another sender")
-    try:
-        base = read_table(data_dir, "logging_decisions")
-    except FileNotFoundError:
+    base = read_optional_table(data_dir, "logging_decisions")  # stored twice: an error, never "absent"
+    if base is None:
         base = decisions.iloc[:0]
     unknown = sorted((set(decisions["customer_id"]) | set(ingested["customer_id"])
                       | set(read_behaviour_events(log_dir, as_of)["customer_id"])) - set(customers["customer_id"].astype(str)))

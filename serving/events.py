@@ -44,7 +44,7 @@ from datetime import datetime, timedelta, timezone
 
 from nextbest.features.behaviour import BEHAVIOUR_EVENTS, value_problem
 from nextbest.serving.checks import InvalidInput
-from nextbest.serving.contact import ContactState, ms_of
+from nextbest.serving.contact import TRANSACTIONAL_SENT, ContactState, ms_of
 from nextbest.serving.decision_log import DecisionLog
 from nextbest.serving.store import Store
 
@@ -101,23 +101,27 @@ def log_row(e) -> dict:
 def apply(state: ContactState, row: dict) -> ContactState:
     """One logged event's change of a contact state (the live path and the rebuild share it):
     caps and unanswered counts as in the module docstring, and the engagement history
-    (``ContactState.live``) for marketing messages and orders. A response that names no offer
-    takes its send's from the live history (none there: it counts without an offer)."""
+    (``ContactState.live``) for marketing messages, the responses to them and orders. A response
+    that names no offer takes its send's from the live history (none there: it counts without an
+    offer); a response to a transactional send the history holds stays out, as in the export."""
     if row["event"] in BEHAVIOUR_EVENTS or (row["channel"] is None and row["event"] != "converted"):
         return state
     ts = datetime.fromisoformat(row["ts"])
+    key = f"event:{row['event_id']}"
     marketing = row.get("type", "marketing") == "marketing"
     if row["event"] == "sent":
         if not marketing:
-            return state
+            return state.with_live(ms_of(ts), TRANSACTIONAL_SENT, row["channel"], row["offer"], None,
+                                   row["message_id"], key)
         return (state.with_send(ts.timestamp(), row["channel"], message_id=f"event:{row['message_id']}")
-                .with_live(ms_of(ts), "sent", row["channel"], row["offer"] or "none", None, row["message_id"]))
+                .with_live(ms_of(ts), "sent", row["channel"], row["offer"] or "none", None, row["message_id"], key))
     if row["channel"] is not None:
         state = state.with_event(row["channel"], row["event"])
-    if not marketing:
+    send = state.live_send(row["message_id"])
+    if not marketing or (send is not None and send[1] == TRANSACTIONAL_SENT):
         return state
-    offer = row["offer"] or state.live_offer(row["message_id"])
-    return state.with_live(ms_of(ts), row["event"], row["channel"], offer, row["value"], row["message_id"])
+    offer = row["offer"] or (send[3] if send is not None else None)
+    return state.with_live(ms_of(ts), row["event"], row["channel"], offer, row["value"], row["message_id"], key)
 
 
 def apply_behaviour(state, row: dict, keep_s: float):

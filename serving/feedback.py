@@ -89,10 +89,10 @@ def record_feedback(fb, store: Store, log, snapshot, config, online) -> dict:
     left = ttl(rec, keep_seconds(config, online), time.time())
     accepted = inside and add_event(store, fb.decision_id, key, reward if counts(rec, ts.timestamp(), config) else 0.0,
                                     left)
-    if rec.channel is not None or rec.type == "marketing":  # idempotent, so applied again on a retry after a crash
-        store.update("contact", rec.customer_id,
-                     lambda cur: after_feedback(snapshot.contact_state(rec.customer_id, cur), rec, fb.decision_id,
-                                                fb.event, ts, fb.value).to_json())
+    # idempotent, so applied again on a retry after a crash
+    store.update("contact", rec.customer_id,
+                 lambda cur: after_feedback(snapshot.contact_state(rec.customer_id, cur), rec, fb.decision_id,
+                                            fb.event, ts, fb.value).to_json())
     return {"decision_id": fb.decision_id, "event": fb.event, "reward": reward if inside else 0.0,
             "accepted": accepted}
 
@@ -100,16 +100,17 @@ def record_feedback(fb, store: Store, log, snapshot, config, online) -> dict:
 def after_feedback(state: ContactState, rec: DecisionRecord, decision_id: str, event: str, ts: datetime,
                    value: float | None) -> ContactState:
     """A contact state after feedback on a decision (the live path and the rebuild share it): an
-    open resets the channel's unanswered count, an unsubscribe revokes it; a marketing decision's
-    event enters the engagement history (``ContactState.live``) as the export would write it -- a
-    response to the message with its channel and offer, or, on a suppression, an order without
-    a message."""
+    open resets the channel's unanswered count, an unsubscribe revokes it; the event enters the
+    engagement history (``ContactState.live``) as the export writes it -- a response to a
+    marketing message with its channel and offer, or an order on a decision that sent nothing as
+    an order without a message -- once per ``(decision, event, ts)``, the export's identity."""
     if rec.channel is not None:
         state = state.with_event(rec.channel, event)
+    key = f"feedback:{decision_id}|{event}|{ts.isoformat()}"
+    if rec.channel is None:
+        return state.with_live(ms_of(ts), event, None, None, value, None, key)
     if rec.type == "marketing":
-        sent = rec.channel is not None
-        state = state.with_live(ms_of(ts), event, rec.channel, (rec.offer or "none") if sent else None, value,
-                                decision_id if sent else None)
+        state = state.with_live(ms_of(ts), event, rec.channel, rec.offer or "none", value, decision_id, key)
     return state
 
 

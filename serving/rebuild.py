@@ -204,9 +204,8 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
             inside = counts(rec, _at_s(r["ts"]), config)
             if key not in rec.counted and (inside or rec.type != "marketing"):  # as ``serving.feedback``
                 records[r["decision_id"]] = rec.with_event(key, float(r["reward"]) if inside else 0.0)
-            if rec.channel is not None or rec.type == "marketing":
-                contact[rec.customer_id] = after_feedback(state(rec.customer_id), rec, r["decision_id"], r["event"],
-                                                          datetime.fromisoformat(r["ts"]), r.get("value"))
+            contact[rec.customer_id] = after_feedback(state(rec.customer_id), rec, r["decision_id"], r["event"],
+                                                      datetime.fromisoformat(r["ts"]), r.get("value"))
 
     deltas: dict[str, np.ndarray] = {}
     queue, kept, matured = [], [], 0
@@ -230,7 +229,9 @@ def rebuild(store: Store, log_dir, snapshot, config, online, now_s: float | None
                 if ANSWER_TTL_S - (now_s - at) > 0]
     epoch = read_epoch(log_dir) or write_epoch(log_dir, uuid.uuid4().hex)
     store.clear()
-    store.put_many("contact", [(cid, st.to_json(), None) for cid, st in contact.items()])
+    # live entries the loaded export already holds go, as the live path drops them on its next write
+    store.put_many("contact", [(cid, st.without_live_before(snapshot.live_after_ms).to_json(), None)
+                               for cid, st in contact.items()])
     store.put_many(events.BEHAVIOUR_NS, [(cid, st.to_json(), None) for cid, st in doing.items()])
     store.put_many("decision", kept)
     store.put_many("request", requests)

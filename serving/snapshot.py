@@ -155,15 +155,16 @@ class Snapshot:
         data's events plus each customer's live events (``ContactState.live``; entries dated up to
         the export's last event are the export's and left out): exactly a batch snapshot of the
         same events (``features.live_log``), with the export's priors. Entries of a channel or
-        offer the config no longer has are left out."""
+        offer the config no longer has, and entries that are no engagement event (another sender's
+        transactional send, ``contact.TRANSACTIONAL_SENT``), are left out."""
         cfg = self.config
         ch_code = {c: k for k, c in enumerate(cfg.channel_names)}
         off_code = {o: j for j, o in enumerate(cfg.offer_names)}
         codes = self.log.customer_ids.get_indexer(pd.Index(customer_ids))
         cols: list[list] = [[], [], [], [], [], []]
         for code, live in zip(codes, lives):
-            for t, event, channel, offer, value, _ in live:
-                if t <= self.live_after_ms or (channel is not None and channel not in ch_code) \
+            for t, event, channel, offer, value, *_ in live:
+                if t <= self.live_after_ms or event not in EV or (channel is not None and channel not in ch_code) \
                         or (offer is not None and offer not in off_code):
                     continue
                 for col, v in zip(cols, (code, t, EV[event], ch_code.get(channel, -1), off_code.get(offer, -1),
@@ -190,6 +191,9 @@ class Snapshot:
         if fresh.any():
             at = np.flatnonzero(fresh)
             live = self.live_history([customer_ids[i] for i in at], [states[i].live for i in at], times[at])
+            # the same dtypes as the rows': an unknown customer's profile may have added a time zone
+            live = live.astype({c: feats[c].dtype for c in feats.columns if isinstance(feats[c].dtype, pd.CategoricalDtype)
+                                and feats[c].dtype != live[c].dtype})
             if fresh.all():
                 feats = live
             else:

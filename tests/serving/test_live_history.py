@@ -33,14 +33,17 @@ def test_live_histories_equal_a_batch_snapshot_of_the_export(server_factory, cus
     ids = customers(30, offset=700)
     day_ago = CLOCK - timedelta(days=1, hours=3)
     rng = np.random.default_rng(3)
-    sent = []
+    sent, suppressed = [], []
     for cid in ids:
         r = s.post("/v1/decide", {"customer_id": cid, "now": _iso(day_ago)})
         assert r.status_code == 200, r.text
         d = r.json()
-        if d["action"] == "send":
-            sent.append(d)
+        (sent if d["action"] == "send" else suppressed).append(d)
     assert len(sent) >= 8, "too few sends to compare"
+    for d in suppressed[:3]:  # an order on a decision that sent nothing: an order without a message
+        r = s.post("/v1/feedback", {"decision_id": d["decision_id"], "customer_id": d["customer_id"],
+                                    "event": "converted", "ts": _iso(day_ago + timedelta(hours=5)), "value": 19.0})
+        assert r.status_code == 200, r.text
     for i, d in enumerate(sent):  # responses to the service's own messages
         at = datetime.fromisoformat(d["send_at"].replace("Z", "+00:00"))
         for event, hours, value in (("opened", 1, None), ("clicked", 1.5, None), ("converted", 2, 37.5)):
@@ -63,6 +66,16 @@ def test_live_histories_equal_a_batch_snapshot_of_the_export(server_factory, cus
                     "channel": ch, "value": 20.0 + i, "ts": _iso(t + timedelta(hours=1))},
                    {"event_id": f"lh-{i}-org", "customer_id": cid, "event": "converted", "value": 11.0,
                     "ts": _iso(t + timedelta(hours=2))}]
+    t = CLOCK - timedelta(hours=30)
+    events += [  # two distinct opens with equal contents both count; responses to a transactional send do not
+        {"event_id": "lh-twice-1", "customer_id": ids[0], "event": "opened", "message_id": "lh-0", "channel": ch,
+         "offer": offer, "ts": _iso(CLOCK - timedelta(hours=19))},
+        {"event_id": "lh-twice-2", "customer_id": ids[0], "event": "opened", "message_id": "lh-0", "channel": ch,
+         "offer": offer, "ts": _iso(CLOCK - timedelta(hours=19))},
+        {"event_id": "lh-t-s", "customer_id": ids[1], "event": "sent", "message_id": "lh-t", "channel": ch,
+         "type": "transactional", "ts": _iso(t)},
+        {"event_id": "lh-t-o", "customer_id": ids[1], "event": "opened", "message_id": "lh-t", "channel": ch,
+         "ts": _iso(t + timedelta(minutes=3))}]
     r = s.post("/v1/events/batch", {"events": events})
     assert r.status_code == 200 and all(x["accepted"] for x in r.json()["events"]), r.text
 
@@ -86,6 +99,13 @@ def test_live_histories_equal_a_batch_snapshot_of_the_export(server_factory, cus
                                   check_categorical=False)
     before = snap.frame.loc[who]
     assert (batch["all_sent_7d"] > before["all_sent_7d"]).any() and (batch["lifetime_orders"] > before["lifetime_orders"]).any()
+
+    # a batch holding customers with live events and an unknown customer whose profile brings a
+    # time zone the data does not have
+    batch = [{"customer_id": c} for c in who[:5]] + [
+        {"customer_id": "lh-newcomer", "profile": {"timezone": "Pacific/Chatham", "consent": {ch: True}}}]
+    r = s.post("/v1/decide/batch", {"requests": batch})
+    assert r.status_code == 200, r.text
 
     # the store rebuilt from the log holds the same histories
     live = {c: store.get("contact", c) for c in ids}

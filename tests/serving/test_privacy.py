@@ -29,7 +29,8 @@ def test_erasure_over_http_and_cli_with_receipts_and_the_context_allow_list(serv
                                                                           tmp_path):
     server = server_factory()
     a, b, c = customers(3, offset=600)
-    context = {"trigger": "cart_abandoned", "email": "someone@example.com"}
+    # a client's own follow_up_of is not the service's link: not logged either
+    context = {"trigger": "cart_abandoned", "email": "someone@example.com", "follow_up_of": "someone@example.com"}
     for cid in (a, b, c):
         r = server.post("/v1/decide", {"customer_id": cid, "now": NOW.isoformat(), "request_id": f"req-{cid}",
                                        "context": context, "type": "transactional"})
