@@ -192,8 +192,10 @@ class Snapshot:
             at = np.flatnonzero(fresh)
             live = self.live_history([customer_ids[i] for i in at], [states[i].live for i in at], times[at])
             # the same dtypes as the rows': an unknown customer's profile may have added a time zone
-            live = live.astype({c: feats[c].dtype for c in feats.columns if isinstance(feats[c].dtype, pd.CategoricalDtype)
-                                and feats[c].dtype != live[c].dtype})
+            theirs = live.dtypes
+            widen = {c: d for c, d in feats.dtypes.items() if isinstance(d, pd.CategoricalDtype) and d != theirs[c]}
+            if widen:  # DataFrame.astype rebuilds every column, even with nothing to change
+                live = live.astype(widen)
             if fresh.all():
                 feats = live
             else:
