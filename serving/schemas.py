@@ -27,8 +27,10 @@ from nextbest.serving.followups import MAX_DUE, MAX_FOLLOW_UP_HOURS
 MAX_BATCH = 10_000
 # an identifier holds at least one non-blank character, "blank" as Python's str.strip() and the
 # data contract's validation (features.validate) mean it: whitespace and the information
-# separators \x1c-\x1f, which the regex engine's \s leaves out (schemathesis found "\x1f")
-ID = r"[^\s\x1c-\x1f]"
+# separators \x1c-\x1f, which the regex engine's \s leaves out (schemathesis found "\x1f"), and
+# NEL \x85, which the server's \s (Unicode White_Space) holds but ECMAScript's \s, the schema's
+# reading of the pattern, does not (schemathesis found "\x85": generated as valid, refused)
+ID = r"[^\s\x1c-\x1f\x85]"
 MAX_HORIZON_HOURS = float(WEEK_HOURS)  # a week: decisions further out would be planned on stale state
 MIN_HORIZON_HOURS = 1 / 60  # a minute. (``ge``, not ``gt=0``: BentoML publishes OpenAPI 3.0, where a
                             # numeric exclusiveMinimum is invalid and schema checkers reject it)

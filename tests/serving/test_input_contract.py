@@ -35,6 +35,7 @@ BAD = [  # (path, JSON body, field)
     ("/v1/decide", {"customer_id": "c1", "now": "9999-12-31T23:59:59Z"}, "now"),
     ("/v1/decide", {"customer_id": "  "}, "customer_id"),
     ("/v1/decide", {"customer_id": "\x1f"}, "customer_id"),  # blank to str.strip() and the data contract
+    ("/v1/decide", {"customer_id": "\x85"}, "customer_id"),  # NEL: blank to str.strip(), not to ECMAScript's \s
     ("/v1/events", {"event_id": "e1", "customer_id": "\x1c ", "event": "visit", "ts": NOW.isoformat()},
      "customer_id"),
     ("/v1/decide", {"customer_id": "c1", "request_id": "\t"}, "request_id"),
