@@ -14,6 +14,10 @@ senders' marketing messages and responses, orders. The decision reads the custom
 history as of its ``now`` from the export's events plus these (``features.live_log``), exactly
 as a batch snapshot of the same events would. Entries dated up to the export's last event are
 the export's and are dropped (:meth:`ContactState.without_live_before`). Absent when empty.
+Entries are kept sorted by (time, identity). A send keeps its message id (responses that name no
+offer look their send up by it); a response keeps none. The identity is a 12-character digest
+of the event's key (:func:`identity`): every event of a customer between two exports lives in this
+one document, so its size is what each update reads and writes.
 
 A decision to send at ``send_at`` is recorded as a send at ``send_at`` when it is taken, so a
 planned message already counts against caps and collision for every later decision. Counting
@@ -24,9 +28,14 @@ count against marketing caps. Only ``serving.engine`` changes states, always by 
 
 from __future__ import annotations
 
+import base64
+import bisect
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+
+from operator import itemgetter
 
 import numpy as np
 
@@ -70,11 +79,15 @@ class ContactState:
         event's identity as the export dedupes it (``event:<event_id>``, ``feedback:<decision
         id>|<event>|<ts>``, ``send:<decision id>``): the same key again (a retried call, a replayed
         log) changes nothing, and two distinct events with equal contents both count."""
-        if any(e[6] == key for e in self.live):
+        ident = identity(key)
+        if ident in map(_IDENTITY, self.live):
             return self
         out = self._copy()
-        out.live.append([int(t_ms), event, channel, offer, None if value is None else float(value), message_id, key])
-        out.live.sort(key=_live_order)  # one order whatever the order of arrival (a rebuilt state equals it)
+        sent = event in ("sent", TRANSACTIONAL_SENT)
+        entry = [int(t_ms), event, channel, offer, None if value is None else float(value),
+                 message_id if sent else None, ident]
+        # one order whatever the order of arrival (a rebuilt state equals it); the list is sorted
+        bisect.insort(out.live, entry, key=_live_order)
         return out
 
     def with_own_send(self, send_s: float, send_ms: int, channel: str, offer: str | None,
@@ -90,7 +103,13 @@ class ContactState:
         :data:`TRANSACTIONAL_SENT`), or None."""
         if not message_id:
             return None
-        return next((e for e in self.live if e[1] in ("sent", TRANSACTIONAL_SENT) and e[5] == message_id), None)
+        return next((e for e in reversed(self.live) if e[5] == message_id and e[1] in ("sent", TRANSACTIONAL_SENT)),
+                    None)
+
+    def has_live_between(self, lo_ms: float, hi_ms: float) -> bool:
+        """Whether a live entry is dated strictly between ``lo_ms`` and ``hi_ms`` (a binary search)."""
+        i = bisect.bisect_right(self.live, lo_ms, key=_TIME)
+        return i < len(self.live) and self.live[i][0] < hi_ms
 
     def without_live_before(self, cut_ms: float) -> "ContactState":
         """The state without the live entries dated up to ``cut_ms`` (the loaded export holds them)."""
@@ -126,6 +145,16 @@ class ContactState:
 
 def _live_order(e: list) -> tuple:
     return e[0], e[6]
+
+
+_IDENTITY, _TIME = itemgetter(6), itemgetter(0)
+
+
+def identity(key: str) -> str:
+    """A live entry's identity: 72 bits of BLAKE2b of its key, base64 (12 characters). Keys are
+    long (a decision id and an ISO time for feedback) and each is kept per event; at 2**72 values
+    two of one customer's events colliding is out of reach."""
+    return base64.urlsafe_b64encode(hashlib.blake2b(key.encode(), digest_size=9).digest()).decode()
 
 
 def ms_of(ts: datetime) -> int:

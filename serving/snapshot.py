@@ -186,8 +186,7 @@ class Snapshot:
             # a customer is described live once an event after the export is due before its now
             # (a planned send alone changes nothing yet): the export's row otherwise
             now_ms = times.asi8 // 10**6 if times.unit == "ns" else times.as_unit("ns").asi8 // 10**6
-            fresh = known & np.array([any(self.live_after_ms < e[0] < t for e in st.live)
-                                      for st, t in zip(states, now_ms)], bool)
+            fresh = known & np.array([st.has_live_between(self.live_after_ms, t) for st, t in zip(states, now_ms)], bool)
         if fresh.any():
             at = np.flatnonzero(fresh)
             live = self.live_history([customer_ids[i] for i in at], [states[i].live for i in at], times[at])

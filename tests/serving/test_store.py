@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from nextbest.serving.contact import ContactState, history
+from nextbest.serving.contact import TRANSACTIONAL_SENT, ContactState, history
 from nextbest.serving.store import open_store
 
 
@@ -104,6 +104,36 @@ def test_contact_history_counts_planned_sends_and_feedback():
     assert h.unanswered[0].tolist() == [0, 1, 0] and unsub[0].tolist() == [False, True, False]
     assert h.sent_week[1].sum() == 0 and np.isinf(h.hours_since_last[1])
     assert ContactState.from_json(st.to_json()) == st
+
+
+def test_live_entries_sorted_deduplicated_by_identity_whatever_the_order_of_arrival():
+    """The live history is one order whatever order events arrive in (a rebuilt state equals the
+    live one); the same key twice counts once, two events with equal contents and distinct keys
+    both count; a send keeps its message id (its responses look it up), a response keeps none."""
+    events = [(3_000, "opened", "email", "none", None, "m1", "feedback:d1|opened|t3"),
+              (1_000, "sent", "email", "pct10", None, "m1", "send:d1"),
+              (3_000, "opened", "email", "none", None, "m1", "feedback:d1|opened|t3b"),  # equal contents, another key
+              (2_000, TRANSACTIONAL_SENT, "sms", None, None, "m2", "event:e2"),
+              (5_000, "converted", None, None, 80.0, None, "event:e5")]
+    rng = np.random.default_rng(0)
+    states = []
+    for _ in range(6):
+        st = ContactState()
+        for i in rng.permutation(len(events)):
+            st = st.with_live(*events[i])
+            st = st.with_live(*events[i])  # a retry changes nothing
+        states.append(ContactState.from_json(st.to_json()))
+    assert all(s == states[0] for s in states[1:])
+    live = states[0].live
+    assert [e[0] for e in live] == [1_000, 2_000, 3_000, 3_000, 5_000] and len({e[6] for e in live}) == 5
+    assert states[0].live_send("m1")[1] == "sent" and states[0].live_send("m2")[1] == TRANSACTIONAL_SENT
+    assert [e[5] for e in live if e[1] == "opened"] == [None, None] and states[0].live_send("m3") is None
+    assert all(len(e[6]) == 12 for e in live)  # identities are short digests of the keys
+    assert live[-1][4] == 80.0
+    st = states[0]  # dated strictly between: what makes a decision recompute the customer's history
+    assert st.has_live_between(1_000, 2_001) and not st.has_live_between(1_000, 2_000)
+    assert st.has_live_between(0, 1_001) and not st.has_live_between(5_000, 10**9)
+    assert not ContactState().has_live_between(0, 10**9)
 
 
 def test_update_reads_changes_and_retries_until_its_write_counts(store_url):
