@@ -129,6 +129,16 @@ class Population:
         return c[end] - c[start]
 
     def rate(self, num, den, as_of_ms, days, default=0.0) -> np.ndarray:
+        day = np.asarray(as_of_ms) // DAY_MS
+        if 0 < len(day) < 64 and (day == day[0]).all():  # live decisions: one day, computed once
+            key = ("rate", num, den, int(day[0]), days, default)
+            v = self._memo.get(key)
+            if v is None:
+                v = self._memo[key] = float(self._rate(num, den, as_of_ms[:1], days, default)[0])
+            return np.full(len(day), v)
+        return self._rate(num, den, as_of_ms, days, default)
+
+    def _rate(self, num, den, as_of_ms, days, default) -> np.ndarray:
         n, d = self.total(num, as_of_ms, days), self.total(den, as_of_ms, days)
         return np.where(d > 0, n / np.maximum(d, 1), default)
 
