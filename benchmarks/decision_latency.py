@@ -80,7 +80,7 @@ def main() -> None:
     for fn in (decide_one, decide_one_service, greedy_one, explore_learn_one):
         timed(fn, 20)  # warm up
     rows = {}
-    for name, fn in (("decide (thompson + learner)", decide_one),
+    for name, fn in (("decide (thompson + the default learner)", decide_one),
                      ("decide, snapshot arrays (as the service)", decide_one_service), ("decide greedy, no learner (baseline)", greedy_one),
                      ("explore+learn only", explore_learn_one)):
         t = timed(fn, args.repeats)
@@ -92,8 +92,10 @@ def main() -> None:
                                                    "mean_ms": t.mean()}
     out = pd.DataFrame(rows).T
     print(out.round(3).to_string())
-    print(f"learner statistics: {learner.state.n:.0f} observations, {len(learner.state.stats)} actions; "
-          f"Thompson draws per decision: {policy.exploration.samples}")
+    print(f"learner statistics: {learner.state.n:.0f} observations, {len(learner.state.stats)} actions "
+          f"(online.learn_profit: {policy.online.learn_profit}; off, the default, the learner keeps no profit "
+          f"statistics and only the response calibration learns); Thompson draws per decision: "
+          f"{policy.exploration.samples}")
 
 
 if __name__ == "__main__":
