@@ -84,6 +84,7 @@ class CustomerArrays:
         self.features = features
         self._cache: dict = {}
         self._numeric: dict[str, int] | None = None
+        self._parent: CustomerArrays | None = None  # set by take: the table these rows come from
 
     def _numeric_table(self) -> dict[str, int]:
         """All numeric and boolean columns converted in one call (a column per feature is slow)."""
@@ -101,7 +102,8 @@ class CustomerArrays:
     def take(self, rows: np.ndarray, features: pd.DataFrame, refresh=(), fresh_rows=None) -> "CustomerArrays":
         """The arrays of ``rows`` of this table for ``features`` (those rows' frame), without
         converting the frame again; columns named in ``refresh`` were edited and are re-read, and
-        so are all columns of the rows ``fresh_rows`` (bool (n,)) marks (recomputed features).
+        so are all columns of the rows ``fresh_rows`` (bool (n,)) marks: rows that differ from this
+        table's row (features recomputed from live events, a newcomer's profile on the cold-start row).
         The service converts its whole customer snapshot once and takes each batch from it."""
         numeric = self._numeric_table()
         out = CustomerArrays(features)
@@ -112,6 +114,10 @@ class CustomerArrays:
         for c in refresh:
             if c in numeric:
                 out._table[:, numeric[c]] = features[c].to_numpy(dtype=np.float64, na_value=np.nan)
+        # other columns (categories as the codes a model reads) come from this table's, converted
+        # once for all its rows, except the refreshed columns and the recomputed rows
+        out._parent, out._rows, out._refresh = self, rows, set(refresh)
+        out._reread = None if fresh_rows is None or not np.any(fresh_rows) else np.flatnonzero(fresh_rows)
         return out
 
     def get(self, name: str, categories: list | None = None) -> np.ndarray:
@@ -119,17 +125,13 @@ class CustomerArrays:
         if categories is None and name in self._numeric_table():
             return self._table[:, self._numeric[name]]
         if key not in self._cache:
-            col = self.features[name]
-            if categories is None:
-                arr = (col.to_numpy(dtype=np.int8) if pd.api.types.is_bool_dtype(col)
-                       else col.to_numpy(dtype=np.float64, na_value=np.nan))
+            if self._parent is not None and name not in self._refresh and name in self._parent.features.columns:
+                arr = self._parent.get(name, categories)[self._rows]
+                if self._reread is not None:
+                    arr[self._reread] = _convert(self.features[name].iloc[self._reread], categories)
             else:
-                if isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == list(categories):
-                    codes = col.cat.codes.to_numpy()
-                else:
-                    codes = pd.Categorical(np.asarray(col.astype(object)), categories=list(categories)).codes
-                arr = np.where(codes >= 0, codes, np.nan)
-            self._cache[key] = np.asarray(arr, dtype=np.float64)
+                arr = _convert(self.features[name], categories)
+            self._cache[key] = arr
         return self._cache[key]
 
     def table(self, names: list[str]) -> np.ndarray:
@@ -194,6 +196,21 @@ def model_input(names: list[str], categories: dict, cust: CustomerArrays, rows: 
         if i not in direct:
             out[:, i] = cand[c] if c in cand else cust.get(c, categories.get(c))[rows]
     return out
+
+
+def _convert(col: pd.Series, categories: list | None) -> np.ndarray:
+    """A column as the floats a model reads: numbers, bools as 0/1, categories as the codes of
+    ``categories`` (the fitted ones; unseen values NaN)."""
+    if categories is None:
+        arr = (col.to_numpy(dtype=np.int8) if pd.api.types.is_bool_dtype(col)
+               else col.to_numpy(dtype=np.float64, na_value=np.nan))
+    else:
+        if isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == list(categories):
+            codes = col.cat.codes.to_numpy()
+        else:
+            codes = pd.Index(list(categories)).get_indexer(np.asarray(col.astype(object)))  # unseen: -1
+        arr = np.where(codes >= 0, codes, np.nan)
+    return np.asarray(arr, dtype=np.float64)
 
 
 def _codes(values, names, n) -> np.ndarray:

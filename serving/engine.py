@@ -280,7 +280,7 @@ class Engine:
             hist = type(contact)(contact.sent_day[js], contact.sent_week[js], contact.hours_since_last[js],
                                  contact.unanswered[js])
             d = policy.decide(sub, hist, request, explain=explain, rng=KeyedRandom([keys[j] for j in js]),
-                              learner=learner, arrays=snap.arrays.take(pos[js], sub, edited, fresh[js]))
+                              learner=learner, arrays=snap.arrays.take(pos[js], sub, edited, (fresh | ~known)[js]))
             out += pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind, hist, cfg,
                                 snap.as_of.isoformat())
         return out
