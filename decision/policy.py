@@ -32,6 +32,8 @@ How a customer is scored
 
 from __future__ import annotations
 
+import functools
+
 import uuid
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -171,15 +173,31 @@ class Scores:
 
 @dataclass
 class Decisions:
-    """Decisions for a batch: a frame (one row per customer) plus per-option scores and reasons."""
+    """Decisions for a batch: a table (one row per customer) plus per-option scores and reasons."""
 
-    frame: pd.DataFrame
+    columns: dict             # the table's columns: arrays (n,), or one value for every row (see ``frame``)
     scores: Scores
     reasons: list[list[str]] = field(default_factory=list)
     action_dist: np.ndarray | None = None     # (n, 1 + K*O) probability of every option, column 0 = suppress
     choice: np.ndarray | None = None          # (n,) the chosen option's column
     learner_inputs: np.ndarray | None = None  # (n, 1 + K*O, D) the online learner's context of every option
     values: np.ndarray | None = None          # (n, 1 + K*O) learner-corrected extra profit, -inf where not allowed
+
+
+    @functools.cached_property
+    def frame(self) -> pd.DataFrame:
+        """The decisions as a frame, built on first use (the service reads :meth:`column` instead:
+        a frame of a few rows costs more to build than the rest of the bookkeeping)."""
+        return pd.DataFrame(self.columns)
+
+    def column(self, name: str) -> list:
+        """One column's values as a list (n,)."""
+        v = self.columns[name]
+        if isinstance(v, (str, int, float, bool)):  # one value for every row
+            return [v] * len(self.columns["customer_id"])
+        if isinstance(v, list):
+            return list(v)
+        return list(np.asarray(v, dtype=object)) if isinstance(v, pd.api.extensions.ExtensionArray) else v.tolist()
 
 
 def price_of_learning(flat: np.ndarray, allowed: np.ndarray, free: np.ndarray, probs: np.ndarray, greedy: np.ndarray,
@@ -451,7 +469,7 @@ class DecisionPolicy:
         send_ns = np.maximum(send_ns + shift * 10**9, now_ns)
         send_at = pd.to_datetime(send_ns, utc=True)
         send_at = send_at.where(send, pd.NaT)
-        frame = pd.DataFrame({
+        columns = {
             "customer_id": features.index.astype(str),
             "decision_id": [uuid.uuid4().hex for _ in range(n)],
             "action": np.where(send, "send", "suppress"),
@@ -467,11 +485,11 @@ class DecisionPolicy:
             "control_cost": control_cost,
             "action_key": np.array(self.action_keys, dtype=object)[choice],
             "policy_version": self.version,
-        })
+        }
         values = np.where(allowed[:, 1:], flat[:, 1:], -np.inf).reshape(n, K, O)
         reasons = [self._reasons(s, values[i], i, send[i], k[i], j[i], control[i], choice[i] != greedy[i],
                                  propensity[i]) for i in range(n)] if explain else []
-        return Decisions(frame, s, reasons, probs, choice, X, np.where(allowed, flat, -np.inf))
+        return Decisions(columns, s, reasons, probs, choice, X, np.where(allowed, flat, -np.inf))
 
     def _reasons(self, s: Scores, v: np.ndarray, i: int, send: bool, k: int, j: int, control: bool,
                  explored: bool, propensity: float) -> list[str]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime, timezone
 
 import numpy as np
+import pandas as pd
 
 from nextbest.decision.calibration import contact_context
 from nextbest.decision.objective import realized_profit
@@ -238,10 +239,10 @@ def pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind
         The snapshot's day (ISO), logged: the features are reproducible from it.
     """
     K, O = len(config.channel_names), len(config.offer_names)
-    f = {c: d.frame[c].tolist() for c in ("action", "channel", "offer", "local_hour", "propensity",
-                                           "expected_value", "explored", "control", "policy_version", "action_key",
-                                           "exploration_cost", "control_cost")}
-    send_at_ns = d.frame["send_at"].to_numpy("datetime64[ns]")
+    f = {c: d.column(c) for c in ("action", "channel", "offer", "local_hour", "propensity", "expected_value",
+                                   "explored", "control", "policy_version", "action_key", "exploration_cost",
+                                   "control_cost")}
+    send_at_ns = pd.DatetimeIndex(d.columns["send_at"]).to_numpy("datetime64[ns]")
     calib = calibration_inputs(d, hist, config) if kind == "marketing" else None
     start = functools.cache(lambda ch, off: start_reward(config, ch, off))  # once per (channel, offer) of the call
     out = []

@@ -69,6 +69,12 @@ def test_decisions_without_reasons_are_the_same_decisions(trained, snapshot, con
     pd.testing.assert_frame_equal(a.frame[cols], b.frame[cols])
     np.testing.assert_array_equal(a.action_dist, b.action_dist)
     assert len(a.reasons) == 300 and all(a.reasons) and b.reasons == []
+    # the service reads columns without building the frame: the same values, missing ones as NaN
+    for c in b.columns:
+        if c != "send_at":
+            assert pd.Series(b.column(c), dtype=object).equals(pd.Series(b.frame[c].tolist(), dtype=object)), c
+    np.testing.assert_array_equal(pd.DatetimeIndex(b.columns["send_at"]).to_numpy("datetime64[ns]"),
+                                  b.frame["send_at"].to_numpy("datetime64[ns]"))
 
 
 def contact_slice(c, n):
