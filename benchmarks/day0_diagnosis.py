@@ -17,6 +17,12 @@ scored on the world's truth. Printed per world:
 - ``norm_true_offer_on_our_channel`` / ``norm_true_channel_with_our_offer``: for the customers the
   policy messages, at its hours, what the true best offer on the policy's channel, or the true
   best channel with the policy's offer for it, would reach (which half of the choice loses more);
+- ``norm_feature_ceiling``: what the models' inputs can tell, whatever the learning: a LightGBM
+  regression of each option's *true* extra profit (noise-free labels, every allowed option at
+  the policy's hours) on the same customer and candidate columns, fitted on one half of the
+  customers and deciding greedily for the other (two folds); against
+  ``norm_best_option_at_our_hours``, the gap is information the inputs do not carry, and against
+  ``norm``, the gap is the learning from noisy, logged outcomes;
 - ``corr_value``: correlation of estimated and true extra profit over every allowed option;
 - ``open_at_hour`` (policy / customer's most frequent open hour / oracle): the true open rate at
   the hour each picks (email, no offer);
@@ -50,7 +56,7 @@ def diagnose(job) -> dict:
     from nextbest.sim.simulation_eval import _send_time, true_profit
     from nextbest.training.train import train
 
-    kind, customers, lgb = job
+    kind, customers, lgb, folds = job
     cfg = load_config()
     if lgb:  # LightGBM parameters over the config's (--lightgbm key=value)
         cfg = parse_config(merge_config(cfg.raw, {"training": {"lightgbm": lgb}}))
@@ -95,6 +101,7 @@ def diagnose(job) -> dict:
     true_channel = np.where(send, ti[idx[:, None], np.arange(K)[None, :], est_offer].max(axis=1), 0.0)
     split = {"norm_true_offer_on_our_channel": true_offer.sum() / gap,
              "norm_true_channel_with_our_offer": true_channel.sum() / gap}
+    ceiling = feature_ceiling(feats, log_, s.hour, true_inc, cfg, folds) / gap
     by_mode = {}
     for mode in UPLIFT_MODES:  # the same trained models, each way of valuing a message's extra orders
         other = policy.with_exploration(policy.exploration)
@@ -102,7 +109,7 @@ def diagnose(job) -> dict:
         d = other.decide(feats, ContactHistory.from_features(feats, cfg), Request(now=sim.end), explain=False)
         by_mode[f"norm_{mode}"] = (true_profit(world, d) - sup).sum() / gap
     return {
-        "world": str(kind), "norm": (vp - sup).sum() / gap, **by_mode, **split,
+        "world": str(kind), "norm": (vp - sup).sum() / gap, "norm_feature_ceiling": ceiling, **by_mode, **split,
         "norm_margin_0": margin[0], "norm_margin_q20": margin[20], "norm_margin_q40": margin[40],
         "norm_best_option_at_our_hours": np.maximum(np.nan_to_num(true_inc, nan=-1e9).reshape(n, -1).max(1), 0).sum() / gap,
         "sent": send.mean(), "sent_oracle": best["channel"].notna().mean(),
@@ -111,6 +118,33 @@ def diagnose(job) -> dict:
         "corr_value": np.corrcoef(est[m], true_inc[m])[0, 1],
         "open_at_hour": f"{hours['policy']:.3f} / {hours['most_frequent_open_hour']:.3f} / {hours['oracle_hour']:.3f}",
     }
+
+
+def feature_ceiling(feats, log_, hour, true_inc, cfg, folds: int = 2) -> float:
+    """The summed true extra profit of greedy choices by a regression of the true values on the
+    model inputs, cross-fitted over customer folds (see ``norm_feature_ceiling``)."""
+    import lightgbm as lgb
+
+    from nextbest.decision.candidates import candidate_frame, customer_columns
+
+    n, K, O = true_inc.shape
+    cols = customer_columns(feats, cfg, list(log_.attributes.columns))
+    ii, kk, oo = np.nonzero(np.isfinite(true_inc))
+    X = candidate_frame(feats.iloc[ii], np.array(cfg.channel_names)[kk], hour[ii, kk, oo],
+                        np.array(cfg.offer_names)[oo], cfg, columns=cols)
+    y = true_inc[ii, kk, oo]
+    fold = np.random.default_rng(0).integers(folds, size=n)[ii]
+    pred = np.full(len(y), np.nan)
+    for f in range(folds):
+        model = lgb.LGBMRegressor(n_estimators=400, learning_rate=0.05, num_leaves=31, min_child_samples=50,
+                                  subsample=0.8, subsample_freq=1, colsample_bytree=0.5, verbose=-1, random_state=0)
+        model.fit(X[fold != f], y[fold != f])
+        pred[fold == f] = model.predict(X[fold == f])
+    est = np.full((n, K * O), -np.inf)
+    est[ii, kk * O + oo] = pred
+    truth = np.nan_to_num(true_inc, nan=0.0).reshape(n, -1)
+    pick = est.argmax(axis=1)
+    return float(np.where(est.max(axis=1) > 0, truth[np.arange(n), pick], 0.0).sum())
 
 
 def main() -> None:
@@ -124,13 +158,15 @@ def main() -> None:
                          "standard family stays a test)")
     ap.add_argument("--lightgbm", nargs="*", default=[], metavar="KEY=VALUE",
                     help="LightGBM parameters over the config's, e.g. min_child_samples=100")
+    ap.add_argument("--ceiling-folds", type=int, default=2,
+                    help="customer folds of norm_feature_ceiling (k folds: fitted on (k-1)/k of the customers)")
     args = ap.parse_args()
     lgb = {k: (float(v) if "." in v else int(v)) for k, v in (kv.split("=", 1) for kv in args.lightgbm)}
     logging.basicConfig(level=logging.WARNING)
     with ProcessPoolExecutor(2) as ex:
         kinds = (world_family(args.worlds) if args.random_from is None
                  else [f"random:{s}" for s in range(args.random_from, args.random_from + args.worlds)])
-        rows = list(ex.map(diagnose, [(k, args.customers, lgb) for k in kinds]))
+        rows = list(ex.map(diagnose, [(k, args.customers, lgb, args.ceiling_folds) for k in kinds]))
     table = pd.DataFrame(rows).set_index("world")
     pd.set_option("display.width", 200)
     print(table.round(3).to_string())
