@@ -406,20 +406,23 @@ class EventLog:
     def window_counts(self, stream: Stream, cust, t_ms, windows_ms) -> list[np.ndarray]:
         """``count`` for several windows at once: the upper bound and every window's lower bound
         in one stacked search (a live decision makes dozens of these calls on one row)."""
-        t_ms = np.asarray(t_ms, np.int64)
+        cust, t_ms = np.broadcast_arrays(np.asarray(cust, np.int64), np.asarray(t_ms, np.int64))
+        shape = cust.shape
+        cust, t_ms = cust.ravel(), t_ms.ravel()
         shifts = np.array([0, *windows_ms], np.int64)[:, None]
         pos = np.searchsorted(stream.keys, self.query_keys(cust, t_ms[None, :] - shifts).ravel(), side="left")
         pos = pos.reshape(len(shifts), len(t_ms))
-        return list(pos[0] - pos[1:])
+        return [(pos[0] - p).reshape(shape) for p in pos[1:]]
 
     def count(self, stream: Stream, cust, t_ms, window_ms=None, *, value=False) -> np.ndarray:
         """Events (or order value with ``value=True``) of ``stream`` in ``[t - window, t)`` per query."""
-        cust, t_ms = np.asarray(cust, np.int64), np.asarray(t_ms, np.int64)
+        cust, t_ms = np.broadcast_arrays(np.asarray(cust, np.int64), np.asarray(t_ms, np.int64))
+        shape = cust.shape
+        cust, t_ms = cust.ravel(), t_ms.ravel()
         hi_keys = self.query_keys(cust, t_ms)
         lo_keys = cust << TIME_BITS if window_ms is None else self.query_keys(cust, t_ms - window_ms)
-        both = np.searchsorted(stream.keys, np.concatenate([np.broadcast_to(hi_keys, lo_keys.shape), lo_keys]),
-                               side="left")
-        hi, lo = both[:len(lo_keys)], both[len(lo_keys):]
+        both = np.searchsorted(stream.keys, np.concatenate([hi_keys, lo_keys]), side="left")
+        hi, lo = both[:len(cust)].reshape(shape), both[len(cust):].reshape(shape)
         if value:
             return stream.cum_value[hi] - stream.cum_value[lo]
         return hi - lo

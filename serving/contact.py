@@ -62,7 +62,7 @@ class ContactState:
         if text is None:
             return cls()
         raw = json.loads(text)
-        return cls(raw["sends"], raw["unanswered"], raw["unsubscribed"], raw.get("live", []))
+        return cls(raw["sends"], raw["unanswered"], raw["unsubscribed"], _current(raw.get("live", [])))
 
     def to_json(self) -> str:
         doc = {"sends": self.sends, "unanswered": self.unanswered, "unsubscribed": self.unsubscribed}
@@ -103,8 +103,7 @@ class ContactState:
         :data:`TRANSACTIONAL_SENT`), or None."""
         if not message_id:
             return None
-        return next((e for e in reversed(self.live) if e[5] == message_id and e[1] in ("sent", TRANSACTIONAL_SENT)),
-                    None)
+        return next((e for e in self.live if e[5] == message_id and e[1] in ("sent", TRANSACTIONAL_SENT)), None)
 
     def has_live_between(self, lo_ms: float, hi_ms: float) -> bool:
         """Whether a live entry is dated strictly between ``lo_ms`` and ``hi_ms`` (a binary search)."""
@@ -148,6 +147,19 @@ def _live_order(e: list) -> tuple:
 
 
 _IDENTITY, _TIME = itemgetter(6), itemgetter(0)
+
+
+def _current(live: list) -> list:
+    """Live entries in the current form. A document written before identities were digests holds
+    the full key (``send:...``, ``event:...``, ``feedback:...``: a colon, which a digest never has)
+    and a response's message id: both are brought to the current form and the list re-sorted, so
+    an event retried after an upgrade still counts once (a rebuilt store equals it)."""
+    if not any(":" in e[6] for e in live):
+        return live
+    out = [[*e[:5], e[5] if e[1] in ("sent", TRANSACTIONAL_SENT) else None, identity(e[6]) if ":" in e[6] else e[6]]
+           for e in live]
+    out.sort(key=_live_order)
+    return out
 
 
 def identity(key: str) -> str:

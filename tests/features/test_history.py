@@ -159,6 +159,28 @@ def test_categories_do_not_depend_on_which_customers_are_asked(small_log, small_
         assert one[c].cat.codes.iloc[0] == full[c].cat.codes.iloc[7], c
 
 
+def test_counts_take_scalars_or_arrays_alike(small_log, small_world):
+    """The log's count queries broadcast a customer and a time like numpy does (one stacked search
+    inside): scalars, (n,) arrays, and one against many all give the per-query answers."""
+    from nextbest.features.eventlog import EV, to_ms
+
+    sent = small_log.selected(("sent", "all"), EV["sent"])
+    orders = small_log.selected(("converted_any", "all"), EV["converted"], with_value=True)
+    cust = np.arange(40, dtype=np.int64)
+    t = np.full(40, to_ms(small_world.end), np.int64) - np.arange(40) * 86_400_000
+    week = 7 * 86_400_000
+    each = small_log.count(sent, cust, t, week)
+    assert each.shape == (40,) and each.sum() > 0
+    assert [int(small_log.count(sent, int(c), int(x), week)) for c, x in zip(cust, t)] == each.tolist()
+    assert small_log.count(sent, cust[:1], t).tolist() == [int(small_log.count(sent, 0, int(x))) for x in t]
+    np.testing.assert_array_equal(small_log.count(orders, cust, int(t[0]), value=True),
+                                  [small_log.count(orders, int(c), int(t[0]), value=True) for c in cust])
+    one, two = small_log.window_counts(sent, cust, t, [week, 4 * week])
+    np.testing.assert_array_equal(one, each)
+    np.testing.assert_array_equal(two, small_log.count(sent, cust, t, 4 * week))
+    assert [int(w) for w in small_log.window_counts(sent, 3, int(t[3]), [week])] == [each[3]]
+
+
 def test_partitions_keyed_by_customer_give_the_same_features(small_world, small_log, config):
     """The Dask shape: encode each customer partition on its own, share one Population, concat."""
     from nextbest.features.history import Population

@@ -136,6 +136,22 @@ def test_live_entries_sorted_deduplicated_by_identity_whatever_the_order_of_arri
     assert not ContactState().has_live_between(0, 10**9)
 
 
+def test_a_document_from_before_identity_digests_reads_in_the_current_form():
+    """Contact states written before identities were digests (full keys, responses with their
+    message id) are read in the current form: an event retried after the upgrade counts once."""
+    import json
+
+    old = {"sends": [], "unanswered": {}, "unsubscribed": [],
+           "live": [[2_000, "opened", "email", "none", None, "m1", "feedback:d1|opened|t2"],
+                    [1_000, "sent", "email", "none", None, "m1", "send:d1"]]}
+    st = ContactState.from_json(json.dumps(old))
+    fresh = (ContactState().with_live(1_000, "sent", "email", "none", None, "m1", "send:d1")
+             .with_live(2_000, "opened", "email", "none", None, "m1", "feedback:d1|opened|t2"))
+    assert st == fresh
+    assert st.with_live(2_000, "opened", "email", "none", None, "m1", "feedback:d1|opened|t2") == st
+    assert ContactState.from_json(fresh.to_json()) == fresh  # a current document reads as it is
+
+
 def test_update_reads_changes_and_retries_until_its_write_counts(store_url):
     """``Store.update``, the one read-modify-write of the service: 8 threads x 50 increments lose
     nothing; None or the same value writes nothing; a value that always changes ends in Conflict."""
