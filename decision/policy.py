@@ -33,7 +33,6 @@ How a customer is scored
 from __future__ import annotations
 
 import functools
-
 import uuid
 from dataclasses import dataclass, field
 from typing import Protocol

@@ -115,7 +115,7 @@ class Population:
         if c is None:
             return np.zeros(len(as_of_ms))
         day = np.asarray(as_of_ms) // DAY_MS
-        if 0 < len(day) < 64 and (day == day[0]).all():  # live decisions: one day, computed once
+        if _one_day(day):  # live decisions: computed once per day
             key = (name, int(day[0]), days)
             v = self._memo.get(key)
             if v is None:
@@ -130,7 +130,7 @@ class Population:
 
     def rate(self, num, den, as_of_ms, days, default=0.0) -> np.ndarray:
         day = np.asarray(as_of_ms) // DAY_MS
-        if 0 < len(day) < 64 and (day == day[0]).all():  # live decisions: one day, computed once
+        if _one_day(day):
             key = ("rate", num, den, int(day[0]), days, default)
             v = self._memo.get(key)
             if v is None:
@@ -141,6 +141,11 @@ class Population:
     def _rate(self, num, den, as_of_ms, days, default) -> np.ndarray:
         n, d = self.total(num, as_of_ms, days), self.total(den, as_of_ms, days)
         return np.where(d > 0, n / np.maximum(d, 1), default)
+
+
+def _one_day(day: np.ndarray) -> bool:
+    """Whether a few queries share one day (a live decision's): their priors are remembered."""
+    return 0 < len(day) < 64 and bool((day == day[0]).all())
 
 
 def _scope_codes(cfg):

@@ -34,7 +34,6 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-
 from operator import itemgetter
 
 import numpy as np

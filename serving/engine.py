@@ -262,7 +262,7 @@ class Engine:
         times = pd.DatetimeIndex([r.now or now for r in reqs]).as_unit("ns")
         now_s = times.asi8 // 10**9
         contact, unsub = history(states, now_s, list(cfg.channel_names))
-        feats, known, pos, edited, fresh = snap.features(ids, [r.profile for r in reqs], unsub, states, times)
+        feats, known, pos, edited, differs = snap.features(ids, [r.profile for r in reqs], unsub, states, times)
         if snap.behaviour_keys:  # the rules read behaviour: as of each request's now, events included
             feats = snap.with_behaviour(feats, self.store.get_many(BEHAVIOUR_NS, ids), now_s)
         keys = [str(r.request_id) if r.request_id else secrets.token_hex(16) for r in reqs]
@@ -280,7 +280,7 @@ class Engine:
             hist = type(contact)(contact.sent_day[js], contact.sent_week[js], contact.hours_since_last[js],
                                  contact.unanswered[js])
             d = policy.decide(sub, hist, request, explain=explain, rng=KeyedRandom([keys[j] for j in js]),
-                              learner=learner, arrays=snap.arrays.take(pos[js], sub, edited, (fresh | ~known)[js]))
+                              learner=learner, arrays=snap.arrays.take(pos[js], sub, edited, differs[js]))
             out += pending_rows(d, js, reqs, rows, keys, known, states, raw_states, now_s, kind, hist, cfg,
                                 snap.as_of.isoformat())
         return out

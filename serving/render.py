@@ -58,12 +58,12 @@ def render(req, store, log, snapshot, policy, learner, max_clock_skew_days: floa
     now_s = np.array([int(now.timestamp())])
     state = snapshot.contact_state(rec.customer_id, store.get("contact", rec.customer_id))
     contact, unsub = history([state], now_s, list(cfg.channel_names))
-    feats, known, pos, edited, fresh = snapshot.features([rec.customer_id], [None], unsub, [state],
+    feats, _, pos, edited, differs = snapshot.features([rec.customer_id], [None], unsub, [state],
                                                      pd.DatetimeIndex([pd.Timestamp(now)]))
     if snapshot.behaviour_keys:
         feats = snapshot.with_behaviour(feats, [store.get(BEHAVIOUR_NS, rec.customer_id)], now_s)
     allowed, value, hour = policy.render(feats, contact, pd.Timestamp(now), np.array([k]), [req.context],
-                                         snapshot.arrays.take(pos, feats, edited, fresh | ~known),
+                                         snapshot.arrays.take(pos, feats, edited, differs),
                                          learner.calibration if learner is not None else None)
     decided = rec.offer or "none"
     expires = offer_expiry(rec.sent_at, decided, cfg)

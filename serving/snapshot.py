@@ -178,8 +178,9 @@ class Snapshot:
         """:meth:`rows` with each known customer's live events (``states``, their contact states)
         counted as of its ``times`` (:meth:`live_history`; unless ``serving.live_history`` is off) and the unsubscribes feedback reported,
         (n, K) bool, applied. Returns the features, which customers are known, each row's position
-        in the snapshot, the columns that differ from the snapshot's and the rows recomputed from
-        live events, (n,) bool (both for ``CustomerArrays.take``)."""
+        in the snapshot, the columns that differ from the snapshot's and the rows that differ from
+        it, (n,) bool: recomputed from live events, or a newcomer's profile on the cold-start row
+        (both for ``CustomerArrays.take``)."""
         feats, known, pos = self.rows(customer_ids, profiles)
         fresh = np.zeros(len(customer_ids), bool)
         if states is not None and self.config.serving.live_history:
@@ -208,4 +209,4 @@ class Snapshot:
             for k, c in enumerate(self.channels):
                 feats[f"{c}_unsubscribed"] = np.where(unsubscribed[:, k], 1, feats[f"{c}_unsubscribed"].to_numpy())
                 edited.append(f"{c}_unsubscribed")
-        return feats, known, pos, edited, fresh
+        return feats, known, pos, edited, fresh | ~known
