@@ -17,7 +17,9 @@ Learner sync (:class:`LearnerSync`), every worker:
    copy: scaling commutes with adding, so every worker then reads the same decayed learner, as
    the closed loop's :meth:`OnlineLearner.decay` does once per simulated day. 0 (the default)
    never forgets.
-3. **Reload** the shared statistics when their version changed.
+3. **Reload** the shared statistics when their version changed, after **checking for a change**
+   in the response calibration (:func:`detect_changes`, ``online.change_z``; the windows and
+   their claim are described in ``serving.learning``).
 
 Hot swap (:func:`newer_champion`): a newly promoted champion with the same channels, offers and
 features is loaded, must pass a smoke decision (``decision.registry.smoke_decision``) and is
@@ -28,12 +30,14 @@ per refused version.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 
 import numpy as np
 
+from nextbest.decision import calibration as cal
 from nextbest.decision.online import OnlineLearner
 from nextbest.serving import learning
 from nextbest.serving.records import DecisionRecord, ttl
@@ -121,6 +125,8 @@ class LearnerSync:
         self.store = store
         self._version = -1
         self._pruned = 0.0
+        self._calibration = None  # as last read: what maturing sends' change-check windows are measured against
+        self._read: dict = {}      # the statistics as last read (what a detected change forgets)
 
     def run(self, online, keep_s: float, now_s: float | None = None,
             channels: tuple = (), offers: tuple = ()) -> tuple[int, OnlineLearner | None]:
@@ -130,11 +136,16 @@ class LearnerSync:
         they did not change)."""
         now_s = time.time() if now_s is None else now_s
         matured = 0
+        checks = online.change_z > 0
+        if checks and self._calibration is None:
+            self._read = self.store.stats()[1]
+            self._calibration = learning.calibration_from_vectors(channels, online.calibration_strength,
+                                                                  self._read, offers)
         while True:
             ids = self.store.claim(self.store.due(now_s))
             if not ids:
                 break
-            matured += mature(self.store, ids, keep_s, now_s)
+            matured += mature(self.store, ids, keep_s, now_s, self._calibration if checks else None)
         if online.half_life_days > 0 or online.calibration_half_life_days > 0:
             self.store.decay_stats(online.half_life_days * 86400.0, now_s, DECAY_EVERY_S,
                                    online.calibration_half_life_days * 86400.0)
@@ -144,11 +155,54 @@ class LearnerSync:
         if self.store.stats_version() == self._version:
             return matured, None
         self._version, stats = self.store.stats()
-        return matured, OnlineLearner(online, learning.state_from_vectors(stats), calibration=learning.calibration_from_vectors(
-            channels, online.calibration_strength, stats, offers))
+        calibration = learning.calibration_from_vectors(channels, online.calibration_strength, stats, offers)
+        if checks and detect_changes(self.store, online, stats, calibration, self._read):
+            self._version, stats = self.store.stats()
+            calibration = learning.calibration_from_vectors(channels, online.calibration_strength, stats, offers)
+        self._calibration, self._read = calibration, stats
+        return matured, OnlineLearner(online, learning.state_from_vectors(stats), calibration=calibration)
 
 
-def mature(store: Store, ids: list[str], keep_s: float, now_s: float) -> int:
+def detect_changes(store: Store, online, stats: dict[str, np.ndarray], calibration,
+                   before: dict[str, np.ndarray]) -> list[str]:
+    """Check every change window with at least ``calibration.MIN_BATCH`` observations since its
+    last check (claimed by compare-and-set, so once whatever the number of workers); a
+    calibration key whose window's surprise exceeds ``online.change_z`` keeps
+    ``online.change_forget`` of its statistics as they were ``before`` (this worker's previous
+    read; what was added since, the sends that showed the change, stays whole). Returns the keys
+    that forgot (see ``serving.learning``)."""
+    forgot = []
+    for ck, cum in stats.items():
+        if not ck.startswith(learning.CHECK_PREFIX):
+            continue
+        response, name = ck[len(learning.CHECK_PREFIX):].split("|", 1)
+        claimed: dict = {}
+
+        def claim(cur: str | None, cum=cum, claimed=claimed) -> str | None:
+            consumed = np.asarray(json.loads(cur), float) if cur else np.zeros(len(cum))
+            if len(consumed) != len(cum) or consumed[0] > cum[0]:
+                consumed = np.zeros(len(cum))  # a rebuilt store: its windows start again
+            w = cum - consumed
+            claimed.pop("window", None)
+            if w[0] < cal.MIN_BATCH:
+                return None
+            claimed["window"] = w
+            return json.dumps(cum.tolist())
+
+        if store.update(learning.CHECK_NS, ck, claim) is None or "window" not in claimed:
+            continue
+        z = calibration.surprise_of(response, name, claimed["window"])
+        k = cal.key(response, name)
+        old = before.get(k)
+        if abs(z) > online.change_z and old is not None and k in stats:
+            store.add_stats({k: -(1.0 - online.change_forget) * old})
+            forgot.append(k)
+            log.info("calibration %s: %d sends %.1f standard errors from the calibration; it keeps %.0f%% "
+                     "of its statistics (a change)", k, claimed["window"][0], z, 100 * online.change_forget)
+    return forgot
+
+
+def mature(store: Store, ids: list[str], keep_s: float, now_s: float, calibration=None) -> int:
     """Mark claimed decisions as matured and add their reward so far to the shared statistics;
     returns how many were claimed. A record that expired is skipped; one that kept changing is
     queued again (:data:`RETRY_AFTER_S`)."""
@@ -173,6 +227,8 @@ def mature(store: Store, ids: list[str], keep_s: float, now_s: float) -> int:
                 rec = DecisionRecord.from_json(new)
                 learning.add(deltas, rec.action_key, learning.observation(np.array(rec.learner_input), rec.reward))
                 for k, v in learning.calibration_deltas(rec).items():
+                    learning.add(deltas, k, v)
+                for k, v in learning.calibration_windows(rec, calibration).items():
                     learning.add(deltas, k, v)
     finally:
         store.add_stats(deltas)  # what was marked as matured is in the statistics, whatever failed after

@@ -6,6 +6,18 @@ keys ``"calibration|open|email"`` (and ``"calibration|order|pct10"``): ``[n, A (
 A marketing send's opens, unsubscribes and orders after an open enter the calibration when it
 matures (``calibration_deltas``); a first event reported after that adds its increment
 (``calibration_increment``).
+
+Change detection (``decision.calibration``, "Change detection"): a maturing send also adds its
+**check window** ``[1, y - q, q (1 - q), p z]`` (``ResponseCalibration.window``, under the
+calibration as the worker last read it) to a cumulative vector under ``"calibration-check|open|email"``
+(and ``|order|<offer>``). These never decay. A worker that sees at least
+``calibration.MIN_BATCH`` new observations since the last check claims them by compare-and-set on
+the key's "consumed so far" (kv namespace ``calibration_check``), so each observation is checked
+once whatever the number of workers; if the window's surprise exceeds ``online.change_z`` the
+calibration key keeps ``online.change_forget`` of its statistics as the worker read them before
+(one atomic add of ``-(1 - change_forget)`` x that read; what was added since, the sends that
+showed the change among it, is kept in full). Late feedback (``calibration_increment``) does not enter the windows: by maturity (24 h)
+nearly every open has arrived. A rebuilt store starts its windows again.
 """
 
 from __future__ import annotations
@@ -34,8 +46,35 @@ def state_from_vectors(vectors: dict[str, np.ndarray]) -> LearnerState:
     return LearnerState({k: from_vector(v) for k, v in vectors.items() if not is_calibration(k)})
 
 
+CHECK_PREFIX = cal.CHECK_PREFIX
+CHECK_NS = "calibration_check"
+
+
 def is_calibration(key: str) -> bool:
-    return key.startswith(cal.KEY_PREFIX)
+    """A key of the calibration or of its change checks (not a learner action)."""
+    return key.startswith(cal.KEY_PREFIX) or key.startswith(CHECK_PREFIX)
+
+
+def check_key(calibration_key: str) -> str:
+    """``"calibration|open|email"`` -> ``"calibration-check|open|email"``."""
+    return CHECK_PREFIX + calibration_key[len(cal.KEY_PREFIX):]
+
+
+def calibration_windows(rec, calibration: cal.ResponseCalibration | None) -> dict[str, np.ndarray]:
+    """What a maturing marketing send adds to the change checks of its channel's opens and, if it
+    opened, of its offer's orders (see the module docstring); empty without a calibration or inputs."""
+    x = _inputs(rec)
+    if x is None or calibration is None or rec.channel not in calibration.channels:
+        return {}
+    p_open, _, q, z = x
+    opened = _responded(rec.counted, OPEN_EVENTS)
+    out = {check_key(cal.key("open", rec.channel)):
+           calibration.window("open", rec.channel, np.array([p_open]), z, np.array([float(opened)]))}
+    offer = _order_offer(rec)
+    if opened and q is not None and offer is not None and offer in calibration.offers:
+        out[check_key(cal.key("order", offer))] = calibration.window(
+            "order", offer, np.array([q]), z, np.array([float(_responded(rec.counted, ORDER_EVENTS))]))
+    return out
 
 
 def calibration_from_vectors(channels, strength: float, vectors: dict[str, np.ndarray],

@@ -56,6 +56,7 @@ for i = 1, #h, 2 do
   if string.sub(h[i], -5) ~= '|size' then
     local g = f
     if string.sub(h[i], 1, 12) == 'calibration|' then g = fc end
+    if string.sub(h[i], 1, 18) == 'calibration-check|' then g = 1 end
     redis.call('HSET', KEYS[2], h[i], string.format('%.17g', tonumber(h[i + 1]) * g))
   end
 end

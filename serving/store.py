@@ -43,7 +43,7 @@ from typing import Callable
 
 import numpy as np
 
-from nextbest.decision.calibration import KEY_PREFIX
+from nextbest.decision.calibration import CHECK_PREFIX, KEY_PREFIX
 
 MAX_ATTEMPTS = 100  # compare-and-set rounds on a value that keeps changing before the caller is told to retry
 
@@ -128,7 +128,8 @@ class Store(ABC):
                     calibration_half_life_s: float = 0.0) -> float:
         """Forget: scale every statistic by ``0.5 ** (dt / half_life_s)``, ``dt`` the time since
         the last decay, if that is at least ``every_s`` (the first call only starts the clock);
-        the response calibration's (keys ``calibration|...``) by its own half-life. A half-life
+        the response calibration's (keys ``calibration|...``) by its own half-life, its change
+        checks' cumulative windows (``calibration-check|...``) never. A half-life
         of 0 keeps those statistics whole. Atomic, so any number of workers may call it: the
         statistics decay once per period. Returns the learner's factor (1.0 when nothing was done)."""
 
@@ -343,7 +344,7 @@ class SQLiteStore(Store):
             cal = 0.5 ** (dt / calibration_half_life_s) if calibration_half_life_s > 0 else 1.0
             rows = db.execute("SELECT action, value FROM stats").fetchall()
             db.executemany("UPDATE stats SET value = ? WHERE action = ?",
-                           [((np.frombuffer(v, dtype=np.float64) * (cal if a.startswith(KEY_PREFIX) else factor))
+                           [((np.frombuffer(v, dtype=np.float64) * (cal if a.startswith(KEY_PREFIX) else 1.0 if a.startswith(CHECK_PREFIX) else factor))
                              .tobytes(), a) for a, v in rows])
             db.execute("UPDATE meta SET value = ? WHERE name = 'stats_decayed_at'", (float(now_s),))
             db.execute("UPDATE meta SET value = value + 1 WHERE name = 'stats_version'")

@@ -354,11 +354,15 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
             learner.partial_fit(frame["action_key"].to_numpy(), dec.learner_inputs[idx_all, dec.choice], reward)
             if learner.calibration is not None and len(idx):  # opens and unsubscribes of today's messages
                 z = contact_context(contact, idx, ch)
-                learner.calibration.update("open", ch, dec.scores.p_open[idx, ch, off], z, resp.opened)
-                learner.calibration.update("unsubscribe", ch, dec.scores.p_unsub[idx, ch, off], z, resp.unsubscribed)
+                cz = {"change_z": learner.settings.change_z, "change_forget": learner.settings.change_forget}
+                cal = learner.calibration
+                forgot = cal.update("open", ch, dec.scores.p_open[idx, ch, off], z, resp.opened, **cz)
+                cal.update("unsubscribe", ch, dec.scores.p_unsub[idx, ch, off], z, resp.unsubscribed)
                 o = resp.opened  # P(order | opened) per offer, from the opened messages
-                learner.calibration.update("order", off[o], dec.scores.p_order_open[idx[o], ch[o], off[o]], z[o],
-                                           resp.message_order[o])
+                forgot += cal.update("order", off[o], dec.scores.p_order_open[idx[o], ch[o], off[o]], z[o],
+                                     resp.message_order[o], **cz)
+                if forgot:
+                    log.info("day %d: the calibration forgot %s (a change)", d, forgot)
         row.update(explored=float(frame["explored"].mean()), sent=float(send.mean()),
                    realized_profit=float(reward.mean()), learner_n=learner.state.n, retrained=swapped,
                    **{f"violations_{k}": c for k, c in broken.items()}, **peer_rows)

@@ -138,3 +138,47 @@ def test_an_offer_whose_opens_stop_converting_loses_its_sends(trained, small_wor
     a, b = plain.scores.value[:, :, other], after.scores.value[:, :, other]
     np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
     np.testing.assert_allclose(b[np.isfinite(b)], a[np.isfinite(a)])
+
+
+def _day(rng, m: int, open_rate: float):
+    """One day of m email messages, offline P(open) 0.3, true open rate ``open_rate``."""
+    z = context(rng.integers(0, 5, m), rng.integers(0, 7, m), rng.integers(0, 5, m), rng.uniform(4, 100, m))
+    return np.zeros(m, dtype=int), np.full(m, 0.3), z, (rng.random(m) < open_rate).astype(float)
+
+
+def test_change_detection_follows_a_shift_at_once_and_keeps_its_memory_otherwise():
+    """A channel whose open rate falls from the offline 0.3 to 0.1 overnight: with change detection
+    two days later the factor has come more than half again as close to 1/3 as with the half-life
+    alone (the prior, worth about 120 such messages, still pulls towards 1). Over 200
+    stable days at the model's own rate (and at a rate the calibration corrected) nothing is forgotten."""
+    rng = np.random.default_rng(7)
+    with_cd, without = ResponseCalibration(CHANNELS, 50.0), ResponseCalibration(CHANNELS, 50.0)
+    stable_forgot = []
+    for _ in range(14):  # two weeks as the model predicts
+        day = _day(rng, 400, 0.3)
+        stable_forgot += with_cd.update("open", *day, change_z=4.0, change_forget=0.1)
+        without.update("open", *day)
+        with_cd.decay(0.5 ** (1 / 7)), without.decay(0.5 ** (1 / 7))
+    assert stable_forgot == []
+    z1 = context(np.array([2]), np.array([3]), np.array([1]), np.array([30.0]))
+    for day_after in range(2):
+        day = _day(rng, 400, 0.1)
+        forgot = with_cd.update("open", *day, change_z=4.0, change_forget=0.1)
+        without.update("open", *day)
+        if day_after == 0:
+            assert forgot == ["email"]  # the first day of the new level is a change
+    fast, slow = with_cd.factor("open", np.array([0]), z1)[0], without.factor("open", np.array([0]), z1)[0]
+    assert fast < 0.5 and slow > 0.6 and fast - 1 / 3 < 0.5 * (slow - 1 / 3), (fast, slow)
+    # stable again, at the corrected level: no false alarm in 200 days (|z| > 4 has odds ~1 in 16,000 a day)
+    false_alarms = sum(len(with_cd.update("open", *_day(rng, 400, 0.1), change_z=4.0, change_forget=0.1))
+                       for _ in range(200))
+    assert false_alarms == 0
+
+
+def test_surprise_is_about_a_standard_normal_when_nothing_changed():
+    rng = np.random.default_rng(11)
+    cal = ResponseCalibration(CHANNELS, 50.0)
+    cal.update("open", *_day(rng, 5000, 0.3))
+    draws = np.array([cal.surprise("open", "email", *_day(rng, 300, 0.3)[1:]) for _ in range(400)])
+    assert abs(draws.mean()) < 0.2 and 0.8 < draws.std() < 1.2
+    assert cal.surprise("open", "sms", *_day(rng, 300, 0.3)[1:]) == 0.0  # no statistics: no verdict

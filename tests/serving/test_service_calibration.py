@@ -134,3 +134,74 @@ def test_unopened_sends_lower_the_services_open_values(server, customers, cfg):
         return moved if len(moved) >= 2 else None
 
     assert poll(lower, timeout=30, every=0.5), "the service's values did not follow the calibration"
+
+
+def _sends(rng, day: int, m: int, open_rate: float, t0: float):
+    """m matured-to-be email sends of one day with offline P(open) 0.2, opened at ``open_rate``."""
+    out = {}
+    for i in range(m):
+        opened = rng.random() < open_rate
+        z = (1.0, rng.integers(0, 5) / 3, rng.integers(0, 7) / 5, rng.integers(0, 5) / 5, rng.uniform(0.5, 1.0))
+        out[f"d{day}-{i}"] = DecisionRecord(
+            customer_id=f"c{i}", action_key="email/none", channel="email", offer="none", learner_input=(0.0,) * 6,
+            decided_at=t0, sent_at=t0, type="marketing", reward=-0.01,
+            counted=(f"opened|{day}-{i}",) if opened else (), calibration=(0.2, 0.01, 0.05, *z))
+    return out
+
+
+def _week_then_a_shift(store, online, cfg, seed: int = 8) -> list[dict]:
+    """Two workers mature seven days of 300 email sends opened at the offline 0.2, then a day
+    opened at 0.05; returns the store's statistics after each day."""
+    from nextbest.serving.background import LearnerSync
+    from nextbest.serving.records import keep_seconds
+
+    keep_s, rng = keep_seconds(cfg, online), np.random.default_rng(seed)
+    workers = [LearnerSync(store), LearnerSync(store)]
+    t0 = datetime(2026, 11, 1).timestamp()
+    names = {"channels": tuple(cfg.channel_names), "offers": tuple(cfg.offer_names)}
+    out = []
+    for d, rate in enumerate([0.2] * 7 + [0.05]):
+        recs = _sends(rng, d, 300, rate, t0 + d * 86400.0)
+        store.put_many("decision", [(i, r.to_json(), keep_s) for i, r in recs.items()])
+        store.enqueue([(i, t0 + d * 86400.0 + 1.0) for i in recs])
+        now = t0 + d * 86400.0 + 2.0
+        workers[d % 2].run(online, keep_s, now_s=now, **names)
+        for w in workers:  # both look again: only new windows can be claimed
+            w.run(online, keep_s, now_s=now, **names)
+        out.append(store.stats()[1])
+    return out
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_the_service_forgets_a_channels_calibration_once_when_its_opens_change(backend, tmp_path, redis_db):
+    """A week of email sends opened as the offline model says, then a day opened at a quarter of
+    it: no change is seen in the stable days, the shift is seen once (one worker's check claims
+    each window), the open statistics known before keep ``change_forget`` of their weight, and
+    the open factor moves much further towards the new level than without the check."""
+    import dataclasses
+
+    from nextbest.decision.online import OnlineSettings
+    from nextbest.features.config import load_config
+
+    cfg = load_config()
+    online = dataclasses.replace(OnlineSettings.from_config(cfg), learn_after_hours=24.0, calibration_half_life_days=0.0)
+    assert online.change_z > 0 and online.change_forget == pytest.approx(0.1)  # the defaults
+    url = f"sqlite:///{tmp_path / 'a.db'}" if backend == "sqlite" else redis_db
+    days = _week_then_a_shift(open_store(url), online, cfg)
+    k = key("open", "email")
+    for d, stats in enumerate(days[:7]):
+        assert stats[k][0] == pytest.approx(300 * (d + 1))        # nothing forgotten while stable
+    assert days[7][k][0] == pytest.approx(0.1 * 2100 + 300)        # 10% of the week, the new day whole: once
+    assert days[7][learning.check_key(k)][0] == pytest.approx(2400)  # the windows never decay or shrink
+
+    plain = open_store(f"sqlite:///{tmp_path / 'b.db'}")
+    unchecked = _week_then_a_shift(plain, dataclasses.replace(online, change_z=0.0), cfg)[7]
+    assert unchecked[k][0] == pytest.approx(2400)
+    z1 = np.array([[1.0, 0.3, 0.4, 0.2, 0.7]])
+
+    def factor(stats):
+        return ResponseCalibration.from_vectors(cfg.channel_names, online.calibration_strength, stats).factor(
+            "open", np.array([0]), z1)[0]
+
+    fast, slow = factor(days[7]), factor(unchecked)
+    assert slow > 0.8 and fast < slow - 0.15, (fast, slow)        # towards 0.25 at once, not still near 1
