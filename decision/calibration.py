@@ -67,7 +67,6 @@ P = len(CONTEXT)
 RESPONSES = ("open", "unsubscribe", "order")  # "order": P(order | opened), per offer (the others per channel)
 FLOOR, CEILING = 0.05, 3.0
 EPS = 1e-4
-WINDOW = 3 + P  # length of a change check's window (ResponseCalibration.window)
 CHANGE_RESPONSES = ("open", "order")  # the responses checked for a change (unsubscribes are too rare to tell)
 MIN_BATCH = 30  # observations a change check needs
 
@@ -201,7 +200,7 @@ class ResponseCalibration:
         w = np.asarray(window, float)
         if st is None or st.n == 0 or w[0] <= 0:
             return 0.0
-        grad = w[3:]
+        grad = w[3:3 + P]
         posterior_var = grad @ np.linalg.solve(self.strength * np.eye(P) + st.A, grad)
         return float(w[1] / np.sqrt(max(w[2] + posterior_var, EPS)))
 

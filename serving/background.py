@@ -126,7 +126,6 @@ class LearnerSync:
         self._version = -1
         self._pruned = 0.0
         self._calibration = None  # as last read: what maturing sends' change-check windows are measured against
-        self._read: dict = {}      # the statistics as last read (what a detected change forgets)
 
     def run(self, online, keep_s: float, now_s: float | None = None,
             channels: tuple = (), offers: tuple = ()) -> tuple[int, OnlineLearner | None]:
@@ -138,9 +137,8 @@ class LearnerSync:
         matured = 0
         checks = online.change_z > 0
         if checks and self._calibration is None:
-            self._read = self.store.stats()[1]
             self._calibration = learning.calibration_from_vectors(channels, online.calibration_strength,
-                                                                  self._read, offers)
+                                                                  self.store.stats()[1], offers)
         while True:
             ids = self.store.claim(self.store.due(now_s))
             if not ids:
@@ -156,21 +154,20 @@ class LearnerSync:
             return matured, None
         self._version, stats = self.store.stats()
         calibration = learning.calibration_from_vectors(channels, online.calibration_strength, stats, offers)
-        if checks and detect_changes(self.store, online, stats, calibration, self._read):
+        if checks and detect_changes(self.store, online, stats, self._calibration or calibration):
             self._version, stats = self.store.stats()
             calibration = learning.calibration_from_vectors(channels, online.calibration_strength, stats, offers)
-        self._calibration, self._read = calibration, stats
+        self._calibration = calibration
         return matured, OnlineLearner(online, learning.state_from_vectors(stats), calibration=calibration)
 
 
-def detect_changes(store: Store, online, stats: dict[str, np.ndarray], calibration,
-                   before: dict[str, np.ndarray]) -> list[str]:
+def detect_changes(store: Store, online, stats: dict[str, np.ndarray], calibration) -> list[str]:
     """Check every change window with at least ``calibration.MIN_BATCH`` observations since its
-    last check (claimed by compare-and-set, so once whatever the number of workers); a
+    last check (claimed by compare-and-set, so once whatever the number of workers) against
+    ``calibration`` (what the window's sends were scored with: the worker's previous read); a
     calibration key whose window's surprise exceeds ``online.change_z`` keeps
-    ``online.change_forget`` of its statistics as they were ``before`` (this worker's previous
-    read; what was added since, the sends that showed the change, stays whole). Returns the keys
-    that forgot (see ``serving.learning``)."""
+    ``online.change_forget`` of what it held before the window, the window's own observations
+    whole (``Store.rescale_stats``). Returns the keys that forgot (see ``serving.learning``)."""
     forgot = []
     for ck, cum in stats.items():
         if not ck.startswith(learning.CHECK_PREFIX):
@@ -179,11 +176,11 @@ def detect_changes(store: Store, online, stats: dict[str, np.ndarray], calibrati
         claimed: dict = {}
 
         def claim(cur: str | None, cum=cum, claimed=claimed) -> str | None:
+            claimed.pop("window", None)
             consumed = np.asarray(json.loads(cur), float) if cur else np.zeros(len(cum))
             if len(consumed) != len(cum) or consumed[0] > cum[0]:
-                consumed = np.zeros(len(cum))  # a rebuilt store: its windows start again
+                return None  # another worker claimed from a newer read than this one
             w = cum - consumed
-            claimed.pop("window", None)
             if w[0] < cal.MIN_BATCH:
                 return None
             claimed["window"] = w
@@ -191,14 +188,15 @@ def detect_changes(store: Store, online, stats: dict[str, np.ndarray], calibrati
 
         if store.update(learning.CHECK_NS, ck, claim) is None or "window" not in claimed:
             continue
-        z = calibration.surprise_of(response, name, claimed["window"])
+        w = claimed["window"]
+        z = calibration.surprise_of(response, name, w[:learning.WINDOW])
         k = cal.key(response, name)
-        old = before.get(k)
-        if abs(z) > online.change_z and old is not None and k in stats:
-            store.add_stats({k: -(1.0 - online.change_forget) * old})
+        if abs(z) > online.change_z and k in stats:
+            keep = online.change_forget
+            store.rescale_stats(k, keep, (1.0 - keep) * w[learning.WINDOW:])
             forgot.append(k)
             log.info("calibration %s: %d sends %.1f standard errors from the calibration; it keeps %.0f%% "
-                     "of its statistics (a change)", k, claimed["window"][0], z, 100 * online.change_forget)
+                     "of what it knew before them (a change)", k, w[0], z, 100 * keep)
     return forgot
 
 

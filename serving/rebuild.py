@@ -32,7 +32,9 @@ written (``logged_at``) over the data directory's contact history (``serving.sna
 
 Where two workers raced on one customer (a send recorded by compare-and-set before its log line
 was written, and an open logged in between) the replayed unanswered count can differ from the
-live one by that race; everything else is exact.
+live one by that race; everything else is exact, except the response calibration's change checks:
+their windows and claims are not recreated and their forgets are not replayed (the calibration is
+rebuilt as if no change had been detected; the checks start again, ``serving.learning``).
 """
 
 from __future__ import annotations

@@ -65,6 +65,19 @@ redis.call('INCR', KEYS[3])
 return string.format('%.17g', f)
 """
 
+_RESCALE = """
+local size = redis.call('HGET', KEYS[1], ARGV[1] .. '|size')
+if not size then return 0 end
+local keep = tonumber(ARGV[2])
+for i = 0, tonumber(size) - 1 do
+  local f = ARGV[1] .. '|' .. i
+  local v = tonumber(redis.call('HGET', KEYS[1], f) or '0') * keep + tonumber(ARGV[3 + i])
+  redis.call('HSET', KEYS[1], f, string.format('%.17g', v))
+end
+redis.call('INCR', KEYS[2])
+return 1
+"""
+
 
 class RedisStore(Store):
     def __init__(self, url: str, prefix: str = "nextbest"):
@@ -74,6 +87,7 @@ class RedisStore(Store):
         self.p = prefix
         self._cas = self.r.register_script(_CAS)
         self._decay = self.r.register_script(_DECAY)
+        self._rescale = self.r.register_script(_RESCALE)
 
     def _k(self, ns, key):
         return f"{self.p}:{ns}:{key}"
@@ -114,6 +128,10 @@ class RedisStore(Store):
             pipe.hsetnx(f"{self.p}:stats", f"{action}|size", len(delta))
         pipe.incr(f"{self.p}:stats_version")
         pipe.execute()
+
+    def rescale_stats(self, action, keep, add):
+        self._rescale(keys=[f"{self.p}:stats", f"{self.p}:stats_version"],
+                      args=[action, repr(float(keep)), *(repr(float(v)) for v in np.asarray(add, np.float64))])
 
     def stats(self):
         pipe = self.r.pipeline(transaction=True)

@@ -100,6 +100,11 @@ class Store(ABC):
         """Atomically add each action's statistics vector."""
 
     @abstractmethod
+    def rescale_stats(self, action: str, keep: float, add: np.ndarray) -> None:
+        """Atomically set one statistics vector to ``keep`` x itself + ``add`` (absent: nothing).
+        A forget that never makes statistics negative, whatever was added since they were read."""
+
+    @abstractmethod
     def stats(self) -> tuple[int, dict[str, np.ndarray]]:
         """(version, every action's statistics); the version changes with every add."""
 
@@ -320,6 +325,15 @@ class SQLiteStore(Store):
                 cur = np.frombuffer(row[0], dtype=np.float64) if row else 0.0
                 db.execute("INSERT OR REPLACE INTO stats VALUES (?, ?)",
                            (action, (cur + np.asarray(delta, np.float64)).tobytes()))
+            db.execute("UPDATE meta SET value = value + 1 WHERE name = 'stats_version'")
+
+    def rescale_stats(self, action, keep, add):
+        with self._tx() as db:
+            row = db.execute("SELECT value FROM stats WHERE action = ?", (action,)).fetchone()
+            if row is None:
+                return
+            new = keep * np.frombuffer(row[0], dtype=np.float64) + np.asarray(add, np.float64)
+            db.execute("UPDATE stats SET value = ? WHERE action = ?", (new.tobytes(), action))
             db.execute("UPDATE meta SET value = value + 1 WHERE name = 'stats_version'")
 
     def stats(self):

@@ -4,12 +4,13 @@ them, and the service's values follow them."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 
 import numpy as np
 import pytest
 
-from nextbest.decision.calibration import P, ResponseCalibration, key
+from nextbest.decision.calibration import MIN_BATCH, P, CalibrationStats, ResponseCalibration, key
 from nextbest.serving import learning
 from nextbest.serving.records import DecisionRecord
 from nextbest.serving.store import open_store
@@ -205,3 +206,39 @@ def test_the_service_forgets_a_channels_calibration_once_when_its_opens_change(b
 
     fast, slow = factor(days[7]), factor(unchecked)
     assert slow > 0.8 and fast < slow - 0.15, (fast, slow)        # towards 0.25 at once, not still near 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_workers_with_stale_reads_never_make_the_calibration_invalid(backend, tmp_path, redis_db):
+    """Two workers mature alternating halves of each day, each scoring with its own (older) read:
+    after the shift both may see it, but a forget only ever scales what the store holds, so the
+    statistics stay a valid posterior (positive counts, positive semi-definite ``A``) and the
+    claims never go backwards."""
+    import dataclasses
+
+    from nextbest.decision.online import OnlineSettings
+    from nextbest.features.config import load_config
+    from nextbest.serving.background import LearnerSync
+    from nextbest.serving.records import keep_seconds
+
+    cfg = load_config()
+    online = dataclasses.replace(OnlineSettings.from_config(cfg), learn_after_hours=24.0, calibration_half_life_days=0.0)
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}" if backend == "sqlite" else redis_db)
+    keep_s, rng = keep_seconds(cfg, online), np.random.default_rng(3)
+    a, b = LearnerSync(store), LearnerSync(store)
+    names = {"channels": tuple(cfg.channel_names), "offers": tuple(cfg.offer_names)}
+    t0 = datetime(2026, 11, 1).timestamp()
+    k, claims = key("open", "email"), []
+    for d, rate in enumerate([0.2] * 6 + [0.04] * 3):
+        recs = list(_sends(rng, d, 400, rate, t0 + d * 86400.0).items())
+        for half, worker in ((recs[:200], a), (recs[200:], b)):
+            store.put_many("decision", [(i, r.to_json(), keep_s) for i, r in half])
+            store.enqueue([(i, t0 + d * 86400.0 + 1.0) for i, _ in half])
+            worker.run(online, keep_s, now_s=t0 + d * 86400.0 + 2.0, **names)
+            st = CalibrationStats.from_vector(store.stats()[1][k])
+            assert st.n > 0 and np.linalg.eigvalsh(st.A).min() > -1e-9, (d, st.n)
+            claim = store.get(learning.CHECK_NS, learning.check_key(k))
+            claims.append(json.loads(claim)[0] if claim else 0.0)
+    assert claims == sorted(claims) and claims[-1] >= 9 * 400 - MIN_BATCH
+    calibration = ResponseCalibration.from_vectors(cfg.channel_names, online.calibration_strength, store.stats()[1])
+    assert calibration.factor("open", np.array([0]), np.array([[1.0, 0.3, 0.4, 0.2, 0.7]]))[0] < 0.5
