@@ -166,8 +166,9 @@ def detect_changes(store: Store, online, stats: dict[str, np.ndarray], calibrati
     last check (claimed by compare-and-set, so once whatever the number of workers) against
     ``calibration`` (what the window's sends were scored with: the worker's previous read); a
     calibration key whose window's surprise exceeds ``online.change_z`` keeps
-    ``online.change_forget`` of what it held before the window, the window's own observations
-    whole (``Store.rescale_stats``). Returns the keys that forgot (see ``serving.learning``)."""
+    ``online.change_forget`` of everything else it holds (sends other workers matured since this
+    worker's read included), the window's own observations whole (``Store.rescale_stats``).
+    Returns the keys that forgot (see ``serving.learning``)."""
     forgot = []
     for ck, cum in stats.items():
         if not ck.startswith(learning.CHECK_PREFIX):
@@ -189,6 +190,9 @@ def detect_changes(store: Store, online, stats: dict[str, np.ndarray], calibrati
         if store.update(learning.CHECK_NS, ck, claim) is None or "window" not in claimed:
             continue
         w = claimed["window"]
+        own = cal.CalibrationStats.from_vector(w[learning.WINDOW:])
+        if own.n <= 0 or np.linalg.eigvalsh(own.A).min() < -1e-9 * max(1.0, np.abs(own.A).max()):
+            continue  # a claim that mixes two histories (a store cleared while a worker claimed): not a window
         z = calibration.surprise_of(response, name, w[:learning.WINDOW])
         k = cal.key(response, name)
         if abs(z) > online.change_z and k in stats:

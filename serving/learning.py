@@ -16,9 +16,10 @@ claims them by compare-and-set on the key's "consumed so far" (kv namespace ``ca
 a worker whose read is older than the last claim claims nothing), so each observation is checked
 once whatever the number of workers. If the window's surprise, measured against the calibration
 the worker read before, exceeds ``online.change_z``, the calibration key keeps
-``online.change_forget`` of what it held before the window and the window's own observations
-whole: one atomic ``Store.rescale_stats`` (``keep x value + (1 - keep) x the window's
-observations``), which never makes statistics negative whatever was added since the read.
+``online.change_forget`` of everything else it holds (sends other workers matured since the read
+included) and the window's own observations whole: one atomic ``Store.rescale_stats`` (``keep x
+value + (1 - keep) x the window's observations``), which never makes statistics negative whatever
+was added since the read.
 
 Known limits, by decision: late feedback (``calibration_increment``) does not enter the windows
 (by maturity, 24 h, nearly every open has arrived); with several workers a change can be forgotten
