@@ -43,8 +43,8 @@ that sits more than ``change_z`` standard errors from what the calibration predi
 its statistics, so the calibration follows a shift at once rather than over half-lives, and keeps
 its memory otherwise. In the closed loop a batch is a day's messages (``update(..., change_z=)``);
 in the service it is the sends that matured since the last check (``serving.learning``). Over
-the 8-world family this lifted days 17-19 from 0.458 to 0.487 (worst 0.112 to 0.171;
-``benchmarks/RESULTS.md``). Unsubscribes are not checked: too rare to tell a change from noise.
+the 8-world family this lifted days 17-19 from 0.458 to 0.487 (worst 0.112 to 0.171) at 2,000
+customers and from 0.465 to 0.475 (worst 0.020 to 0.140) at 5,000 (``benchmarks/RESULTS.md``). Unsubscribes are not checked: too rare to tell a change from noise.
 
 How the policy uses it (``decision.policy.DecisionPolicy.score``): the open factor scales
 everything a message earns through being opened (P(open), the extra orders and the offer's
