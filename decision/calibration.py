@@ -67,7 +67,6 @@ P = len(CONTEXT)
 RESPONSES = ("open", "unsubscribe", "order")  # "order": P(order | opened), per offer (the others per channel)
 FLOOR, CEILING = 0.05, 3.0
 EPS = 1e-4
-CHANGE_RESPONSES = ("open", "order")  # the responses checked for a change (unsubscribes are too rare to tell)
 MIN_BATCH = 30  # observations a change check needs
 
 
@@ -151,7 +150,7 @@ class ResponseCalibration:
         self.stats: dict[str, CalibrationStats] = dict(stats or {})
         self._beta: dict[str, np.ndarray] = {}
 
-    def _groups(self, response: str) -> tuple:
+    def groups(self, response: str) -> tuple:
         """What a response is calibrated by: the offer for ``order``, else the channel."""
         return self.offers if response == "order" else self.channels
 
@@ -171,7 +170,7 @@ class ResponseCalibration:
         out = np.ones(len(channel_code))
         if not self.stats:
             return out
-        for k, name in enumerate(self._groups(response)):
+        for k, name in enumerate(self.groups(response)):
             sel = channel_code == k
             if sel.any():
                 out[sel] = 1.0 + z[sel] @ self.beta(response, name)
@@ -183,7 +182,7 @@ class ResponseCalibration:
         the calibrated probability. Additive, so the service sums it over maturing sends
         (``serving.learning.calibration_windows``) and checks the sum (:meth:`surprise_of`)."""
         p = np.clip(np.asarray(p, float), EPS, 1 - EPS)
-        groups = self._groups(response)
+        groups = self.groups(response)
         f = self.factor(response, np.full(len(p), groups.index(name)), z) if name in groups else np.ones(len(p))
         q = np.clip(p * f, EPS, 1 - EPS)
         return np.concatenate([[len(p), (np.asarray(y, float) - q).sum(), (q * (1 - q)).sum()],
@@ -227,15 +226,15 @@ class ResponseCalibration:
         Returns the names that forgot."""
         channel_code = np.asarray(channel_code)
         forgot = []
-        for k, name in enumerate(self._groups(response)):
+        for k, name in enumerate(self.groups(response)):
             sel = channel_code == k
             if sel.any():
                 kk = key(response, name)
-                if change_z > 0 and sel.sum() >= min_batch and abs(
-                        self.surprise(response, name, np.asarray(p)[sel], z[sel], np.asarray(y)[sel])) > change_z:
+                ps, zs, ys = np.asarray(p)[sel], z[sel], np.asarray(y)[sel]
+                if change_z > 0 and len(ps) >= min_batch and abs(self.surprise(response, name, ps, zs, ys)) > change_z:
                     self.forget(response, name, change_forget)
                     forgot.append(name)
-                new = observations(np.asarray(p)[sel], z[sel], np.asarray(y)[sel])
+                new = observations(ps, zs, ys)
                 self.stats[kk] = self.stats[kk] + new if kk in self.stats else new
                 self._beta.pop(kk, None)
         return forgot

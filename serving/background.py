@@ -228,9 +228,8 @@ def mature(store: Store, ids: list[str], keep_s: float, now_s: float, calibratio
             if new is not None:
                 rec = DecisionRecord.from_json(new)
                 learning.add(deltas, rec.action_key, learning.observation(np.array(rec.learner_input), rec.reward))
-                for k, v in learning.calibration_deltas(rec).items():
-                    learning.add(deltas, k, v)
-                for k, v in learning.calibration_windows(rec, calibration).items():
+                added = learning.calibration_deltas(rec)
+                for k, v in (added | learning.calibration_windows(rec, calibration, added)).items():
                     learning.add(deltas, k, v)
     finally:
         store.add_stats(deltas)  # what was marked as matured is in the statistics, whatever failed after

@@ -69,25 +69,23 @@ def check_key(calibration_key: str) -> str:
     return CHECK_PREFIX + calibration_key[len(cal.KEY_PREFIX):]
 
 
-def calibration_windows(rec, calibration: cal.ResponseCalibration | None) -> dict[str, np.ndarray]:
-    """What a maturing marketing send adds to the change checks of its channel's opens and, if it
-    opened, of its offer's orders (see the module docstring): the check's window
-    (``ResponseCalibration.window``) followed by the calibration observation the send adds to that
-    key (``calibration_deltas``), so that a forget keeps the window's own observations whole.
-    Empty without a calibration or inputs."""
+def calibration_windows(rec, calibration: cal.ResponseCalibration | None,
+                        added: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What a maturing marketing send adds to the change checks of the calibration keys it adds to
+    (``added``: its :func:`calibration_deltas`), opens and orders after an open (unsubscribes are
+    too rare to tell a change): the check's window (``ResponseCalibration.window``) followed by
+    the very observation ``added`` holds for that key, so that a forget keeps the window's own
+    observations whole (see the module docstring). Empty without a calibration."""
     x = _inputs(rec)
-    if x is None or calibration is None or rec.channel not in calibration.channels:
+    if x is None or calibration is None:
         return {}
     p_open, _, q, z = x
-    opened = _responded(rec.counted, OPEN_EVENTS)
-    out = {check_key(cal.key("open", rec.channel)): np.concatenate([
-        calibration.window("open", rec.channel, np.array([p_open]), z, np.array([float(opened)])),
-        _obs(p_open, z, opened)])}
-    offer = _order_offer(rec)
-    if opened and q is not None and offer is not None and offer in calibration.offers:
-        ordered = _responded(rec.counted, ORDER_EVENTS)
-        out[check_key(cal.key("order", offer))] = np.concatenate([
-            calibration.window("order", offer, np.array([q]), z, np.array([float(ordered)])), _obs(q, z, ordered)])
+    out = {}
+    for response, name, p, events in (("open", rec.channel, p_open, OPEN_EVENTS), ("order", rec.offer, q, ORDER_EVENTS)):
+        k = cal.key(response, name)
+        if k in added and name in calibration.groups(response):
+            y = np.array([float(_responded(rec.counted, events))])
+            out[check_key(k)] = np.concatenate([calibration.window(response, name, np.array([p]), z, y), added[k]])
     return out
 
 
