@@ -31,6 +31,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from nextbest.training.threads import share_cores
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 log = logging.getLogger("benchmarks.closed_loop")
@@ -166,7 +168,7 @@ def main() -> None:
                shift_day=args.shift_day, seed=args.seed, use_vw=not args.no_vw, refresh_every=args.refresh_every)
     t0 = time.perf_counter()
     if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as ex:
+        with ProcessPoolExecutor(args.jobs, initializer=share_cores, initargs=(args.jobs,)) as ex:
             futures = [ex.submit(run_world, k, **job) for k in kinds]
             parts = [f.result() for f in futures]
     else:

@@ -41,6 +41,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
+from nextbest.training.threads import share_cores
+
 HIST = 60
 
 
@@ -163,7 +165,7 @@ def main() -> None:
     args = ap.parse_args()
     lgb = {k: (float(v) if "." in v else int(v)) for k, v in (kv.split("=", 1) for kv in args.lightgbm)}
     logging.basicConfig(level=logging.WARNING)
-    with ProcessPoolExecutor(2) as ex:
+    with ProcessPoolExecutor(2, initializer=share_cores, initargs=(2,)) as ex:
         kinds = (world_family(args.worlds) if args.random_from is None
                  else [f"random:{s}" for s in range(args.random_from, args.random_from + args.worlds)])
         rows = list(ex.map(diagnose, [(k, args.customers, lgb, args.ceiling_folds) for k in kinds]))

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from nextbest.training.threads import share_cores
+
 HIST, DAYS, SHIFT = 60, 20, 10
 RETRAIN_EVERY = 4  # twice before the shift, twice after; fixed before the first run, never tuned
 OUT = Path(__file__).parent / "out" / "learning_variants"
@@ -93,7 +95,7 @@ if __name__ == "__main__":
     from nextbest.sim.family import world_family
     CUST, variants = int(sys.argv[1]), sys.argv[3].split(",")
     kinds = world_family(int(sys.argv[2]))
-    with ProcessPoolExecutor(2) as ex:
+    with ProcessPoolExecutor(2, initializer=share_cores, initargs=(2,)) as ex:
         frames = list(ex.map(run, [(k, CUST, variants) for k in kinds]))
     df = pd.concat(frames)
     df.to_csv(OUT / f"daily_{CUST}.csv", index=False)

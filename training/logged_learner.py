@@ -20,6 +20,7 @@ import pandas as pd
 
 from nextbest.features.config import Config, load_config
 from nextbest.training.ope import LoggedBandit
+from nextbest.training.threads import lightgbm_threads
 
 
 @dataclass
@@ -92,7 +93,7 @@ class LoggedBanditLearner:
         weight = 1.0 / feedback.propensity
         config = load_config() if self.config is None else self.config
         params = {**config.offpolicy.logged_learner.params(), "verbose": -1, "force_col_wise": True,
-                  "random_state": self.random_state, "n_jobs": 2, **(self.params or {})}
+                  "random_state": self.random_state, "n_jobs": lightgbm_threads(), **(self.params or {})}
         self.model_ = lgb.LGBMRegressor(**params).fit(X, feedback.reward, sample_weight=weight / weight.mean())
         self.columns_ = list(X.columns)
         return self

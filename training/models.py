@@ -21,6 +21,7 @@ from sklearn.metrics import log_loss
 # the scoring helpers live with the loaded models (decision may not import training)
 from nextbest.decision.artifact import (SMALL_BATCH, BoosterClassifier, BoosterRegressor,  # noqa: F401
                                         IsotonicMap, booster_predict)
+from nextbest.training.threads import lightgbm_threads
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class _LGBMBase(BaseEstimator):
         self.feature_names_in_ = list(X.columns)
         self.categories_ = {c: list(X[c].cat.categories) for c in X.columns
                             if isinstance(X[c].dtype, pd.CategoricalDtype)}
-        params = {"verbose": -1, "random_state": self.random_state, "n_jobs": 2, "force_col_wise": True, "enable_sparse": False,
+        params = {"verbose": -1, "random_state": self.random_state, "n_jobs": lightgbm_threads(), "force_col_wise": True, "enable_sparse": False,
                   **(self.params or {})}
         model = (lgb.LGBMClassifier if self._objective == "binary" else lgb.LGBMRegressor)(**params)
         kwargs, cbs = {}, list(callbacks)

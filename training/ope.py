@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.features.config import Config, load_config
+from nextbest.training.threads import lightgbm_threads
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ class CrossFitRewardModel:
         fold = (rng.permutation(len(uniq)) % self.n_folds)[inv]  # balanced: no fold is empty
         config = load_config() if self.config is None else self.config
         params = {**config.offpolicy.reward_model.params(), "verbose": -1, "force_col_wise": True,
-                  "random_state": self.random_state, "n_jobs": 2, **(self.params or {})}
+                  "random_state": self.random_state, "n_jobs": lightgbm_threads(), **(self.params or {})}
         q_logged = np.zeros(n)
         q_eval = np.zeros((n, n_eval))
         take = (lambda M, rows: M.iloc[rows]) if isinstance(X, pd.DataFrame) else (lambda M, rows: M[rows])

@@ -40,6 +40,7 @@ from nextbest.features.eventlog import EV, EventLog, to_ms
 from nextbest.features.examples import decision_columns
 from nextbest.features.history import DAY_MS, Population, engagement_history
 from nextbest.features.localtime import local_midnight_utc, utc_offsets
+from nextbest.training.threads import lightgbm_threads
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class PropensityModel:
         sample = decisions.iloc[rows].reset_index(drop=True)
         X, y, fold = self._frame(log_, sample, population), y_all[rows], self._folds(log_, sample)
         self.classes_ = np.unique(y)
-        params = {**ep.lightgbm.params(), "verbose": -1, "n_jobs": 2}
+        params = {**ep.lightgbm.params(), "verbose": -1, "n_jobs": lightgbm_threads()}
         self.models_ = []
         oof = np.zeros(len(y))
         for f in range(ep.folds):

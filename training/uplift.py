@@ -34,6 +34,7 @@ from sklearn.base import BaseEstimator
 from nextbest.features.config import Config, load_config
 from nextbest.decision.artifact import BoosterArmModel, booster_predict
 from nextbest.training.models import _prepare, to_matrix
+from nextbest.training.threads import lightgbm_threads
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class UpliftLearner(BaseEstimator):
                 raise ValueError(f"treatment {a!r} has fewer than 20 rows; merge or drop it")
         self.binary_ = bool(np.isin(y, (0.0, 1.0)).all())
         section = (load_config() if self.config is None else self.config).uplift
-        self.lgb_params_ = {"verbose": -1, "random_state": self.random_state, "n_jobs": 2, "force_col_wise": True,
+        self.lgb_params_ = {"verbose": -1, "random_state": self.random_state, "n_jobs": lightgbm_threads(), "force_col_wise": True,
                             "enable_sparse": False, **section.lightgbm.params(), **(self.params or {})}
         self.effect_lgb_params_ = {**self.lgb_params_, **section.effect_lightgbm.params()}
         self.early_stopping_rounds_ = (section.early_stopping_rounds if self.early_stopping_rounds is None
