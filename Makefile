@@ -57,7 +57,7 @@ notebooks: setup
 	cd notebooks && for nb in 01_explore_engagement 02_retrain_and_tune 03_evaluate_and_promote 04_your_own_data; do \
 	  ../$(BIN)/papermill --cwd . $$nb.ipynb .$$nb.running.ipynb && mv .$$nb.running.ipynb $$nb.ipynb || exit 1; done
 
-# two test processes share two cores: one OpenMP thread each (training/threads.py says why)
+# two test processes share two cores: one OpenMP thread each (decision/threads.py says why)
 test: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 

@@ -31,7 +31,7 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from nextbest.training.threads import share_cores
+from nextbest.decision.threads import share_cores
 
 sys.path.insert(0, str(Path(__file__).parent))
 

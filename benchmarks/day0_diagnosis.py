@@ -41,7 +41,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 import pandas as pd
 
-from nextbest.training.threads import share_cores
+from nextbest.decision.threads import share_cores
 
 HIST = 60
 

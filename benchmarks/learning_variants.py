@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nextbest.training.threads import share_cores
+from nextbest.decision.threads import share_cores
 
 HIST, DAYS, SHIFT = 60, 20, 10
 RETRAIN_EVERY = 4  # twice before the shift, twice after; fixed before the first run, never tuned

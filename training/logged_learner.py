@@ -20,7 +20,7 @@ import pandas as pd
 
 from nextbest.features.config import Config, load_config
 from nextbest.training.ope import LoggedBandit
-from nextbest.training.threads import lightgbm_threads
+from nextbest.decision.threads import lightgbm_threads
 
 
 @dataclass

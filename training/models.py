@@ -21,7 +21,7 @@ from sklearn.metrics import log_loss
 # the scoring helpers live with the loaded models (decision may not import training)
 from nextbest.decision.artifact import (SMALL_BATCH, BoosterClassifier, BoosterRegressor,  # noqa: F401
                                         IsotonicMap, booster_predict)
-from nextbest.training.threads import lightgbm_threads
+from nextbest.decision.threads import lightgbm_threads
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from nextbest.features.config import Config, load_config
-from nextbest.training.threads import lightgbm_threads
+from nextbest.decision.threads import lightgbm_threads
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from sklearn.base import BaseEstimator
 from nextbest.features.config import Config, load_config
 from nextbest.decision.artifact import BoosterArmModel, booster_predict
 from nextbest.training.models import _prepare, to_matrix
-from nextbest.training.threads import lightgbm_threads
+from nextbest.decision.threads import lightgbm_threads
 
 log = logging.getLogger(__name__)
 
