@@ -30,13 +30,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nextbest.features.config import Config
+from nextbest.features.event_sort import TIME_BITS, partition, sort_events
 from nextbest.features.localtime import local_hour_dow
 from nextbest.features.schema import EVENT_TYPES
 
 log = logging.getLogger(__name__)
 
-TIME_BITS = 39
-PARALLEL_SORT_MIN = 1_000_000  # events; below this one thread sorts faster
 MAX_CUSTOMERS = 1 << (63 - TIME_BITS)
 EV = {e: i for i, e in enumerate(EVENT_TYPES)}
 ATTRIBUTED = len(EVENT_TYPES)  # pseudo event code: an order linked to a message
@@ -114,27 +113,6 @@ def plain_pages(fn):
     return wrapper
 
 
-def _argsort_by_customer_halves(key: np.ndarray, cust: np.ndarray, n_customers: int) -> np.ndarray:
-    """``argsort(key)`` on two threads: customers below and above the middle code sort apart
-    (the customer is the key's high part, so the halves concatenate in order). Ties (same
-    customer, same millisecond) may come in any order: counts do not care."""
-    if len(key) < PARALLEL_SORT_MIN:
-        return np.argsort(key)
-    lo = np.flatnonzero(cust < n_customers // 2)
-    hi = np.flatnonzero(cust >= n_customers // 2)
-    with ThreadPoolExecutor(2) as pool:
-        hi_order = pool.submit(lambda: hi[np.argsort(key[hi])])
-        lo_order = lo[np.argsort(key[lo])]
-        return np.concatenate([lo_order, hi_order.result()])
-
-
-def _partition(group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stable partition of positions by a small integer ``group``: (permutation, group bounds)."""
-    group = group.astype(np.int8 if n_groups < 128 else np.int16, copy=False)
-    perm = np.argsort(group, kind="stable")  # radix sort for 8/16-bit integers: linear time
-    return perm, np.searchsorted(group[perm], np.arange(n_groups + 1))  # int8 gather: cheap
-
-
 class _MessageLinker:
     """Links each response to its send by ``message_id``; the hash join runs on first use only."""
 
@@ -190,7 +168,8 @@ class EventLog:
     keys: np.ndarray              # (n_events,) int64 sorted keys ``customer << 39 | ms since t0``
     by_event: tuple               # (positions grouped by event type, group bounds)
     by_event_channel: tuple       # (positions grouped by (event type, channel + 1), group bounds)
-    order: np.ndarray             # (n_events,) input row of each sorted position
+    order: object                 # input row of each sorted position: an array, or a
+                                  # features.event_sort.SortedRows (read through rows_at)
     raw: dict                     # input-order columns gathered on demand: message (lazy), value,
                                   # propensity; and the message linker
     _cache: dict = field(default_factory=dict, repr=False)  # streams and profiles built on first use
@@ -245,13 +224,10 @@ class EventLog:
         t0 = int(t.min()) if len(t) else 0
         if len(t) and int(t.max()) - t0 >= (1 << TIME_BITS):
             raise ValueError("events span more than 17 years; split the log in time")
-        # key = cust << 39 | (t - t0), in place: each fresh 80 MB temporary costs page faults
-        key = cust.astype(np.int64)
-        key <<= TIME_BITS
-        key += t  # the low 39 bits are zero, so + is |
-        key -= t0
-        order = _argsort_by_customer_halves(key, cust, len(ids))
-        key = key[order]
+        if (ev < 0).any():
+            raise ValueError("events of unknown types: validate the data first")
+        key, ev, channel, offer, rows = sort_events(cust, t - t0, ev, channel, offer, len(ids), len(EVENT_TYPES),
+                                                    len(config.channel_names), len(config.offer_names))
         # sorted by key, a customer's first event comes first
         starts = np.searchsorted(key, np.arange(len(ids), dtype=np.int64) << TIME_BITS)
         has = starts < np.append(starts[1:], len(key))
@@ -274,18 +250,17 @@ class EventLog:
             if not (pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype)):
                 attributes[c] = col.astype(pd.CategoricalDtype(sorted(col.dropna().astype("str").unique())))
 
-        ev, channel, offer = ev[order], channel[order], offer[order]
         n_ch = len(config.channel_names) + 1
         with ThreadPoolExecutor(2) as pool:
-            by_event_channel = pool.submit(_partition, ev * n_ch + channel + 1, len(EVENT_TYPES) * n_ch)
-            by_event, bounds = _partition(ev, len(EVENT_TYPES))
+            by_event_channel = pool.submit(partition, ev * n_ch + channel + 1, len(EVENT_TYPES) * n_ch)
+            by_event, bounds = partition(ev, len(EVENT_TYPES))
             by_event_channel = by_event_channel.result()
         log.debug("encoded %d events of %d customers", len(key), len(ids))
         return cls(config=config, customer_ids=pd.Index(ids.to_pandas(types_mapper=pd.ArrowDtype).astype("str")),
                    tz_names=tuple(tz_names), tz_code=tz_codes,
                    first_seen_ms=first_seen.astype(float), t0=t0,
                    event=ev, channel=channel, offer=offer, attributes=attributes,
-                   keys=key, by_event=(by_event, bounds), by_event_channel=by_event_channel, order=order,
+                   keys=key, by_event=(by_event, bounds), by_event_channel=by_event_channel, order=rows,
                    raw={"message": linker.codes, "value": value, "propensity": propensity, "linker": linker},
                    signup_ms=s_ms)
 
@@ -333,7 +308,7 @@ class EventLog:
 
     def message_ids_at(self, positions: np.ndarray) -> pd.Series:
         """The ``message_id`` text of the events at sorted ``positions``."""
-        ids = self.raw["linker"].msg_all.take(pa.array(self.order[positions]))
+        ids = self.raw["linker"].msg_all.take(pa.array(self.rows_at(positions)))
         return pd.Series(ids.to_pandas(types_mapper=pd.ArrowDtype)).astype("str")
 
     def message_codes(self, message_ids) -> np.ndarray:
@@ -343,7 +318,13 @@ class EventLog:
     def column_at(self, name: str, positions: np.ndarray) -> np.ndarray:
         """``message``, ``value`` or ``propensity`` at sorted ``positions`` (gathers only those)."""
         column = self.raw[name]
-        return (column() if callable(column) else column)[self.order[positions]]
+        return (column() if callable(column) else column)[self.rows_at(positions)]
+
+    def rows_at(self, positions: np.ndarray) -> np.ndarray:
+        """Input row (of the frame the log was built from) of each sorted position."""
+        if isinstance(self.order, np.ndarray):
+            return self.order[positions]
+        return self.order.at(positions, self.event, self.by_event)
 
     def select(self, event: int, channel: int | None = None, offer: int | None = None) -> np.ndarray:
         """Positions (sorted by key) of one kind of event; ``event == ATTRIBUTED`` means orders linked to a message."""

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nextbest.features.eventlog import TIME_BITS, EventLog, Stream, _partition
+from nextbest.features.eventlog import TIME_BITS, EventLog, Stream
+from nextbest.features.event_sort import partition
 from nextbest.features.schema import EVENT_TYPES
 
 
@@ -113,7 +114,7 @@ def delta_log(base: EventLog, cust, t_ms, event, channel, offer, value) -> Event
     return EventLog(config=base.config, customer_ids=base.customer_ids, tz_names=base.tz_names, tz_code=base.tz_code,
                     first_seen_ms=base.first_seen_ms, t0=t0, event=ev, channel=ch, offer=off,
                     attributes=base.attributes, keys=key[order],
-                    by_event=_partition(ev, len(EVENT_TYPES)),
-                    by_event_channel=_partition(ev.astype(np.int64) * n_ch + ch + 1, len(EVENT_TYPES) * n_ch),
+                    by_event=partition(ev, len(EVENT_TYPES)),
+                    by_event_channel=partition(ev.astype(np.int64) * n_ch + ch + 1, len(EVENT_TYPES) * n_ch),
                     order=order, raw={"value": np.asarray(value, float), "propensity": np.full(len(t), np.nan)})
 

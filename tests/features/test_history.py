@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nextbest.features.eventlog import EventLog
+from nextbest.features.eventlog import EV, EventLog, to_ms
 from nextbest.features.history import engagement_history
+from nextbest.features.schema import EVENT_TYPES
 from nextbest.features.spec import feature_names
 
 AS_OF = pd.Timestamp("2026-03-08 00:00", tz="UTC")
@@ -112,18 +113,49 @@ def test_responses_without_channel_are_linked_to_their_send(small_world, config)
     assert full["email_opened_30d"].sum() > 0
 
 
-def test_parallel_sort_gives_the_same_log(small_world, config, monkeypatch):
-    """The two-thread sort used on large logs orders events exactly like one sort."""
-    import nextbest.features.eventlog as el
+@pytest.mark.parametrize("way", ["two threads", "direct", "direct on two threads"])
+def test_every_way_of_sorting_gives_the_same_log(small_world, config, monkeypatch, way):
+    """The packed sort (one thread), the two-thread sort used on large logs and the direct
+    argsort used when the fields do not fit in one integer give the same log: keys, codes, the
+    input row of every position (up to ties, which hold identical events), features."""
+    import nextbest.features.event_sort as es
 
     events, customers = small_world.events, small_world.customers
     one = EventLog.build(customers, events, config)
-    monkeypatch.setattr(el, "PARALLEL_SORT_MIN", 0)
+    if "two threads" in way:
+        monkeypatch.setattr(es, "PARALLEL_SORT_MIN", 0)
+    if "direct" in way:
+        monkeypatch.setattr(es, "COMPOSITE_BITS", 0)
     two = EventLog.build(customers, events, config)
-    assert np.array_equal(one.keys, two.keys)
+    assert isinstance(two.order, np.ndarray) == ("direct" in way)
     assert np.all(np.diff(two.keys) >= 0)
+    assert np.array_equal(one.keys, two.keys)
+    # within one (customer, millisecond) the order may differ: compare the multisets of codes
+    code = lambda lg: (lg.keys.astype(object) * 1000 + lg.event * 100 + (lg.channel + 1) * 10 + lg.offer + 1)
+    assert sorted(code(one)) == sorted(code(two))
+    positions = np.arange(len(one.keys))
+    for lg in (one, two):  # every position's input row holds that position's event
+        rows = lg.rows_at(positions)
+        assert np.array_equal(np.sort(rows), positions)  # a permutation
+        assert np.array_equal(to_ms(events["ts"].iloc[rows]) - lg.t0, lg.keys & ((1 << 39) - 1))
+        assert (events["event"].astype(str).to_numpy()[rows] == np.asarray(EVENT_TYPES)[lg.event]).all()
+        assert np.array_equal(lg.column_at("value", positions), events["value"].to_numpy(float)[rows], equal_nan=True)
     pd.testing.assert_frame_equal(engagement_history(one, customers["customer_id"], small_world.end),
                                   engagement_history(two, customers["customer_id"], small_world.end))
+
+
+def test_rows_are_found_only_for_the_event_types_asked(small_world, small_log):
+    """A snapshot reads the orders' values only: the packed sort finds those rows and no others."""
+    from nextbest.features.event_sort import SortedRows
+
+    log_ = EventLog.build(small_world.customers, small_world.events, small_log.config)
+    assert isinstance(log_.order, SortedRows)
+    orders = log_.select(EV["converted"])
+    rows = log_.rows_at(orders)
+    assert (small_world.events["event"].astype(str).to_numpy()[rows] == "converted").all()
+    assert log_.order._done.sum() == 1 and log_.order._done[EV["converted"]]
+    log_.rows_at(np.arange(len(log_.keys)))
+    assert log_.order._done.all() and log_.order._composite is None  # the sort's inputs freed
 
 
 def test_30_day_counts_agree_with_an_independent_sql_implementation(small_world, small_log, config):

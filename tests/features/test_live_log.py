@@ -17,7 +17,7 @@ def _resolved(log_: EventLog, events: pd.DataFrame) -> pd.DataFrame:
     """``events`` with every response's channel and offer filled from its send, as the service
     stores a live event (and as most exports carry them)."""
     out = events.copy()
-    rows = log_.order
+    rows = log_.rows_at(np.arange(len(log_.keys)))
     out["channel"] = pd.Series(pd.array([None] * len(out), dtype="string"))
     out["offer"] = pd.Series(pd.array([None] * len(out), dtype="string"))
     ch = np.asarray(list(log_.config.channel_names) + [None], dtype=object)[log_.channel]  # -1 reads None
