@@ -11,7 +11,8 @@ larger than one machine's memory is handled by a Dask cluster (a ``LocalCluster`
 2. **Validate** each partition with ``features.validate.check``. Checks that span partitions are
    kept global: a ``message_id`` sent twice (by two customers of different partitions) is counted
    over the whole log. Customer ids cannot repeat across partitions (equal ids hash alike). A
-   problem's ``file`` names its partition and its row is the row within that partition.
+   problem's ``file`` names its partition and its row is the row within that partition. Each
+   partition is checked once; the later passes only parse it (``features.validate.parse``).
 3. **Priors** (``features.history.Population``): each partition's daily counts are additive and
    merged on the client (:meth:`Population.merge`), so the priors are the whole population's.
 4. **Features** per partition (``engagement_history``, ``decision_examples``) with the merged
@@ -171,10 +172,13 @@ def _problems(parts: Partitions, i: int, config: Config) -> list:
     return validate(customers, events, config, files={"customers": f"customers ({where})", "events": f"events ({where})"})
 
 
-def _encoded(parts: Partitions, i: int, config: Config, before=None):
+def _encoded(parts: Partitions, i: int, config: Config, before=None, checked: bool = False):
+    """Partition ``i`` encoded; ``checked``: it passed the contract already (a :class:`Summary`
+    exists, and only :func:`summarize` makes one), so it is parsed, not checked again."""
     from nextbest.features.eventlog import EventLog
+    from nextbest.features.validate import parse
 
-    customers, events = _validated(parts, i, config)
+    customers, events = parse(*parts.read(i), config) if checked else _validated(parts, i, config)
     if before is not None:
         events = events[events["ts"] < before]
     return customers, EventLog.build(customers, events, config)
@@ -182,7 +186,11 @@ def _encoded(parts: Partitions, i: int, config: Config, before=None):
 
 @dataclass
 class Summary:
-    """What the partitions add up to: the priors and the categories of the whole customer table."""
+    """What the partitions add up to: the priors and the categories of the whole customer table.
+
+    Only :func:`summarize` makes one, after checking every partition against the contract; the
+    passes that take a summary (snapshot, examples) therefore parse their partition without
+    checking it again. Pass a summary only with the partitions it was made from."""
 
     population: object                 # features.history.Population
     zones: list[str]                   # the customers' time zones, sorted (a partition's: its own)
@@ -211,7 +219,7 @@ def _recoded(frame: pd.DataFrame, summary: Summary) -> pd.DataFrame:
 def _snapshot(parts: Partitions, i: int, config: Config, as_of, summary: Summary) -> pd.DataFrame:
     from nextbest.features.history import engagement_history
 
-    customers, log_ = _encoded(parts, i, config, as_of)
+    customers, log_ = _encoded(parts, i, config, as_of, checked=True)
     return _recoded(engagement_history(log_, customers["customer_id"], as_of, summary.population), summary)
 
 
@@ -219,14 +227,14 @@ def _examples(parts: Partitions, i: int, config: Config, decisions: pd.DataFrame
               data_end, summary: Summary) -> pd.DataFrame:
     from nextbest.features.examples import decision_examples
 
-    _, log_ = _encoded(parts, i, config)
+    _, log_ = _encoded(parts, i, config, checked=True)
     return _recoded(decision_examples(log_, decisions, window_hours, data_end, summary.population), summary)
 
 
 def _write_examples(parts: Partitions, i: int, config: Config, out: str, data_end, summary: Summary, before) -> int:
     from nextbest.features.examples import write_training_examples
 
-    _, log_ = _encoded(parts, i, config, before)
+    _, log_ = _encoded(parts, i, config, before, checked=True)
     return write_training_examples(log_, Path(out) / f"part-{i:05d}.parquet", None, data_end, summary.population)
 
 

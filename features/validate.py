@@ -348,6 +348,21 @@ def check(customers: pd.DataFrame, events: pd.DataFrame, config: Config, now=Non
     problems, (parsed, ts) = _run(customers, events, config, now, files)
     if problems:
         raise ValidationError(problems)
+    return _typed(customers, events, config, parsed, ts)
+
+
+def parse(customers: pd.DataFrame, events: pd.DataFrame, config: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The frames :func:`check` returns, for data that has passed :func:`check` already: the same
+    parsing, no rules. ``features.partitioned`` checks each partition once (``summarize``) and
+    parses it in its later passes; the rules cost more than the parsing."""
+    parsed = {name: _booleans(customers[name])[0] for name in (f"{CONSENT_PREFIX}{c}" for c in config.channel_names)
+              if name in customers}
+    if "signup_at" in customers:
+        parsed["signup_at"] = parse_timestamps(customers["signup_at"])
+    return _typed(customers, events, config, parsed, parse_timestamps(events["ts"]))
+
+
+def _typed(customers, events, config, parsed: dict, ts) -> tuple[pd.DataFrame, pd.DataFrame]:
     customers = customers.copy()
     for c in config.channel_names:
         customers[f"{CONSENT_PREFIX}{c}"] = parsed.get(f"{CONSENT_PREFIX}{c}", np.zeros(len(customers), bool))
