@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nextbest.decision.threads import lightgbm_threads
 from nextbest.features.config import Config, load_config
 from nextbest.training.ope import LoggedBandit
-from nextbest.decision.threads import lightgbm_threads
 
 
 @dataclass

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from nextbest.features.config import Config, load_config
 from nextbest.decision.threads import lightgbm_threads
+from nextbest.features.config import Config, load_config
 
 log = logging.getLogger(__name__)
 

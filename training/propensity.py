@@ -35,12 +35,12 @@ import logging
 import numpy as np
 import pandas as pd
 
+from nextbest.decision.threads import lightgbm_threads
 from nextbest.features.config import Config
 from nextbest.features.eventlog import EV, EventLog, to_ms
 from nextbest.features.examples import decision_columns
 from nextbest.features.history import DAY_MS, Population, engagement_history
 from nextbest.features.localtime import local_midnight_utc, utc_offsets
-from nextbest.decision.threads import lightgbm_threads
 
 log = logging.getLogger(__name__)
 

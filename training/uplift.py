@@ -33,8 +33,8 @@ from sklearn.base import BaseEstimator
 
 from nextbest.features.config import Config, load_config
 from nextbest.decision.artifact import BoosterArmModel, booster_predict
-from nextbest.training.models import _prepare, to_matrix
 from nextbest.decision.threads import lightgbm_threads
+from nextbest.training.models import _prepare, to_matrix
 
 log = logging.getLogger(__name__)
 
