@@ -10,9 +10,12 @@ concurrent ``nextbest train`` runs on this project's 2-core machine took 50 s ea
 threads per fit, 21-23 s with one (one alone: 19 s either way). So:
 
 - ``make test`` runs two test processes on two cores and sets ``OMP_NUM_THREADS=1``;
-- ``nextbest serve`` gives each of its worker processes its share of the cores
-  (:func:`threads_per_process`) unless ``OMP_NUM_THREADS`` is set; a single decision predicts on
-  one thread anyway (``decision.artifact.booster_predict``), large batches on the share;
+- ``nextbest serve`` leaves ``OMP_NUM_THREADS`` as it finds it. A single decision predicts on one
+  thread anyway (``decision.artifact.booster_predict``). Giving each of two workers one thread
+  was measured and not kept: over four alternating runs of ``benchmarks/serving.py --workers 2``
+  single decides were 211-263 req/s with one thread per worker against 270-303 with the default
+  (the workers wait on the decision log's fsync, and a second thread uses that idle core), and
+  batches no faster (1,193-2,083 decisions/s against 1,871-2,062);
 - the benchmarks' process pools call :func:`share_cores` in each process;
 - anyone running several trainings side by side should set ``OMP_NUM_THREADS`` too.
 """

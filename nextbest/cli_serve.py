@@ -106,15 +106,12 @@ def cmd_serve(args) -> int:
     from nextbest.serving.auth import load_keys
     from nextbest.serving.settings import ServeSettings
     from nextbest.decision import registry
-    from nextbest.decision.threads import threads_per_process
 
     if not Path(args.data_dir).is_dir():
         raise FileNotFoundError(f"data directory {args.data_dir} does not exist")
     env = serve_env(args)
     scratch = demo_state(args, env) if args.demo else None
     settings = ServeSettings.from_env(env)  # fail here, with a message, rather than in every worker
-    # each worker predicts large batches on its share of the cores (decision/threads.py says why)
-    env.setdefault("OMP_NUM_THREADS", str(threads_per_process(settings.workers, env)))
     key = demo_key(settings, env) if args.demo else None
     load_keys(settings, env)  # authentication required and no key configured: stop here, saying how to add one
     version = registry.champion_version()
