@@ -78,6 +78,13 @@ class SortedRows:
         self._done = np.zeros(n_events, bool)
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:  # a log may be pickled (process pools): the lock is not
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def at(self, positions: np.ndarray, event_sorted: np.ndarray, by_event) -> np.ndarray:
         """Input rows of sorted ``positions``, given the sorted event codes and their
         :func:`partition` ``by_event`` (both held by the log)."""

@@ -154,7 +154,10 @@ def test_rows_are_found_only_for_the_event_types_asked(small_world, small_log):
     rows = log_.rows_at(orders)
     assert (small_world.events["event"].astype(str).to_numpy()[rows] == "converted").all()
     assert log_.order._done.sum() == 1 and log_.order._done[EV["converted"]]
-    log_.rows_at(np.arange(len(log_.keys)))
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(log_))  # a log crosses process pools: its lazy rows too
+    assert np.array_equal(copy.rows_at(np.arange(len(log_.keys))), log_.rows_at(np.arange(len(log_.keys))))
     assert log_.order._done.all() and log_.order._composite is None  # the sort's inputs freed
 
 
