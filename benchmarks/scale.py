@@ -12,7 +12,8 @@ one freed (``gc``, ``malloc_trim``) and resets its peak RSS (``VmHWM``, by writi
 ``/proc/self/clear_refs``), so that the peak is the stage's own (plus what the worker still holds).
 Earlier runs restarted the workers instead; on this machine ``Client.restart`` now leaves the
 workers gone after the validate stage with two workers (dask/distributed#7312, "Restart can kill a
-worker"; the same with the code of the last recorded run), so the benchmark no longer restarts.
+worker"; reproduced by a minimal script with the feature code from before this change too,
+commit a3ca345), so the benchmark no longer restarts.
 The workers' imports are therefore warm from the second stage on.
 
 - ``partition``: read ``customers`` and ``events``, hash by customer, write Parquet partitions
