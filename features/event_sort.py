@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 TIME_BITS = 39  # the key's layout: customer << TIME_BITS | ms since t0 (see features.eventlog)
-PARALLEL_SORT_MIN = 1_000_000  # events; below this one thread sorts faster
+PARALLEL_SORT_MIN = 1_000_000  # events; below this the direct way argsorts on one thread
 COMPOSITE_BITS = 63  # bits of one sortable int64; a log whose fields need more is sorted the direct way
 
 
@@ -46,27 +46,20 @@ def partition(group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]
     return perm, np.searchsorted(group[perm], np.arange(n_groups + 1))  # int8 gather: cheap
 
 
-def _by_halves(values: np.ndarray, split, sort_fn) -> np.ndarray:
-    """``sort_fn`` on the values below and from ``split`` on two threads, concatenated (numpy
-    releases the GIL while it sorts). ``sort_fn(mask)`` sorts the selected part."""
-    if len(values) < PARALLEL_SORT_MIN:
-        return sort_fn(None)
-    low = values < split
-    with ThreadPoolExecutor(2) as pool:
-        high = pool.submit(sort_fn, ~low)
-        return np.concatenate([sort_fn(low), high.result()])
-
-
 def argsort_keys(key: np.ndarray, n_customers: int) -> np.ndarray:
-    """``argsort(key)`` of ``customer << TIME_BITS | ms`` keys, on two threads for large logs."""
-    split = np.int64(n_customers // 2) << TIME_BITS
+    """``argsort(key)`` of ``customer << TIME_BITS | ms`` keys; on two threads for large logs, the
+    customers below and from the middle code apart (the customer is the key's high part, so the
+    halves concatenate in order; numpy releases the GIL while it sorts)."""
+    if len(key) < PARALLEL_SORT_MIN:
+        return np.argsort(key)
+    low = key < (np.int64(n_customers // 2) << TIME_BITS)
 
     def part(mask):
-        if mask is None:
-            return np.argsort(key)
         at = np.flatnonzero(mask)
         return at[np.argsort(key[at])]
-    return _by_halves(key, split, part)
+    with ThreadPoolExecutor(2) as pool:
+        high = pool.submit(part, ~low)
+        return np.concatenate([part(low), high.result()])
 
 
 class SortedRows:
