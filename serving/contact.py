@@ -43,6 +43,7 @@ from nextbest.features.localtime import WEEK_S
 
 DAY_S = 86400
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MS = timedelta(milliseconds=1)
 RESET_UNANSWERED = ("opened", "clicked", "converted")
 # a live entry that is no engagement event: another sender's transactional send, kept so that the
 # responses to it stay out of the history (the export leaves them out)
@@ -82,16 +83,21 @@ class ContactState:
         event's identity as the export dedupes it (``event:<event_id>``, ``feedback:<decision
         id>|<event>|<ts>``, ``send:<decision id>``): the same key again (a retried call, a replayed
         log) changes nothing, and two distinct events with equal contents both count."""
+        out = self._copy()
+        out.add_live(t_ms, event, channel, offer, value, message_id, key)
+        return out
+
+    def add_live(self, t_ms: int, event: str, channel: str | None, offer: str | None, value: float | None,
+                 message_id: str | None, key: str) -> None:
+        """:meth:`with_live` in place (for a caller that owns this state: one just read or built)."""
         ident = identity(key)
         if ident in map(_IDENTITY, self.live):
-            return self
-        out = self._copy()
+            return
         sent = event in ("sent", TRANSACTIONAL_SENT)
         entry = [int(t_ms), event, channel, offer, None if value is None else float(value),
                  message_id if sent else None, ident]
         # one order whatever the order of arrival (a rebuilt state equals it); the list is sorted
-        bisect.insort(out.live, entry, key=_live_order)
-        return out
+        bisect.insort(self.live, entry, key=_live_order)
 
     def with_own_send(self, send_s: float, send_ms: int, channel: str, offer: str | None,
                       decision_id: str) -> "ContactState":
@@ -125,24 +131,33 @@ class ContactState:
         """The state after a marketing send at ``t``; sends older than a week before it are dropped.
         A send named by ``message_id`` (another sender's message, ``serving.events``) is kept with
         its id and counts once however often it is applied."""
+        out = self._copy()
+        out.add_send(t, channel, message_id)
+        return out
+
+    def add_send(self, t: float, channel: str, message_id: str | None = None) -> None:
+        """:meth:`with_send` in place (for a caller that owns this state)."""
         if message_id is not None and any(len(s) > 2 and s[2] == message_id for s in self.sends):
-            return self._copy()
-        keep = [s for s in self.sends if s[0] > t - WEEK_S]
-        entry = [float(t), channel] if message_id is None else [float(t), channel, message_id]
-        return ContactState(keep + [entry], {**self.unanswered, channel: self.unanswered.get(channel, 0) + 1},
-                            list(self.unsubscribed), list(self.live))
+            return
+        self.sends = [s for s in self.sends if s[0] > t - WEEK_S]
+        self.sends.append([float(t), channel] if message_id is None else [float(t), channel, message_id])
+        self.unanswered[channel] = self.unanswered.get(channel, 0) + 1
 
     def with_event(self, channel: str | None, event: str) -> "ContactState":
         """The state after feedback: an open (or click, order) resets the channel's unanswered
         count; an unsubscribe revokes the channel's consent."""
         out = self._copy()
-        if channel is None:
-            return out
-        if event in RESET_UNANSWERED:
-            out.unanswered[channel] = 0
-        if event == "unsubscribed" and channel not in out.unsubscribed:
-            out.unsubscribed.append(channel)
+        out.add_event(channel, event)
         return out
+
+    def add_event(self, channel: str | None, event: str) -> None:
+        """:meth:`with_event` in place (for a caller that owns this state)."""
+        if channel is None:
+            return
+        if event in RESET_UNANSWERED:
+            self.unanswered[channel] = 0
+        if event == "unsubscribed" and channel not in self.unsubscribed:
+            self.unsubscribed.append(channel)
 
 
 def _plain(value):
@@ -182,7 +197,7 @@ def identity(key: str) -> str:
 def ms_of(ts: datetime) -> int:
     """UTC milliseconds of an aware datetime, floored exactly (integer arithmetic, as
     ``features.eventlog.to_ms`` floors a timestamp)."""
-    return (ts - _EPOCH) // timedelta(milliseconds=1)
+    return (ts - _EPOCH) // _MS
 
 
 def history(states: list[ContactState], now_s: np.ndarray, channels: list[str]) -> tuple[ContactHistory, np.ndarray]:

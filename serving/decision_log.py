@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from nextbest.features.behaviour import BEHAVIOUR_EVENTS
@@ -82,6 +83,18 @@ def has_records(log_dir: str | Path) -> bool:
     """Whether the log holds any decision, feedback or event line."""
     return any(p.stat().st_size > 0 for kind in ("decisions", "feedback", "events")
                for p in Path(log_dir).glob(f"*/{kind}-*.jsonl"))
+
+
+_LINE = (orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+         | orjson.OPT_PASSTHROUGH_DATETIME)
+
+
+def _line(record: dict) -> bytes:
+    """One record as a compact JSON line. orjson, not the standard library: encoding was about a
+    sixth of the service's cost per ingested event. numpy numbers are written as numbers,
+    datetimes as ``str()`` (as before), a non-finite float as ``null`` (the standard library
+    wrote ``NaN``, which is not JSON), other unknown types as ``str()``."""
+    return orjson.dumps(record, default=str, option=_LINE)
 
 
 class DecisionLog:
@@ -134,8 +147,7 @@ class DecisionLog:
         at = time.time()
         if kind == "decisions" and self.context_keys is not None:
             records = [allowed_context(r, self.context_keys) for r in records]
-        data = "".join(json.dumps({**r, "logged_at": at}, separators=(",", ":"), default=str) + "\n"
-                       for r in records).encode()
+        data = b"".join(_line({**r, "logged_at": at}) for r in records)
         with self._lock:
             try:
                 f = self._file(kind)

@@ -150,7 +150,9 @@ def _decide_each(payload: list[dict]):
 def _events(payload: list[dict], prefix: str):
     from nextbest.serving.schemas import EventRequest
 
-    return _guarded(_engine.events)([EventRequest.model_validate(p) for p in payload], prefix)
+    # the worker validated these fields a moment ago (``_plain``): constructing the models again
+    # without a second validation saves about a twentieth of the cost of an ingested event
+    return _guarded(_engine.events)([EventRequest.model_construct(**p) for p in payload], prefix)
 
 
 def _health() -> str | None:

@@ -99,29 +99,33 @@ def log_row(e) -> dict:
 
 
 def apply(state: ContactState, row: dict) -> ContactState:
-    """One logged event's change of a contact state (the live path and the rebuild share it):
-    caps and unanswered counts as in the module docstring, and the engagement history
+    """One logged event's change of a contact state (the live path and the rebuild share it),
+    made **in place**: the caller owns ``state`` (one just read or built) and gets it back. Caps
+    and unanswered counts as in the module docstring, and the engagement history
     (``ContactState.live``) for marketing messages, the responses to them and orders. A response
     that names no offer takes its send's from the live history (none there: it counts without an
     offer); a response to a transactional send the history holds stays out, as in the export."""
     if row["event"] in BEHAVIOUR_EVENTS or (row["channel"] is None and row["event"] != "converted"):
         return state
     ts = datetime.fromisoformat(row["ts"])
+    t_ms = ms_of(ts)
     key = f"event:{row['event_id']}"
     marketing = row.get("type", "marketing") == "marketing"
     if row["event"] == "sent":
         if not marketing:
-            return state.with_live(ms_of(ts), TRANSACTIONAL_SENT, row["channel"], row["offer"], None,
-                                   row["message_id"], key)
-        return (state.with_send(ts.timestamp(), row["channel"], message_id=f"event:{row['message_id']}")
-                .with_live(ms_of(ts), "sent", row["channel"], row["offer"] or "none", None, row["message_id"], key))
+            state.add_live(t_ms, TRANSACTIONAL_SENT, row["channel"], row["offer"], None, row["message_id"], key)
+            return state
+        state.add_send(ts.timestamp(), row["channel"], message_id=f"event:{row['message_id']}")
+        state.add_live(t_ms, "sent", row["channel"], row["offer"] or "none", None, row["message_id"], key)
+        return state
     if row["channel"] is not None:
-        state = state.with_event(row["channel"], row["event"])
+        state.add_event(row["channel"], row["event"])
     send = state.live_send(row["message_id"])
     if not marketing or (send is not None and send[1] == TRANSACTIONAL_SENT):
         return state
     offer = row["offer"] or (send[3] if send is not None else None)
-    return state.with_live(ms_of(ts), row["event"], row["channel"], offer, row["value"], row["message_id"], key)
+    state.add_live(t_ms, row["event"], row["channel"], offer, row["value"], row["message_id"], key)
+    return state
 
 
 def apply_behaviour(state, row: dict, keep_s: float):

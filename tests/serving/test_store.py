@@ -154,7 +154,8 @@ def test_a_document_from_before_identity_digests_reads_in_the_current_form():
 
 def test_update_reads_changes_and_retries_until_its_write_counts(store_url):
     """``Store.update``, the one read-modify-write of the service: 8 threads x 50 increments lose
-    nothing; None or the same value writes nothing; a value that always changes ends in Conflict."""
+    nothing; None or the same value writes nothing; in Redis a value that always changes ends in
+    Conflict, in SQLite no other writer can change it between the read and the write."""
     from nextbest.serving.store import MAX_ATTEMPTS, Conflict
 
     s = open_store(store_url)
@@ -170,8 +171,24 @@ def test_update_reads_changes_and_retries_until_its_write_counts(store_url):
     assert s.update("contact", "u", lambda cur: cur) == "400"
     rounds = []
     other = open_store(store_url)
+    if store_url.startswith("sqlite"):
+        # SQLite: read, fn and write are one write transaction, so another writer cannot come in
+        # between; it waits for the commit, and its value lands after this update's
+        meddler = threading.Thread(target=lambda: other.put("contact", "u", "theirs"))
 
-    def meddle(cur):  # another writer changes the value between every read and its write
+        def meddle(cur):
+            rounds.append(cur)
+            meddler.start()
+            meddler.join(timeout=1.0)  # a bound, not a wait: the writer must still be blocked
+            rounds.append(meddler.is_alive())
+            return "mine"
+
+        assert s.update("contact", "u", meddle) == "mine"
+        meddler.join()
+        assert rounds == ["400", True] and s.get("contact", "u") == "theirs"
+        return
+
+    def meddle(cur):  # Redis: another writer changes the value between every read and its write
         rounds.append(cur)
         other.put("contact", "u", str(len(rounds)))
         return "mine"
