@@ -218,3 +218,24 @@ def test_statistics_decay_once_per_period_whoever_asks(store_url):
     np.testing.assert_allclose(stats["email/none"], 0.5 * np.arange(1.0, 5.0), rtol=1e-12)
     s.add_stats({"email/none": np.ones(4)})                               # adds still add after a decay
     np.testing.assert_allclose(s.stats()[1]["email/none"], 0.5 * np.arange(1.0, 5.0) + 1, rtol=1e-12)
+
+
+def test_a_store_made_without_rowid_is_moved_with_its_values(tmp_path):
+    """Stores made before 2026-12-03 hold ``kv`` WITHOUT ROWID (slow for documents of a few KB):
+    opening one moves the table once, every value and expiry kept, and it works as before."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE kv (ns TEXT, key TEXT, value TEXT, expires REAL, PRIMARY KEY (ns, key)) WITHOUT ROWID")
+    db.executemany("INSERT INTO kv VALUES (?, ?, ?, ?)", [("contact", "u", '{"a":1}', None),
+                                                         ("event", "e1", "1", 4e9), ("event", "gone", "1", 1.0)])
+    db.commit()
+    db.close()
+    s = open_store(f"sqlite:///{path}")
+    schema = sqlite3.connect(path).execute("SELECT sql FROM sqlite_master WHERE name = 'kv'").fetchone()[0]
+    assert "WITHOUT ROWID" not in schema.upper()
+    assert s.get_many("contact", ["u"]) == ['{"a":1}'] and s.get_many("event", ["e1", "gone"]) == ["1", None]
+    assert s.update("contact", "u", lambda cur: cur + " ") == '{"a":1} ' and s.get("contact", "u") == '{"a":1} '
+    open_store(f"sqlite:///{path}")  # a second open finds nothing to move
+    assert s.get("contact", "u") == '{"a":1} '
