@@ -34,6 +34,7 @@ Feedback: ``serving.feedback``. Render time (the offer an opened message shows):
 
 from __future__ import annotations
 
+import gc
 import logging
 import secrets
 import time
@@ -84,6 +85,18 @@ def _count_price(finished: list[Pending]) -> None:
             CONTROL_COST.labels(p.decision["policy_version"]).inc(price["control"])
 
 
+def settle_heap() -> None:
+    """Exempt what the engine holds until its next swap (the snapshot, the policy and its models)
+    from the cyclic garbage collector: collect, then ``gc.freeze``. Without it every generation-2
+    collection walked about 360,000 long-lived objects, 12% of the time of ingesting events
+    (``benchmarks/RESULTS.md``, "Ingestion cheaper per event"). Called after loading and after
+    each swap, with ``gc.unfreeze`` first so an old snapshot's reference cycles are collected too
+    (one full collection per swap, a fraction of a second)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 class Engine:
     """Decisions, feedback and learning over one store and one decision log (thread-safe)."""
 
@@ -108,6 +121,7 @@ class Engine:
             self.store.ensure_persistence()
         if self.health() is None:
             self.sync_learner()
+        settle_heap()
 
     @property
     def config(self):
@@ -165,6 +179,7 @@ class Engine:
         policy = newer_champion(self.policy, self.snapshot, self._refused)
         if policy is not None:
             self.policy = policy
+            settle_heap()
             log.info("hot swap: now serving %s", policy.version)
         return policy is not None
 
@@ -174,6 +189,7 @@ class Engine:
         new = self._watch.newer(self.snapshot, self.policy)
         if new is not None:
             self.snapshot = new
+            settle_heap()
         return new is not None
 
     # ------------------------------------------------------------------ decide
