@@ -64,7 +64,8 @@ def one_run(store_url: str, work: Path, frozen: bool, args) -> dict:
     engine = Engine(ServeSettings.from_env())
     if not frozen:
         gc.unfreeze()
-    ids = pd.read_parquet(Path(os.environ["NEXTBEST_DATA_DIR"]) / "customers.parquet")["customer_id"].astype(str).tolist()
+    people = pd.read_parquet(Path(os.environ["NEXTBEST_DATA_DIR"]) / "customers.parquet")
+    ids = people["customer_id"].astype(str).tolist()
     channels = list(engine.config.channel_names)
     rng, wall, cpu, clock = np.random.default_rng(0), [], [], GcClock()
     gc.callbacks.append(clock)

@@ -20,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
+_TABLE = "CREATE TABLE kv (ns TEXT, key TEXT, value TEXT, expires REAL, PRIMARY KEY (ns, key))"
 LAYOUTS = {
-    "without rowid": "CREATE TABLE kv (ns TEXT, key TEXT, value TEXT, expires REAL, PRIMARY KEY (ns, key)) WITHOUT ROWID",
-    "rowid": "CREATE TABLE kv (ns TEXT, key TEXT, value TEXT, expires REAL, PRIMARY KEY (ns, key))",
+    "without rowid": f"{_TABLE} WITHOUT ROWID",
+    "rowid": _TABLE,
 }
 WRITES = {
     "insert or replace": "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?)",

@@ -40,7 +40,8 @@ end
 return out
 """
 # SET of many keys in one call, each with its TTL (ms, 0 = none): a pipeline of SETs cost the client
-# about 0.3 ms per key in redis-py (a batch of 1,000 events remembers 1,000 event ids)
+# about 19 ms per 1,000 keys in redis-py, the event ids of one batch of 1,000 events: a third of its
+# engine time
 _PUT = """
 for i, key in ipairs(KEYS) do
   local ttl = tonumber(ARGV[2 * i])

@@ -219,8 +219,8 @@ def open_store(url: str) -> Store:
 
 
 # an upsert changes the row in place; INSERT OR REPLACE deletes it and inserts it again, overflow
-# pages and all. Writing 333 documents of 2.7 KB: 38.6 ms replaced, 3.1 ms upserted (rowid table;
-# benchmarks/RESULTS.md, "Ingestion cheaper per event")
+# pages and all. Rewriting 333 documents of 2.7 KB in one transaction: 38-39 ms replaced, 5.3 ms
+# upserted into a rowid table (benchmarks/store_writes.py; RESULTS.md, "Ingestion cheaper per event")
 _UPSERT = ("INSERT INTO kv VALUES (?, ?, ?, ?) "
            "ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, expires = excluded.expires")
 
@@ -248,8 +248,8 @@ class SQLiteStore(Store):
     def _rowid_kv(self) -> None:
         """Move a ``kv`` table made ``WITHOUT ROWID`` (stores before 2026-12-03) to a rowid table.
         Values are documents of a few KB; WITHOUT ROWID keeps each in the key's b-tree, and upserting
-        333 such documents took 11.6 ms there against 3.1 ms in a rowid table
-        (``benchmarks/RESULTS.md``, "Ingestion cheaper per event"). Once, in one transaction."""
+        333 such documents took 13.2 ms there against 5.3 ms in a rowid table
+        (``benchmarks/store_writes.py``). Once, in one transaction."""
         def old(db) -> bool:
             row = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'kv'").fetchone()
             return row is not None and "WITHOUT ROWID" in row[0].upper()
@@ -322,7 +322,7 @@ class SQLiteStore(Store):
         """The base class's contract in one ``BEGIN IMMEDIATE`` transaction: read, ``fn``, write.
         SQLite admits one writer at a time, so no value can change between this read and this
         write: no compare and no retry. (The compare-and-set rounds read every row a second time
-        and wrote it in a statement of its own, about half the cost of ingesting an event.) The
+        and wrote it in a statement of its own, about a third of the cost of ingesting an event.) The
         write lock is held while the ``fn`` run, which are short pure functions of the value."""
         out: dict[str, str | None] = {}
         if not fns:
