@@ -9,7 +9,11 @@ and the control group, no learning), ``retrain`` (the default learning, plus ``n
 retrain``'s loop every RETRAIN_EVERY days: a candidate trained on the history joined with the
 loop's own log, served only if the paired doubly robust gain over the serving policy on the
 served decisions has its 95% lower bound above ``retrain.min_gain``) and ``retrain_always`` (the
-same candidates served without the gate: what retraining alone is worth). 60 days of history, 20 closed-loop days, the world's shift
+same candidates served without the gate: what retraining alone is worth), ``retrain_recent``
+(``retrain_always`` with the candidates' time split validating on the last 2 days instead of
+``training.validation_days``, so that they train on the played days) and ``retrain_keep``
+(``retrain_always`` with the served learner, its calibration included, going on with each
+candidate instead of a fresh one). 60 days of history, 20 closed-loop days, the world's shift
 on day 10. Prints each run's daily values and a table of day 0, days 7-9 and 17-19 per world and
 variant, and the family mean and worst. Results: benchmarks/RESULTS.md.
 """
@@ -28,18 +32,22 @@ RETRAIN_EVERY = 4  # twice before the shift, twice after; fixed before the first
 OUT = Path(__file__).parent / "out" / "learning_variants"
 
 
-def retrainer(cfg, champion, workdir: Path, gate: bool, seed: int = 5):
+def retrainer(cfg, champion, workdir: Path, gate: bool, seed: int = 5, validation_days: int | None = None):
     """``run_closed_loop``'s retrain hook: train a candidate on the loop's data so far and judge it
     like ``nextbest retrain`` does (paired DR against the serving policy, on the served decisions)."""
     from nextbest.sim.simulate import write
     from nextbest.training.offpolicy import logged_rounds
     from nextbest.training.retrain import paired_evaluation, paired_gate, served_days
+    from nextbest.training.settings import TrainingSettings
     from nextbest.training.train import train
     serving = [champion]
 
     def hook(data, served_ids):
         d = write(data, workdir / data.end.strftime("%Y%m%d"), seed=seed)
-        candidate = train(d, cfg, seed=0).policy
+        settings = TrainingSettings.from_config(cfg)
+        if validation_days is not None:
+            settings = dataclasses.replace(settings, validation_days=validation_days)
+        candidate = train(d, cfg, settings, seed=0).policy
         days = served_days(d, served_ids, cfg.retrain.eval_days, cfg.offpolicy.reward_window_hours)
         if days == 0:
             return None
@@ -81,10 +89,12 @@ def run(job):
         s = copy.deepcopy(sim)
         shift = Shift.for_world(s.world, SHIFT)
         learn = v != "nolearn"
-        hook = (retrainer(cfg, p, OUT / f"{kind.replace(':', '_')}_{CUST}_{v}", gate=v == "retrain")
+        hook = (retrainer(cfg, p, OUT / f"{kind.replace(':', '_')}_{CUST}_{v}", gate=v == "retrain",
+                          validation_days=2 if v == "retrain_recent" else None)
                 if v.startswith("retrain") else None)
         res = run_closed_loop(p, s, DAYS, seed=5, shift=shift, learn=learn, progress=False,
-                              retrain=hook, retrain_every=RETRAIN_EVERY if hook else 0)
+                              retrain=hook, retrain_every=RETRAIN_EVERY if hook else 0,
+                              keep_learner=v == "retrain_keep")
         dl = res.daily.assign(world=kind, variant=v)
         out.append(dl)
         print(kind, v, "retrained on days", dl.loc[dl["retrained"], "day"].tolist(), "treated", dl["normalized_policy_treated"].round(2).tolist(), "frozen", dl["normalized_frozen"].round(2).tolist(), flush=True)

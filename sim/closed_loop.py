@@ -239,7 +239,8 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
                     shift: Shift | None = None, learn: bool = True, progress: bool = True,
                     peers: dict | None = None,
                     retrain: Callable[[SimulatedData, np.ndarray], DecisionPolicy | None] | None = None,
-                    retrain_every: int = 0, refresh_every: int = 1) -> ClosedLoopResult:
+                    retrain_every: int = 0, refresh_every: int = 1,
+                    keep_learner: bool = False) -> ClosedLoopResult:
     """Play ``days`` days after the end of ``sim``'s history (``sim.world`` moves on; see module doc).
 
     ``peers``: name -> object with ``decide(ctx: DayContext) -> (channel, local_hour, offer)`` code
@@ -254,6 +255,7 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
     and the ``message_id`` of every decision the loop logged (the served decisions); it returns the
     policy to serve from that day (with a fresh learner: the calibration is relative to the models
     it corrected) or None. The daily table says which days swapped (``retrained``).
+    ``keep_learner``: the served learner (its calibration) goes on with the new policy instead.
 
     ``refresh_every``: days between engagement snapshots (1: every day, as if every event were
     streamed into the features; 0: only day 0's, as a service whose data export never changes).
@@ -293,7 +295,8 @@ def run_closed_loop(policy: DecisionPolicy, sim: SimulatedData, days: int, seed:
                                  world, sim.start, day_start)
             candidate = retrain(data, logged["message_id"].to_numpy())
             if candidate is not None:
-                policy, learner, swapped = candidate, candidate.new_learner(), True
+                policy, swapped = candidate, True
+                learner = learner if keep_learner else candidate.new_learner()
                 log.info("closed loop day %d: serving the retrained policy", d)
         log_ = EventLog.build(world.customers, log_events, cfg)
         fresh = engagement_history(log_, ids, day_start, Population.from_log(log_))

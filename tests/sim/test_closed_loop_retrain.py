@@ -1,5 +1,5 @@
 """The closed loop's retrain hook: the loop's own log joins the history as valid data, and a
-retrained policy takes over with a fresh learner."""
+retrained policy takes over with a fresh learner (or, with ``keep_learner``, the served one)."""
 
 import pandas as pd
 
@@ -45,3 +45,31 @@ def test_loop_hands_its_own_log_to_retrain_and_serves_the_candidate(config, tmp_
     assert (loop.loc[loop["action"] == "suppress", "channel"].isna()).all()
     # the candidate decided days 2 and 3, with the fresh learner the loop ends with
     assert len(decided) == 2 and decided[0] is decided[1] is res.learner
+
+
+def test_keep_learner_carries_the_served_learner_over_to_the_candidate(config, tmp_path):
+    import copy
+
+    sim = generate(300, 30, seed=9, config=config, progress=False)
+    policy = train(write(sim, tmp_path / "history", seed=9), config, seed=0).policy
+    seen = []
+
+    def spying(p):
+        decide = p.decide
+
+        def spy(*args, **kwargs):
+            seen.append((p, kwargs.get("learner")))
+            return decide(*args, **kwargs)
+        p.decide = spy
+        return p
+
+    served = spying(copy.copy(policy))
+    candidate = spying(copy.copy(policy))
+    res = run_closed_loop(served, sim, 3, seed=3, progress=False, retrain=lambda data, ids: candidate,
+                          retrain_every=2, keep_learner=True)
+    assert res.daily["retrained"].tolist() == [False, False, True]
+    played = [(p, lr) for p, lr in seen if lr is not None]  # the frozen arm decides without one
+    assert [p for p, _ in played] == [served, served, candidate]
+    learners = [lr for _, lr in played]
+    assert learners[0] is learners[1] is learners[2] is res.learner
+    assert res.learner.calibration.stats  # the one learner the three days fed
