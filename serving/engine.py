@@ -91,10 +91,30 @@ def settle_heap() -> None:
     collection walked about 360,000 long-lived objects: 7-9% of the time of ingesting events,
     1.5% with them frozen (``benchmarks/events_engine.py``). Called after loading and after
     each swap, with ``gc.unfreeze`` first so an old snapshot's reference cycles are collected too
-    (one full collection per swap, a fraction of a second)."""
+    (one full collection per swap, a fraction of a second).
+
+    Then the memory that building freed goes back to the system (:func:`return_freed_memory`)."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()
+    return_freed_memory()
+
+
+def return_freed_memory() -> None:
+    """Hand the memory freed while building a snapshot back to the system: glibc's ``malloc_trim``
+    and the unused blocks of Arrow's memory pool (reading the data's Parquet files). Building
+    peaks well above what the snapshot keeps, and neither allocator returns that on its own: at
+    300,000 customers the engine's resident memory fell from 3.42 to 2.28 GiB
+    (``benchmarks/snapshot_memory.py``). Does nothing where the C library has no ``malloc_trim``."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 class Engine:
