@@ -78,10 +78,17 @@ class CustomerArrays:
 
     Categorical columns become the codes of the categories a model was fitted with (what
     LightGBM reads, see ``training.models.to_matrix``); unseen values become NaN.
+
+    ``compact``: hold the numeric table in float32 where that is exact (every value survives the
+    round trip; the service's snapshot is float32 and int32 already, so it nearly always is),
+    else float64. The service's snapshot does (half the table's memory: 1.6 -> 0.8 KB per
+    customer, ``benchmarks/snapshot_memory.py``); the rows :meth:`take` hands out are float64
+    again, so every model input and computation reads exactly the values it read before.
     """
 
-    def __init__(self, features: pd.DataFrame):
+    def __init__(self, features: pd.DataFrame, compact: bool = False):
         self.features = features
+        self.compact = compact
         self._cache: dict = {}
         self._numeric: dict[str, int] | None = None
         self._parent: CustomerArrays | None = None  # set by take: the table these rows come from
@@ -92,9 +99,23 @@ class CustomerArrays:
             dtypes = self.features.dtypes
             names = [c for c, d in dtypes.items() if not isinstance(d, pd.CategoricalDtype)
                      and (pd.api.types.is_numeric_dtype(d) or pd.api.types.is_bool_dtype(d))]
-            self._table = self.features[names].to_numpy(dtype=np.float64, na_value=np.nan)
+            self._table = self._compact(names) if self.compact else None
+            if self._table is None:
+                self._table = self.features[names].to_numpy(dtype=np.float64, na_value=np.nan)
             self._numeric = {c: i for i, c in enumerate(names)}
         return self._numeric
+
+    def _compact(self, names: list[str]) -> np.ndarray | None:
+        """The numeric columns as one float32 table, or None where a value would not survive it."""
+        exact = (np.float32, np.float16, np.int8, np.int16, np.uint8, np.uint16, np.bool_)
+        for c in names:  # other dtypes (float64, wider integers) are checked value by value
+            col = self.features[c]
+            if col.dtype.type in exact:
+                continue
+            v = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            if not np.array_equal(v.astype(np.float32).astype(np.float64), v, equal_nan=True):
+                return None
+        return self.features[names].to_numpy(dtype=np.float32, na_value=np.nan)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -107,7 +128,7 @@ class CustomerArrays:
         The service converts its whole customer snapshot once and takes each batch from it."""
         numeric = self._numeric_table()
         out = CustomerArrays(features)
-        out._numeric, out._table = numeric, self._table[rows]
+        out._numeric, out._table = numeric, self._table[rows].astype(np.float64, copy=False)
         if fresh_rows is not None and np.any(fresh_rows):
             at = np.flatnonzero(fresh_rows)
             out._table[at] = features.iloc[at][list(numeric)].to_numpy(dtype=np.float64, na_value=np.nan)

@@ -90,7 +90,7 @@ class Snapshot:
                         & (events["ts"] < self.as_of)]
         self._recent = {str(c): [[t.timestamp(), ch] for t, ch in zip(g["ts"], g["channel"].astype(str))]
                         for c, g in recent.groupby("customer_id", observed=True)}
-        self.arrays = CustomerArrays(feats)  # converted to float arrays once; batches take rows of it
+        self.arrays = CustomerArrays(feats, compact=True)  # converted once (float32 where exact); batches take rows
         self.index = pd.Index(ids)
         self.channels = config.channel_names
         # what contact_state reads, as plain arrays: a pandas row per event costs ~0.3 ms

@@ -46,3 +46,24 @@ def test_taken_rows_read_like_a_fresh_conversion_with_edited_columns_and_recompu
     # a column only the batch has (the behaviour features the rules read) is converted from the batch
     batch["visits_7d"] = np.arange(len(rows), dtype=float)
     np.testing.assert_array_equal(base.take(rows, batch).get("visits_7d"), np.arange(len(rows), dtype=float))
+
+
+def test_compact_table_is_float32_only_where_exact_and_hands_out_the_same_values():
+    rng = np.random.default_rng(4)
+    snapshot = _frame(60, rng).assign(age=rng.integers(18, 90, 60).astype(np.float64),  # whole numbers
+                                      big=rng.integers(0, 2**20, 60).astype(np.int64))
+    rows = np.array([5, 0, 59, 5])
+    compact, wide = CustomerArrays(snapshot, compact=True), CustomerArrays(snapshot)
+    compact._numeric_table(), wide._numeric_table()
+    assert compact._table.dtype == np.float32 and wide._table.dtype == np.float64
+    assert compact._table.nbytes * 2 == wide._table.nbytes
+    taken, reference = compact.take(rows, snapshot.iloc[rows]), wide.take(rows, snapshot.iloc[rows])
+    assert taken._table.dtype == np.float64
+    for col in ("count", "rate", "consent_email", "age", "big"):
+        np.testing.assert_array_equal(taken.get(col), reference.get(col), err_msg=col)
+    # one value float32 cannot hold exactly: the whole table stays float64
+    for inexact in (snapshot.assign(age=snapshot["age"] + 0.1), snapshot.assign(big=np.int64(2**24 + 1))):
+        table = CustomerArrays(inexact, compact=True)
+        table._numeric_table()
+        assert table._table.dtype == np.float64
+        np.testing.assert_array_equal(table.take(rows, inexact.iloc[rows]).get("age"), inexact["age"].to_numpy()[rows])
