@@ -7,18 +7,20 @@ For each size: simulated data of ``--days`` days (seed 1; generated once under
 ``benchmarks/out/data_<customers>_<days>_1``, shared with ``feature_pipeline.py``), then, in a
 fresh process, the imports alone and then ``serving.snapshot.Snapshot(data_dir, config)``: what
 every engine process builds at start and holds until the next export (one per BentoML worker).
-Printed per size: resident memory (VmRSS) after the imports, right after building the snapshot
-and after ``serving.engine.settle_heap`` (what the engine holds from then on: freed memory returned
-to the system), the peak (VmHWM) while building it, and what the snapshot's parts hold (the feature frame, the model
-models' numeric inputs as one float64 table, built by the first decision and taken per request, the
-encoded event log kept for live histories), in bytes per customer; "held" is the resident memory
-after the first decision less that after the imports.
+Printed per size: resident memory (VmRSS) after the imports, right after building the snapshot,
+after ``serving.engine.settle_heap`` (what the engine holds from then on: freed memory returned
+to the system) and after the first decision's conversion of the models' numeric inputs into one
+float table (float32 where exact, ``decision.candidates.CustomerArrays``); the peak (VmHWM) while
+building; and what the snapshot's parts hold (the feature frame, that float table, the encoded
+event log kept for live histories), in bytes per customer. "held" is the resident memory after
+the first decision less that after the imports.
 
 The per-customer figures are nearly constant, so the line through the measured sizes gives the
 figure at sizes too large to generate on this machine in a benchmark's time; the output labels
 such a figure as extrapolated. (1,000,000 customers x 60 days could not be generated here: the
-simulator itself passed 20 of this machine's 24 GiB before writing anything, 2026-12-04.) The engine's policy (the models) adds a constant few tens of MB
-that this benchmark leaves out. Target (issue 17): under 2 GiB per worker at 1M customers.
+simulator itself passed 20 of this machine's 24 GiB before writing anything, 2026-12-04.) The
+engine's policy (the models) adds a constant few tens of MB that this benchmark leaves out.
+Target (issue 17): under 2 GiB per worker at 1M customers.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def _nbytes(obj) -> int:
 
 
 def measure(data_dir: Path) -> dict:
-    """In this (fresh) process: RSS after imports, then after building the snapshot."""
+    """In this (fresh) process: RSS after the imports, after building the snapshot, after the
+    engine's ``settle_heap`` and after the first decision's float table (see the module)."""
     import gc
 
     from nextbest.features.config import load_config
@@ -84,9 +87,10 @@ def measure(data_dir: Path) -> dict:
     settle_heap()  # what the engine does after loading: collect, freeze, return freed memory
     settled = _status("VmRSS")
     snap.arrays._numeric_table()  # the model inputs as one float table: built by the first decision
-    return {"rss_settled": settled, "customers": len(snap.index), "events": int(len(snap.log.keys)), "rss_imports": before,
-            "rss_built": built, "rss_snapshot": _status("VmRSS"), "numeric_table": int(snap.arrays._table.nbytes), "peak": _status("VmHWM"), "build_s": wall,
-            "frame": _nbytes(snap.frame), "event_log": _nbytes(snap.log)}
+    return {"customers": len(snap.index), "events": int(len(snap.log.keys)), "build_s": wall,
+            "rss_imports": before, "rss_built": built, "rss_settled": settled, "rss_decided": _status("VmRSS"),
+            "peak": _status("VmHWM"), "frame": _nbytes(snap.frame),
+            "numeric_table": int(snap.arrays._table.nbytes), "event_log": _nbytes(snap.log)}
 
 
 def main() -> int:
@@ -116,24 +120,25 @@ def main() -> int:
             sys.stderr.write(out.stderr)
             return out.returncode
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"{'customers':>10}{'events':>12}{'build s':>9}{'RSS imports':>13}{'RSS built':>11}{'RSS settled':>13}{'+ 1st decide':>14}{'peak':>9}"
-          f"{'held B/cust':>13}{'frame B/cust':>14}{'table B/cust':>14}{'log B/cust':>12}")
+    print(f"{'customers':>10}{'events':>12}{'build s':>9}{'RSS imports':>13}{'RSS built':>11}{'RSS settled':>13}"
+          f"{'+ 1st decide':>14}{'peak':>9}{'held B/cust':>13}{'frame B/cust':>14}{'table B/cust':>14}"
+          f"{'log B/cust':>12}")
     for r in rows:
         n = r["customers"]
         print(f"{n:>10,}{r['events']:>12,}{r['build_s']:>9.1f}{r['rss_imports'] / GIB:>12.2f}G"
-              f"{r['rss_built'] / GIB:>10.2f}G{r['rss_settled'] / GIB:>12.2f}G{r['rss_snapshot'] / GIB:>13.2f}G"
+              f"{r['rss_built'] / GIB:>10.2f}G{r['rss_settled'] / GIB:>12.2f}G{r['rss_decided'] / GIB:>13.2f}G"
               f"{r['peak'] / GIB:>8.2f}G"
-              f"{(r['rss_snapshot'] - r['rss_imports']) / n:>13,.0f}{r['frame'] / n:>14,.0f}"
+              f"{(r['rss_decided'] - r['rss_imports']) / n:>13,.0f}{r['frame'] / n:>14,.0f}"
               f"{r['numeric_table'] / n:>14,.0f}{r['event_log'] / n:>12,.0f}")
     big, target = rows[-1], args.target_customers
     if big["customers"] >= target:
-        print(f"measured at {big['customers']:,} customers: RSS {big['rss_snapshot'] / GIB:.2f} GiB, "
+        print(f"measured at {big['customers']:,} customers: RSS {big['rss_decided'] / GIB:.2f} GiB, "
               f"peak {big['peak'] / GIB:.2f} GiB (target < 2 GiB)")
     elif len(rows) >= 2:
         a = rows[-2]
-        slope = (big["rss_snapshot"] - a["rss_snapshot"]) / (big["customers"] - a["customers"])
+        slope = (big["rss_decided"] - a["rss_decided"]) / (big["customers"] - a["customers"])
         peak_slope = (big["peak"] - a["peak"]) / (big["customers"] - a["customers"])
-        at = big["rss_snapshot"] + slope * (target - big["customers"])
+        at = big["rss_decided"] + slope * (target - big["customers"])
         peak_at = big["peak"] + peak_slope * (target - big["customers"])
         print(f"extrapolated (a line through {a['customers']:,} and {big['customers']:,}) to {target:,} customers: "
               f"RSS {at / GIB:.2f} GiB, peak {peak_at / GIB:.2f} GiB (target < 2 GiB; not measured)")
